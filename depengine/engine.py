@@ -1,0 +1,630 @@
+"""The engine interface and the dependency tracking every engine kind shares.
+
+An op is pushed with the vars it reads and writes.  Each var keeps a queue of
+the ops that wait for it: a run of reads, then one write, then a run of reads,
+and so on.  An op becomes ready when it is at the head of the queue of every
+var it names; its counter starts at ``len(vars) + 1`` and drops once per var
+granted and once when its push has finished registering, so exactly one
+thread sees it reach zero and dispatches it.  Engine kinds differ only in how
+a ready op is dispatched (see ``_dispatch``): ``naive`` runs it on the pushing
+thread, ``threaded`` hands it to a worker pool.
+
+One lock guards all scheduling state.  Under the GIL a single lock held for a
+few hundred nanoseconds is cheaper than per-var locks, and it makes every
+transition below atomic.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+
+from scheduler.locks import YieldingLock, acquire_yielding
+
+from . import op as _op
+from .device import cpu
+from .errors import DeadlockError, EngineClosedError, VarDeletedError
+from .op import Op, RunContext, _Epoch, _Waiter
+from .options import EngineOptions
+from .var import NEVER_CLEARED, Var
+
+__all__ = ["Engine"]
+
+_log = logging.getLogger("depengine")
+
+_live_engines: weakref.WeakSet = weakref.WeakSet()
+_CPU = cpu()
+_sleep = time.sleep
+_new_op = object.__new__
+# pending ops past which a pushing thread yields the GIL to the workers once per push
+_BACKLOG = 2048
+
+
+class Engine:
+    """A dependency engine.  ``Engine(kind)`` returns the engine of that kind.
+
+    ``kind`` is ``"naive"``, ``"threaded"`` or ``"perdevice"``; ``None`` reads
+    ``DEPENGINE_ENGINE``.  ``workers`` defaults to the number of usable cores.
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    kind: str = ""
+
+    def __new__(cls, kind: str | None = None, **options):
+        if cls is Engine:
+            from .kinds import engine_class
+
+            cls = engine_class(EngineOptions.resolve_kind(kind))
+        return object.__new__(cls)
+
+    def __init__(self, kind: str | None = None, **options) -> None:
+        self.options = EngineOptions.create(self.kind, **options)
+        # _guard for cold paths; hot paths use the raw lock with acquire_yielding
+        self._guard = YieldingLock()
+        self._lock = self._guard.raw
+        self._any_deleted = False
+        self._seq = 0  # id of the next op
+        self._nvars = 0
+        self._epoch = _Epoch()  # ops pushed since the last wait_all
+        self._closed_epochs: list[_Epoch] = []  # epochs some wait_all waits to drain
+        self._failed_vars: set[Var] = set()  # vars whose last write failed
+        self._unreported: list[BaseException] = []  # failures no wait has raised, oldest first
+        self._closing = False
+        self._closed = False
+        self._forked = False
+        self._debug = bool(os.environ.get("DEPENGINE_DEBUG"))
+        self._prof = None  # a profiler recorder while profiling, else None
+        self._start()
+        _live_engines.add(self)
+
+    # ------------------------------------------------------------------ hooks
+    def _start(self) -> None:
+        """Start the threads this kind needs."""
+
+    def _dispatch(self, op: Op) -> None:
+        """Hand over an op whose vars are all granted."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """Stop and join the threads ``_start`` started (all ops are finished)."""
+
+    def _in_op(self) -> bool:
+        """True when the calling thread is running one of this engine's ops."""
+        return False
+
+    # ------------------------------------------------------------- public API
+    def new_var(self, name: str | None = None) -> Var:
+        """A new var, tagged ``name`` (default ``"v<N>"``)."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"var name={name!r} must be a str or None")
+        if self._closed:
+            raise EngineClosedError(f"new_var({name!r}) on a closed engine")
+        with self._guard:
+            n = self._nvars
+            self._nvars = n + 1
+        return Var._create(self, f"v{n}" if name is None else name)
+
+    def push(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
+             device=None, kind="normal") -> Op:
+        """Push ``fn(ctx)``; it runs once every earlier op it conflicts with is done.
+
+        Returns the :class:`Op` at once.  ``reads`` and ``writes`` are lists of
+        vars (duplicates collapse; a var in both counts as a write).
+        """
+        return self._push(fn, reads, writes, name, priority, always_run, False, device, kind)
+
+    def push_async(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
+                   device=None, kind="async") -> Op:
+        """Push ``fn(ctx, done)``; the op completes when ``done(error=None)`` is called.
+
+        ``done`` must be called exactly once, from any thread.
+        """
+        return self._push(fn, reads, writes, name, priority, always_run, True, device, kind)
+
+    def wait_for_var(self, var: Var, timeout: float | None = None) -> None:
+        """Return once every write to ``var`` pushed before this call has completed.
+
+        Raises the write's exception if it failed (and clears the failure for
+        ops pushed after this call), ``TimeoutError`` if ``timeout`` seconds
+        pass first, ``DeadlockError`` if called from inside an op while a
+        write is pending.
+        """
+        self._check_var(var, "var")
+        _check_timeout(timeout)
+        with self._guard:
+            if var._deleted_at is not None:
+                raise VarDeletedError(f"wait_for_var on var {var.name!r}, deleted at push #{var._deleted_at}")
+            if var._pending_writes:
+                if self._in_op():
+                    raise DeadlockError(
+                        f"wait_for_var({var.name!r}) inside an op: {var._pending_writes} write(s) "
+                        "to it are pending and could wait for this very op"
+                    )
+                waiter = _Waiter(var.version + var._pending_writes)
+                if var._waiters is None:
+                    var._waiters = [waiter]
+                else:
+                    var._waiters.append(waiter)
+                failure = None
+            else:
+                waiter = None
+                failure = var._failure if self._seq < var._clear_seq else None
+        if waiter is not None:
+            self._wait_gpu_for_var(var)
+            if not waiter.event.wait(timeout):
+                with self._guard:
+                    if not waiter.event.is_set():
+                        var._waiters.remove(waiter)
+                        if not var._waiters:
+                            var._waiters = None
+                        raise TimeoutError(f"wait_for_var({var.name!r}) timed out after {timeout}s")
+            failure = waiter.failure
+        else:
+            self._wait_gpu_for_var(var)
+        if failure is not None:
+            self._report_var_failure(var, failure)
+            raise failure
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Return once every op pushed before this call has completed.
+
+        Raises the oldest failure no wait has raised yet (with a note listing
+        any others), then clears every failed var so that a second call
+        returns normally.  ``TimeoutError`` changes nothing.
+        """
+        _check_timeout(timeout)
+        with self._guard:
+            epoch = self._epoch
+            if epoch.count:
+                epoch.event = threading.Event()
+                self._epoch = _Epoch()
+                self._closed_epochs.append(epoch)
+            pending = list(self._closed_epochs)
+            if pending and self._in_op():
+                raise DeadlockError("wait_all() inside an op: it would wait for that op itself")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for ep in pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ep.event.wait(left):
+                raise TimeoutError(f"wait_all() timed out after {timeout}s; ops are still pending")
+        self._wait_gpu_all()
+        with self._guard:
+            failures = self._unreported
+            self._unreported = []
+            seq = self._seq
+            for v in self._failed_vars:
+                if v._clear_seq > seq:
+                    v._clear_seq = seq
+        if failures:
+            first = failures[0]
+            if len(failures) > 1:
+                more = "; ".join(f"{type(e).__name__}: {e}" for e in failures[1:6])
+                first.add_note(f"depengine: {len(failures) - 1} more failure(s) in this wait_all: {more}")
+            raise first
+
+    def delete_var(self, var: Var, on_delete=None) -> None:
+        """Release ``var`` once every op already pushed that names it has finished.
+
+        ``on_delete()`` runs then, on the engine's thread; if it raises, the
+        next ``wait_all`` raises that.  Later pushes naming ``var`` raise
+        :class:`VarDeletedError`.
+        """
+        self._check_var(var, "var")
+        if on_delete is not None and not callable(on_delete):
+            raise TypeError(f"on_delete={on_delete!r} must be callable or None")
+
+        def release(ctx: RunContext) -> None:
+            if on_delete is None:
+                return
+            try:
+                on_delete()
+            except BaseException as exc:
+                exc.add_note(f"depengine: raised by on_delete of var {var.name!r}")
+                with self._guard:
+                    self._unreported.append(exc)
+
+        self._push(release, (), (var,), f"delete {var.name}", 0, True, False, None, "normal", var)
+
+    def close(self) -> None:
+        """Finish every pending op, join every thread, log unreported failures."""
+        with self._guard:
+            if self._closing:
+                return
+            if self._in_op():
+                raise DeadlockError("close() inside an op: the engine cannot join its own thread")
+            self._closing = True
+        if not self._forked:
+            while True:  # ops may push more ops while the engine drains
+                with self._guard:
+                    epoch = self._epoch
+                    if not epoch.count and not self._closed_epochs:
+                        self._closed = True
+                        break
+                    if epoch.count:
+                        epoch.event = threading.Event()
+                        self._epoch = _Epoch()
+                        self._closed_epochs.append(epoch)
+                    pending = list(self._closed_epochs)
+                for ep in pending:
+                    ep.event.wait()
+            self._stop()
+        self._closed = True
+        _live_engines.discard(self)
+        for exc in self._unreported:
+            _log.error("depengine: a failure no wait reported, at close of %r", self,
+                       exc_info=(type(exc), exc, exc.__traceback__))
+        self._unreported = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        pending = self._epoch.count + sum(e.count for e in self._closed_epochs)
+        state = "closed" if self._closed else "closing" if self._closing else "open"
+        return (f"<{type(self).__name__} kind={self.kind!r} workers={self.options.workers} "
+                f"pending={pending} failed_vars={len(self._failed_vars)} {state}>")
+
+    # ------------------------------------------------------------ push path
+    def _push(self, fn, reads, writes, name, priority, always_run, is_async, device, kind,
+              deleting=None) -> Op:
+        """Validate, build and register an op; ``deleting`` is the var a delete op releases."""
+        if not callable(fn):
+            raise TypeError(f"fn={fn!r} is not callable")
+        if priority.__class__ is not int:
+            raise TypeError(f"priority={priority!r} must be an int")
+        if name is not None and name.__class__ is not str:
+            raise TypeError(f"name={name!r} must be a str or None")
+        if reads.__class__ is not tuple:
+            reads = tuple(reads) if reads.__class__ is list else self._as_vars(reads, "reads")
+        if writes.__class__ is not tuple:
+            writes = tuple(writes) if writes.__class__ is list else self._as_vars(writes, "writes")
+        for v in reads:
+            if v.__class__ is not Var or v._engine is not self:
+                self._check_var(v, "reads")
+        for v in writes:
+            if v.__class__ is not Var or v._engine is not self:
+                self._check_var(v, "writes")
+        # Duplicates collapse; a var both read and written counts as a write.
+        if writes:
+            if len(writes) == 1:
+                if writes[0] in reads:
+                    reads = tuple([v for v in reads if v is not writes[0]])
+            else:
+                if len(set(writes)) != len(writes):
+                    writes = tuple(dict.fromkeys(writes))
+                if reads:
+                    reads = tuple([v for v in reads if v not in writes])
+        n = len(reads)
+        if n > 1 and (reads[0] is reads[1] if n == 2 else len(set(reads)) != n):
+            reads = tuple(dict.fromkeys(reads))
+        if device is None and kind == ("async" if is_async else "normal"):
+            device = _CPU
+        else:
+            device, kind = self._place(device, kind, is_async)
+        op = _new_op(Op)  # Op.__init__ would cost a third of this function
+        op.fn = fn
+        op._name = name
+        op.reads = reads
+        op.writes = writes
+        op.priority = priority
+        op.always_run = always_run
+        op.is_async = is_async
+        op.device = device
+        op.kind = kind
+        op.stream = None
+        op.error = None
+        op._state = _op.PENDING
+
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire_yielding(lock)
+        try:
+            if self._closing:
+                self._check_accepting()
+            if self._any_deleted:
+                self._check_not_deleted(reads, writes)
+            # Register: queue the op behind each var's earlier users.
+            seq = self._seq
+            self._seq = seq + 1
+            op.id = seq
+            epoch = self._epoch
+            epoch.count += 1
+            op._epoch = epoch
+            wait = len(reads) + len(writes) + 1
+            for v in reads:
+                if v._writing or v._queue:
+                    v._queue.append(op)
+                else:
+                    v._nread += 1
+                    wait -= 1
+            for v in writes:
+                v._pending_writes += 1
+                if v._writing or v._nread or v._queue:
+                    v._queue.append(op)
+                else:
+                    v._writing = True
+                    wait -= 1
+            wait -= 1  # registration finished
+            op._wait = wait
+            if deleting is not None:
+                deleting._deleted_at = seq
+                self._any_deleted = True
+            if self._prof is not None:
+                self._prof.pushed(op)
+        finally:
+            lock.release()
+        if not wait:
+            self._dispatch(op)
+        if epoch.count > _BACKLOG and not self._in_op():
+            # The pusher never blocks, so under the GIL it can outrun the
+            # workers; thousands of pending ops then make every garbage
+            # collection slow.  Yield the GIL so the workers catch up.
+            _sleep(0)
+        return op
+
+    def _place(self, device, kind, is_async):
+        """Validate ``device`` and ``kind`` for this engine; return the ones to use."""
+        if device is not None and device != cpu():
+            raise ValueError(f"device={device!r}: the {self.kind!r} engine runs ops on cpu() only; "
+                             "use Engine('perdevice') for GPUs")
+        if kind not in ("normal", "prioritized", "copy", "async"):
+            raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
+        return cpu(), kind
+
+    def _as_vars(self, vs, role: str) -> tuple:
+        if vs.__class__ is Var:
+            return (vs,)
+        if isinstance(vs, (list, tuple, set, frozenset)):
+            return tuple(vs)
+        raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")
+
+    def _check_not_deleted(self, *var_lists) -> None:
+        for vs in var_lists:
+            for v in vs:
+                if v._deleted_at is not None:
+                    raise VarDeletedError(f"var {v.name!r} was deleted at push #{v._deleted_at}")
+
+    def _check_var(self, v, role: str) -> None:
+        if v.__class__ is not Var:
+            raise TypeError(f"{role}: {v!r} is not a Var (create vars with Engine.new_var)")
+        if v._engine is not self:
+            raise ValueError(f"{role}: var {v.name!r} belongs to another engine ({v._engine!r})")
+
+    def _check_accepting(self) -> None:
+        """Raise if no op may be pushed now (called under the lock)."""
+        if self._forked:
+            raise EngineClosedError("this engine belongs to the parent process; create a new one after fork")
+        if self._closed or (self._closing and not self._in_op()):
+            raise EngineClosedError("push after close(): the engine is closed")
+
+    # ------------------------------------------------------- execution path
+    def _execute(self, op: Op) -> list:
+        """Run a ready op (or skip it) and complete it; returns the ops it made ready."""
+        if self._failed_vars and not op.always_run:
+            error = self._input_failure(op)
+            if error is not None:
+                return self._complete(op, error, False)
+        op._state = _op.RUNNING
+        prof = self._prof
+        if prof is not None:
+            prof.started(op)
+        if op.is_async:
+            return self._execute_async(op)
+        try:
+            op.fn(op)
+        except BaseException as exc:
+            return self._complete(op, exc, True)
+        return self._complete(op, None, False)
+
+    def _execute_async(self, op: Op) -> list:
+        done = _Done(self, op)
+        try:
+            op.fn(op, done)
+        except BaseException as exc:
+            with self._guard:
+                already = done._called
+                done._called = True
+            if not already:
+                return self._complete(op, exc, True)
+            exc.add_note(f"depengine: raised by async op {op.name!r} (#{op.id}) after it called done()")
+            with self._guard:
+                self._unreported.append(exc)
+        self._async_started(op, done)
+        return []
+
+    def _async_started(self, op: Op, done: _Done) -> None:
+        """Called once an async op's function has returned (done may be pending)."""
+
+    def _input_failure(self, op: Op) -> BaseException | None:
+        seq = op.id
+        for v in op.reads:
+            if v._failure is not None and seq < v._clear_seq:
+                return v._failure
+        for v in op.writes:
+            if v._failure is not None and seq < v._clear_seq:
+                return v._failure
+        return None
+
+    def _complete(self, op: Op, error: BaseException | None, origin: bool) -> list:
+        """Release ``op``'s vars and record its outcome; returns the ops made ready.
+
+        ``origin`` is True when ``op`` itself raised ``error`` (rather than
+        inheriting it from a failed var it named).
+        """
+        if origin:
+            error.add_note(f"depengine: raised by op {op.name!r} (#{op.id})")
+        prof = self._prof
+        if prof is not None:
+            prof.ended(op, error, origin)
+        ready = []
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire_yielding(lock)
+        try:
+            for v in op.reads:
+                v._nread -= 1
+                if not v._nread and v._queue:  # the head is a write
+                    nxt = v._queue.popleft()
+                    v._writing = True
+                    nxt._wait -= 1
+                    if not nxt._wait:
+                        ready.append(nxt)
+            for v in op.writes:
+                v.version += 1
+                v._pending_writes -= 1
+                v._writing = False
+                if error is not None:
+                    if v._failure is None:
+                        self._failed_vars.add(v)
+                    v._failure = error
+                    v._clear_seq = NEVER_CLEARED
+                elif v._failure is not None:
+                    v._failure = None
+                    self._failed_vars.discard(v)
+                if v._waiters:
+                    self._wake_waiters(v)
+                q = v._queue
+                if q:
+                    if v in q[0].writes:  # grant one write
+                        nxt = q.popleft()
+                        v._writing = True
+                        nxt._wait -= 1
+                        if not nxt._wait:
+                            ready.append(nxt)
+                    else:  # or every read up to the next write
+                        while q and v not in q[0].writes:
+                            nxt = q.popleft()
+                            v._nread += 1
+                            nxt._wait -= 1
+                            if not nxt._wait:
+                                ready.append(nxt)
+            if error is None:
+                op._state = _op.DONE
+            else:
+                op.error = error
+                op._state = _op.FAILED if origin else _op.SKIPPED
+                if origin:
+                    self._unreported.append(error)
+            epoch = op._epoch
+            epoch.count -= 1
+            if not epoch.count and epoch.event is not None:
+                epoch.event.set()
+                self._closed_epochs.remove(epoch)
+            if self._debug:
+                for v in op.reads + op.writes:
+                    v._check_invariants()
+        finally:
+            lock.release()
+        return ready
+
+    def _wake_waiters(self, v: Var) -> None:
+        """Fire the ``wait_for_var`` calls whose target write just completed (lock held)."""
+        keep = []
+        for w in v._waiters:
+            if v.version >= w.target:
+                w.failure = v._failure
+                w.event.set()
+            else:
+                keep.append(w)
+        v._waiters = keep or None
+
+    def _dispatch_all(self, ops: list) -> None:
+        for op in ops:
+            self._dispatch(op)
+
+    # ------------------------------------------------- GPU hooks for waits
+    def _wait_gpu_for_var(self, var: Var) -> None:
+        """Block until GPU work that wrote ``var`` has finished (per-device engine)."""
+
+    def _wait_gpu_all(self) -> None:
+        """Block until all enqueued GPU work has finished (per-device engine)."""
+
+    # ------------------------------------------------------ failure reports
+    def _report_var_failure(self, var: Var, exc: BaseException) -> None:
+        """``exc`` is being raised to a waiter of ``var``: mark it reported, clear it."""
+        with self._guard:
+            try:
+                self._unreported.remove(exc)
+            except ValueError:
+                pass
+            if var._failure is exc and var._clear_seq == NEVER_CLEARED:
+                var._clear_seq = self._seq
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's threads do not exist here and its locks may be held.
+        # _guard for cold paths; hot paths use the raw lock with acquire_yielding
+        self._guard = YieldingLock()
+        self._lock = self._guard.raw
+        self._any_deleted = False
+        self._forked = True
+        self._closing = True
+        self._closed = True
+
+
+class _Done:
+    """The ``done`` callback an async op receives; callable exactly once."""
+
+    __slots__ = ("_called", "_engine", "_event", "_op")
+
+    def __init__(self, engine: Engine, op: Op) -> None:
+        self._engine = engine
+        self._op = op
+        self._called = False
+        self._event: threading.Event | None = None
+
+    def __call__(self, error: BaseException | None = None) -> None:
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"done(error={error!r}): error must be an exception instance or None")
+        engine = self._engine
+        op = self._op
+        with engine._guard:
+            if self._called:
+                raise RuntimeError(f"done() was already called for op {op.name!r} (#{op.id})")
+            self._called = True
+        ready = engine._complete(op, error, error is not None)
+        if ready:
+            engine._dispatch_all(ready)
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def __repr__(self) -> str:
+        return f"<done for op #{self._op.id} {'called' if self._called else 'pending'}>"
+
+
+def _check_timeout(timeout) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout={timeout!r} must be a number of seconds or None")
+    if timeout < 0:
+        raise ValueError(f"timeout={timeout!r} must be >= 0")
+
+
+def _close_live_engines() -> None:
+    for engine in list(_live_engines):
+        try:
+            engine.close()
+        except Exception:
+            _log.exception("depengine: closing %r at exit failed", engine)
+
+
+def _forget_engines_after_fork() -> None:
+    for engine in list(_live_engines):
+        engine._after_fork_in_child()
+    _live_engines.clear()
+
+
+atexit.register(_close_live_engines)
+os.register_at_fork(after_in_child=_forget_engines_after_fork)

@@ -1,0 +1,105 @@
+"""Ops, the context an op's function receives, and the small records the engine keeps."""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["Op", "RunContext"]
+
+# Op._state values.  "pending" and "ready" are told apart by Op._wait.
+PENDING, RUNNING, DONE, FAILED, SKIPPED = range(5)
+_STATE_NAMES = ("pending", "running", "done", "failed", "skipped")
+
+
+class RunContext:
+    """What an op's function receives as ``ctx``.
+
+    ``op_name`` and ``op_id`` name the op; ``device`` is where it runs;
+    ``stream`` is the GPU stream to enqueue work on (``None`` for CPU ops).
+    The engine passes the op itself, which is a ``RunContext``: that costs
+    nothing per op.
+    """
+
+    __slots__ = ()
+
+    @property
+    def op_name(self) -> str:
+        return self.name
+
+    @property
+    def op_id(self) -> int:
+        return self.id
+
+
+class Op(RunContext):
+    """One pushed operation.  Returned by ``Engine.push``; read-only for users.
+
+    ``state`` is one of ``"pending"`` (waiting for its vars), ``"ready"``
+    (queued for a worker), ``"running"``, ``"done"``, ``"failed"`` (its
+    function raised) or ``"skipped"`` (it named a failed var).  ``error`` is
+    the exception of a failed or skipped op.
+    """
+
+    __slots__ = (
+        "_epoch",
+        "_lane",
+        "_name",
+        "_rec",
+        "_state",
+        "_wait",
+        "always_run",
+        "device",
+        "error",
+        "fn",
+        "id",
+        "is_async",
+        "kind",
+        "priority",
+        "reads",
+        "stream",
+        "writes",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("Op cannot be created directly; use Engine.push()")
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            fn = self.fn
+            self._name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        return self._name
+
+    @property
+    def state(self) -> str:
+        if self._state == PENDING and getattr(self, "_wait", 1) == 0:
+            return "ready"
+        return _STATE_NAMES[self._state]
+
+    def __repr__(self) -> str:
+        reads = ", ".join(v.name for v in self.reads)
+        writes = ", ".join(v.name for v in self.writes)
+        op_id = getattr(self, "id", "?")
+        return f"<Op #{op_id} {self.name!r} {self.state} reads=[{reads}] writes=[{writes}]>"
+
+
+class _Epoch:
+    """Counts the ops pushed between two ``wait_all`` calls that are not finished."""
+
+    __slots__ = ("count", "event")
+
+    def __init__(self) -> None:
+        self.count = 0
+        # set once wait_all closed this epoch; fired when count drops to 0
+        self.event: threading.Event | None = None
+
+
+class _Waiter:
+    """A ``wait_for_var`` blocked until ``var.version`` reaches ``target``."""
+
+    __slots__ = ("event", "failure", "target")
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.event = threading.Event()
+        self.failure: BaseException | None = None

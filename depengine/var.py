@@ -1,0 +1,102 @@
+"""Vars: tags for resources, each with a queue of the ops that wait to use it."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+
+__all__ = ["Var"]
+
+# A failure with this clear sequence number is visible to every later op.
+NEVER_CLEARED = sys.maxsize
+
+
+class Var:
+    """A tag for one resource (an array, a file, an RNG state); it holds no data.
+
+    Create vars with :meth:`Engine.new_var`.  ``version`` counts the write ops
+    completed on the var (failed and skipped ones included).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_clear_seq",
+        "_deleted_at",
+        "_engine",
+        "_failure",
+        "_gpu",
+        "_nread",
+        "_pending_writes",
+        "_queue",
+        "_waiters",
+        "_writing",
+        "name",
+        "version",
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("Var cannot be created directly; use Engine.new_var(name)")
+
+    @classmethod
+    def _create(cls, engine, name: str) -> Var:
+        v = object.__new__(cls)
+        v.name = name
+        v.version = 0
+        v._engine = engine
+        # Ops waiting for this var, in push order; an op writes it iff self in op.writes.
+        # invariant: not _queue or _writing or _nread > 0   (the head waits for someone)
+        # invariant: _queue and self not in _queue[0].writes implies _writing
+        #            (a read waits only for a write)
+        v._queue = deque()
+        # invariant: _nread > 0 implies not _writing
+        v._nread = 0
+        v._writing = False
+        # invariant: _pending_writes == int(_writing) + (number of writes in _queue)
+        v._pending_writes = 0
+        # The exception carried by the last write, if it failed or was skipped.
+        # Ops with id >= _clear_seq do not see it (a wait reported it to the user).
+        v._failure = None
+        v._clear_seq = NEVER_CLEARED
+        # id of the delete op once delete_var was called; no op may be pushed after it
+        v._deleted_at = None
+        # _Waiter objects of wait_for_var calls blocked on a pending write
+        v._waiters = None
+        # GPU completion state, used by the per-device engine only
+        v._gpu = None
+        return v
+
+    @property
+    def deleted(self) -> bool:
+        """True once ``delete_var`` was called (the release itself may be pending)."""
+        return self._deleted_at is not None
+
+    @property
+    def failed(self) -> bool:
+        """True when the var's last completed write failed and no wait has reported it."""
+        return self._failure is not None and self._clear_seq == NEVER_CLEARED
+
+    def _check_invariants(self) -> None:
+        """Raise AssertionError if the var's scheduling state is inconsistent."""
+        q = self._queue
+        if self._nread < 0 or self._pending_writes < 0:
+            raise AssertionError(f"{self!r}: negative counter")
+        if self._nread and self._writing:
+            raise AssertionError(f"{self!r}: readers and a writer at once")
+        if q and not (self._writing or self._nread):
+            raise AssertionError(f"{self!r}: queue head waits for nobody")
+        if q and self not in q[0].writes and not self._writing:
+            raise AssertionError(f"{self!r}: a read waits while no write runs")
+        queued_writes = sum(1 for op in q if self in op.writes)
+        if self._pending_writes != int(self._writing) + queued_writes:
+            raise AssertionError(f"{self!r}: pending_writes={self._pending_writes} is wrong")
+
+    def __repr__(self) -> str:
+        parts = [f"<Var {self.name!r} v{self.version} readers={self._nread} writing={self._writing}"]
+        if self._queue:
+            parts.append(f"queued={len(self._queue)}")
+        if self._failure is not None:
+            tag = "failed" if self._clear_seq == NEVER_CLEARED else "failed-reported"
+            parts.append(f"{tag}={type(self._failure).__name__}")
+        if self._deleted_at is not None:
+            parts.append(f"deleted-at=#{self._deleted_at}")
+        return " ".join(parts) + ">"
