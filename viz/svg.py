@@ -1,0 +1,54 @@
+"""A tiny SVG writer (no dependency): elements as strings, attributes escaped."""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape, quoteattr
+
+__all__ = ["PALETTE", "Svg", "color_for"]
+
+# Colour-blind-friendly, distinct categories (Okabe-Ito, then tints).
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
+           "#000000", "#7FB8D9", "#F3CF80", "#80CFB9", "#EAAF80", "#E6BCD3", "#999999")
+
+
+def color_for(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]
+
+
+def _attrs(attrs: dict) -> str:
+    return "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(str(v))}"
+                   for k, v in attrs.items() if v is not None)
+
+
+class Svg:
+    """Collects elements; ``str(svg)`` is the document."""
+
+    def __init__(self, width: float, height: float, font: str = "sans-serif") -> None:
+        self.width = width
+        self.height = height
+        self.parts: list[str] = []
+        self.font = font
+
+    def bar(self, x, y, w, h, tooltip: str | None = None, **attrs) -> None:
+        body = f"<title>{escape(tooltip)}</title>" if tooltip else ""
+        self.parts.append(f"<rect{_attrs(dict(x=f'{x:.2f}', y=f'{y:.2f}', width=f'{max(w, 0.5):.2f}', height=f'{h:.2f}', **attrs))}>{body}</rect>")
+
+    def line(self, x1, y1, x2, y2, **attrs) -> None:
+        self.parts.append(f"<line{_attrs(dict(x1=f'{x1:.2f}', y1=f'{y1:.2f}', x2=f'{x2:.2f}', y2=f'{y2:.2f}', **attrs))}/>")
+
+    def polyline(self, points, **attrs) -> None:
+        pts = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
+        self.parts.append(f"<polyline{_attrs(dict(points=pts, fill='none', **attrs))}/>")
+
+    def circle(self, x, y, r, tooltip: str | None = None, **attrs) -> None:
+        body = f"<title>{escape(tooltip)}</title>" if tooltip else ""
+        self.parts.append(f"<circle{_attrs(dict(cx=f'{x:.2f}', cy=f'{y:.2f}', r=r, **attrs))}>{body}</circle>")
+
+    def text(self, x, y, s: str, size: int = 12, **attrs) -> None:
+        self.parts.append(f"<text{_attrs(dict(x=f'{x:.2f}', y=f'{y:.2f}', font_size=size, **attrs))}>"
+                          f"{escape(s)}</text>")
+
+    def __str__(self) -> str:
+        head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width:.0f}" height="{self.height:.0f}" '
+                f'viewBox="0 0 {self.width:.0f} {self.height:.0f}" font-family="{self.font}">')
+        return head + '<rect width="100%" height="100%" fill="white"/>' + "".join(self.parts) + "</svg>\n"
