@@ -9,6 +9,7 @@ the next smaller one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -88,7 +89,7 @@ def metg(system: str, measurements: list[Measurement], eff: dict[int, float], th
         return Metg(system, None, "above")
     if points[0][1] < threshold:
         return Metg(system, points[0][0], "above")
-    for (g_hi, e_hi), (g_lo, e_lo) in zip(points, points[1:], strict=False):
+    for (g_hi, e_hi), (g_lo, e_lo) in itertools.pairwise(points):
         if e_hi >= threshold > e_lo:
             # interpolate log(granularity) linearly in efficiency
             frac = (e_hi - threshold) / (e_hi - e_lo)

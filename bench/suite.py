@@ -163,7 +163,8 @@ def summary_table(result: dict) -> str:
         ref = metgs.get("dask-threaded")
         ours = metgs.get("depengine-threaded")
         if ref and ours and ref.value_us and ours.value_us:
-            lines.append(f"METG ratio dask-threaded / depengine-threaded: {ref.value_us / ours.value_us:.1f}x")
+            ratio = ref.value_us / ours.value_us
+            lines.append(f"METG ratio dask-threaded / depengine-threaded: {ratio:.1f}x")
     return "\n".join(lines)
 
 
@@ -186,8 +187,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--period", type=int, default=3)
     p.add_argument("--fraction", type=float, default=0.25)
     p.add_argument("--kernel", default="empty", choices=KERNELS)
-    p.add_argument("--iterations", type=int, default=1000, help="kernel size for an unswept non-empty kernel")
-    p.add_argument("--sweep", action="store_true", help="METG sweep (on by default without --pattern/--kernel)")
+    p.add_argument("--iterations", type=int, default=1000,
+                   help="kernel size for an unswept non-empty kernel")
+    p.add_argument("--sweep", action="store_true",
+                   help="METG sweep (on by default without --pattern/--kernel)")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--start-us", type=float, default=None, help="largest task in the sweep (default 4000)")
     p.add_argument("--min-us", type=float, default=None, help="smallest task in the sweep (default 2)")

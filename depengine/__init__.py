@@ -15,6 +15,8 @@ from .errors import (
     VarDeletedError,
 )
 from .op import Op, RunContext
+from .profiler import profile
+from .trace import Trace, TraceError
 from .var import Var
 
 __version__ = "0.1.0"
@@ -28,8 +30,11 @@ __all__ = [
     "EngineClosedError",
     "Op",
     "RunContext",
+    "Trace",
+    "TraceError",
     "Var",
     "VarDeletedError",
     "cpu",
     "default_engine",
+    "profile",
 ]

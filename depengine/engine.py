@@ -22,10 +22,13 @@ import os
 import threading
 import time
 import weakref
+from threading import get_ident
+from time import perf_counter_ns
 
 from scheduler.locks import YieldingLock, acquire_yielding
 
 from . import op as _op
+from . import profiler
 from .device import cpu
 from .errors import DeadlockError, EngineClosedError, VarDeletedError
 from .op import Op, RunContext, _Epoch, _Waiter
@@ -77,7 +80,7 @@ class Engine:
         self._closed = False
         self._forked = False
         self._debug = bool(os.environ.get("DEPENGINE_DEBUG"))
-        self._prof = None  # a profiler recorder while profiling, else None
+        self._prof = profiler.active_recorder()  # a Recorder while profiling, else None
         self._start()
         _live_engines.add(self)
 
@@ -106,7 +109,7 @@ class Engine:
         with self._guard:
             n = self._nvars
             self._nvars = n + 1
-        return Var._create(self, f"v{n}" if name is None else name)
+        return Var._create(self, f"v{n}" if name is None else name, n)
 
     def push(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
              device=None, kind="normal") -> Op:
@@ -133,6 +136,18 @@ class Engine:
         pass first, ``DeadlockError`` if called from inside an op while a
         write is pending.
         """
+        prof = self._prof
+        if prof is None:
+            return self._wait_for_var(var, timeout)
+        start = time.perf_counter_ns()
+        outcome = "raised"
+        try:
+            self._wait_for_var(var, timeout)
+            outcome = "ok"
+        finally:
+            prof.waited(f"wait_for_var({getattr(var, 'name', var)!r})", start, outcome)
+
+    def _wait_for_var(self, var: Var, timeout: float | None) -> None:
         self._check_var(var, "var")
         _check_timeout(timeout)
         with self._guard:
@@ -176,6 +191,18 @@ class Engine:
         any others), then clears every failed var so that a second call
         returns normally.  ``TimeoutError`` changes nothing.
         """
+        prof = self._prof
+        if prof is None:
+            return self._wait_all(timeout)
+        start = time.perf_counter_ns()
+        outcome = "raised"
+        try:
+            self._wait_all(timeout)
+            outcome = "ok"
+        finally:
+            prof.waited("wait_all()", start, outcome)
+
+    def _wait_all(self, timeout: float | None) -> None:
         _check_timeout(timeout)
         with self._guard:
             epoch = self._epoch
@@ -360,8 +387,9 @@ class Engine:
             if deleting is not None:
                 deleting._deleted_at = seq
                 self._any_deleted = True
-            if self._prof is not None:
-                self._prof.pushed(op)
+            if self._prof is not None:  # the op carries its own record while profiling
+                op._rec = self
+                op._t_push = perf_counter_ns()
         finally:
             lock.release()
         if not wait:
@@ -416,9 +444,9 @@ class Engine:
             if error is not None:
                 return self._complete(op, error, False)
         op._state = _op.RUNNING
-        prof = self._prof
-        if prof is not None:
-            prof.started(op)
+        if self._prof is not None:
+            op._t_start = perf_counter_ns()
+            op._t_thread = get_ident()
         if op.is_async:
             return self._execute_async(op)
         try:
@@ -466,7 +494,7 @@ class Engine:
             error.add_note(f"depengine: raised by op {op.name!r} (#{op.id})")
         prof = self._prof
         if prof is not None:
-            prof.ended(op, error, origin)
+            prof.ended(op)
         ready = []
         lock = self._lock
         if not lock.acquire(False):
@@ -509,6 +537,9 @@ class Engine:
                             nxt._wait -= 1
                             if not nxt._wait:
                                 ready.append(nxt)
+            if op._name is None:  # name it before letting go of its function
+                op._name = _op.name_of(op.fn)
+            op.fn = None  # whatever the function holds is released now
             if error is None:
                 op._state = _op.DONE
             else:
@@ -618,6 +649,7 @@ def _close_live_engines() -> None:
             engine.close()
         except Exception:
             _log.exception("depengine: closing %r at exit failed", engine)
+    profiler.finish_env_profile()
 
 
 def _forget_engines_after_fork() -> None:
@@ -628,3 +660,4 @@ def _forget_engines_after_fork() -> None:
 
 atexit.register(_close_live_engines)
 os.register_at_fork(after_in_child=_forget_engines_after_fork)
+profiler.start_env_profile()

@@ -43,6 +43,10 @@ class Op(RunContext):
     __slots__ = (
         "_epoch",
         "_lane",
+        "_t_push",
+        "_t_ready",
+        "_t_start",
+        "_t_thread",
         "_name",
         "_rec",
         "_state",
@@ -66,8 +70,7 @@ class Op(RunContext):
     @property
     def name(self) -> str:
         if self._name is None:
-            fn = self.fn
-            self._name = getattr(fn, "__qualname__", None) or type(fn).__name__
+            self._name = name_of(self.fn)
         return self._name
 
     @property
@@ -81,6 +84,15 @@ class Op(RunContext):
         writes = ", ".join(v.name for v in self.writes)
         op_id = getattr(self, "id", "?")
         return f"<Op #{op_id} {self.name!r} {self.state} reads=[{reads}] writes=[{writes}]>"
+
+
+def name_of(fn) -> str:
+    """The name an unnamed op takes from its function."""
+    name = getattr(fn, "__qualname__", None)
+    if name is None:
+        inner = getattr(fn, "func", None)  # functools.partial
+        name = getattr(inner, "__qualname__", None) or type(fn).__name__
+    return name
 
 
 class _Epoch:

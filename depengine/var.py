@@ -31,6 +31,7 @@ class Var:
         "_waiters",
         "_writing",
         "name",
+        "serial",
         "version",
     )
 
@@ -38,9 +39,10 @@ class Var:
         raise TypeError("Var cannot be created directly; use Engine.new_var(name)")
 
     @classmethod
-    def _create(cls, engine, name: str) -> Var:
+    def _create(cls, engine, name: str, serial: int) -> Var:
         v = object.__new__(cls)
         v.name = name
+        v.serial = serial  # unique within its engine, for traces
         v.version = 0
         v._engine = engine
         # Ops waiting for this var, in push order; an op writes it iff self in op.writes.

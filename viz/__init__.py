@@ -1,0 +1,28 @@
+"""Pictures and figures of what an engine did: dependency graphs, timelines, statistics.
+
+Every function takes a finished profile, a :class:`depengine.Trace`, or the
+path of a saved trace file.
+"""
+
+from depengine.trace import Stats, Trace, TraceError
+
+from .graph import dependency_graph
+from .render import DOT_MISSING, GraphvizMissingError, render
+from .timeline import timeline
+
+__all__ = [
+    "DOT_MISSING",
+    "GraphvizMissingError",
+    "Stats",
+    "Trace",
+    "TraceError",
+    "dependency_graph",
+    "render",
+    "stats",
+    "timeline",
+]
+
+
+def stats(trace) -> Stats:
+    """Per-op-name timings, per-lane utilisation, queueing delay, parallelism, critical path."""
+    return Trace.coerce(trace).stats()

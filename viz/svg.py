@@ -31,10 +31,12 @@ class Svg:
 
     def bar(self, x, y, w, h, tooltip: str | None = None, **attrs) -> None:
         body = f"<title>{escape(tooltip)}</title>" if tooltip else ""
-        self.parts.append(f"<rect{_attrs(dict(x=f'{x:.2f}', y=f'{y:.2f}', width=f'{max(w, 0.5):.2f}', height=f'{h:.2f}', **attrs))}>{body}</rect>")
+        box = {"x": f"{x:.2f}", "y": f"{y:.2f}", "width": f"{max(w, 0.5):.2f}", "height": f"{h:.2f}"}
+        self.parts.append(f"<rect{_attrs({**box, **attrs})}>{body}</rect>")
 
     def line(self, x1, y1, x2, y2, **attrs) -> None:
-        self.parts.append(f"<line{_attrs(dict(x1=f'{x1:.2f}', y1=f'{y1:.2f}', x2=f'{x2:.2f}', y2=f'{y2:.2f}', **attrs))}/>")
+        ends = {"x1": f"{x1:.2f}", "y1": f"{y1:.2f}", "x2": f"{x2:.2f}", "y2": f"{y2:.2f}"}
+        self.parts.append(f"<line{_attrs({**ends, **attrs})}/>")
 
     def polyline(self, points, **attrs) -> None:
         pts = " ".join(f"{x:.2f},{y:.2f}" for x, y in points)
@@ -42,13 +44,15 @@ class Svg:
 
     def circle(self, x, y, r, tooltip: str | None = None, **attrs) -> None:
         body = f"<title>{escape(tooltip)}</title>" if tooltip else ""
-        self.parts.append(f"<circle{_attrs(dict(cx=f'{x:.2f}', cy=f'{y:.2f}', r=r, **attrs))}>{body}</circle>")
+        centre = {"cx": f"{x:.2f}", "cy": f"{y:.2f}", "r": r}
+        self.parts.append(f"<circle{_attrs({**centre, **attrs})}>{body}</circle>")
 
     def text(self, x, y, s: str, size: int = 12, **attrs) -> None:
         self.parts.append(f"<text{_attrs(dict(x=f'{x:.2f}', y=f'{y:.2f}', font_size=size, **attrs))}>"
                           f"{escape(s)}</text>")
 
     def __str__(self) -> str:
-        head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.width:.0f}" height="{self.height:.0f}" '
-                f'viewBox="0 0 {self.width:.0f} {self.height:.0f}" font-family="{self.font}">')
+        w, h = f"{self.width:.0f}", f"{self.height:.0f}"
+        head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+                f'viewBox="0 0 {w} {h}" font-family="{self.font}">')
         return head + '<rect width="100%" height="100%" fill="white"/>' + "".join(self.parts) + "</svg>\n"

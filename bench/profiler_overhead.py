@@ -1,0 +1,157 @@
+"""What profiling costs: hooks off against a build without them, and hooks on.
+
+    python -m bench.profiler_overhead [--rounds 9] [--steps 2000] [--workers 2]
+
+"A build without the hooks" is depengine/engine.py with every profiler
+statement removed by an AST transform (``if ... _prof is not None:`` blocks,
+``prof = self._prof`` and the profile branches of the waits), compiled into a
+separate module: the same engine minus the hooks.  The three variants run the
+empty-op stencil_1d of ``bench.throughput`` in interleaved rounds, so that
+machine noise hits them alike; the figures are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import depengine as de
+from depengine import engine as engine_module
+from depengine.threaded import ThreadedEngine
+
+
+class _StripHooks(ast.NodeTransformer):
+    """Drops ``prof = self._prof`` and every ``if <...>prof<...> is not None`` block."""
+
+    @staticmethod
+    def _mentions_prof(node) -> bool:
+        return any(isinstance(n, (ast.Name, ast.Attribute)) and
+                   (getattr(n, "id", None) == "prof" or getattr(n, "attr", None) == "_prof")
+                   for n in ast.walk(node))
+
+    def visit_If(self, node):
+        self.generic_visit(node)
+        if self._mentions_prof(node.test):
+            # `if prof is None: return fast(...)` keeps its body; `if prof is not None:` goes
+            if isinstance(node.test, ast.Compare) and isinstance(node.test.ops[0], ast.Is):
+                return node.body
+            return node.orelse or None
+        return node
+
+    def visit_Assign(self, node):
+        if self._mentions_prof(node.value) and any(getattr(t, "id", None) == "prof" for t in node.targets):
+            return None
+        return node
+
+
+def engine_without_hooks(kind: type = ThreadedEngine) -> type:
+    """``kind`` (an engine class) rebuilt on an Engine base without profiler hooks."""
+    tree = _StripHooks().visit(ast.parse(inspect.getsource(engine_module)))
+    ast.fix_missing_locations(tree)
+    namespace = {"__name__": "depengine._engine_without_hooks", "__package__": "depengine"}
+    exec(compile(tree, "<depengine.engine without profiler hooks>", "exec"), namespace)
+    base = namespace["Engine"]
+    methods = {k: v for k, v in vars(kind).items() if not k.startswith("__")}
+    return type(f"{kind.__name__}WithoutHooks", (base,), methods)
+
+
+def _variant(name: str):
+    """An engine factory and whether to profile, by variant name (one worker thread)."""
+    if name == "without-hooks":
+        bare = engine_without_hooks()
+        return (lambda: bare(workers=1)), False
+    return (lambda: de.Engine("threaded", workers=1)), name == "profiling-on"
+
+
+def _child(name: str, steps: int) -> None:
+    make, on = _variant(name)
+    if on:
+        with de.profile():
+            stencil_us_per_op(make, 16, steps)
+    else:
+        stencil_us_per_op(make, 16, steps)
+
+
+def instructions_per_op(name: str) -> float:
+    """Instructions per op under callgrind (deterministic, unlike wall time here)."""
+    counts = []
+    for steps in (100, 600):
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                              sys.executable, "-m", "bench.profiler_overhead", "--child", name,
+                              "--steps", str(steps)], capture_output=True, text=True, check=True)
+        line = next(ln for ln in out.stderr.splitlines() if "Collected" in ln)
+        counts.append(int(line.split()[-1]))
+    return (counts[1] - counts[0]) / (16 * 500)
+
+
+def stencil_us_per_op(make_engine, width: int, steps: int) -> float:
+    with make_engine() as eng:
+        vs = [eng.new_var() for _ in range(width)]
+        row = [([vs[j] for j in (i - 1, i + 1) if 0 <= j < width], [vs[i]]) for i in range(width)]
+        push = eng.push
+
+        def empty(ctx):
+            pass
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            for reads, writes in row:
+                push(empty, reads=reads, writes=writes)
+        eng.wait_all()
+        return (time.perf_counter() - start) / (width * steps) * 1e6
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--instructions", action="store_true",
+                   help="count instructions per op with valgrind (1 worker) instead of timing")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        _child(args.child, args.steps)
+        return 0
+    if args.instructions:
+        if shutil.which("valgrind") is None:
+            p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
+        counts = {n: instructions_per_op(n) for n in ("without-hooks", "profiling-off", "profiling-on")}
+        print("stencil_1d 16 wide, threaded engine, 1 worker: instructions per op (callgrind, 600 - 100 steps)")
+        for n, c in counts.items():
+            print(f"  {n:15s} {c:9.0f}")
+        print(f"  profiling off / without hooks: {counts['profiling-off'] / counts['without-hooks']:.4f}")
+        print(f"  profiling on / off: {counts['profiling-on'] / counts['profiling-off']:.3f}")
+        return 0
+    bare = engine_without_hooks()
+    variants = {
+        "without hooks": lambda: bare(workers=args.workers),
+        "hooks, profiling off": lambda: de.Engine("threaded", workers=args.workers),
+    }
+    times: dict[str, list[float]] = {name: [] for name in [*variants, "profiling on"]}
+    for _ in range(args.rounds):
+        for name, make in variants.items():
+            times[name].append(stencil_us_per_op(make, args.width, args.steps))
+        with de.profile():
+            times["profiling on"].append(
+                stencil_us_per_op(lambda: de.Engine("threaded", workers=args.workers), args.width, args.steps))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"stencil_1d {args.width}x{args.steps} empty ops, {args.workers} workers, "
+          f"median of {args.rounds} interleaved rounds (us/op end-to-end)")
+    for name, v in times.items():
+        print(f"  {name:22s} {med[name]:7.2f}   [{min(v):.2f}-{max(v):.2f}]")
+    off = med["hooks, profiling off"] / med["without hooks"]
+    print(f"  profiling off / without hooks: {off:.3f} ({(off - 1) * 100:+.1f}%)")
+    print(f"  profiling on adds {med['profiling on'] - med['hooks, profiling off']:.2f} us/op")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

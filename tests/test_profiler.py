@@ -1,0 +1,212 @@
+"""Recording: what a profile captures, the Chrome trace JSON, loading back, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import depengine as de
+from depengine.trace import OpRecord, Trace, TraceError
+
+
+def diamond(eng):
+    a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
+    eng.push(lambda ctx: None, writes=[a], name="fill_a")
+    eng.push(lambda ctx: None, reads=[a], writes=[b], name="b=a+1")
+    eng.push(lambda ctx: None, reads=[a], writes=[c], name="c=a+2")
+    eng.push(lambda ctx: None, reads=[b, c], writes=[a], name="a=b*c")
+    eng.wait_for_var(a)
+    return a, b, c
+
+
+@pytest.mark.parametrize("kind", ["naive", "threaded"])
+def test_profile_records_every_op_with_vars_versions_and_times(kind):
+    with de.profile() as prof, de.Engine(kind, workers=2) as eng:
+        diamond(eng)
+        eng.wait_all()
+    trace = prof.trace()
+    assert [r.name for r in trace.ops] == ["fill_a", "b=a+1", "c=a+2", "a=b*c"]
+    by_name = {r.name: r for r in trace.ops}
+    assert by_name["fill_a"].writes == [(0, "a", 1)]
+    assert by_name["b=a+1"].reads == [(0, "a", 1)] and by_name["b=a+1"].writes == [(1, "b", 1)]
+    assert by_name["a=b*c"].reads == [(1, "b", 1), (2, "c", 1)]
+    assert by_name["a=b*c"].writes == [(0, "a", 2)]
+    for r in trace.ops:
+        assert 0 <= r.push <= r.ready <= r.start <= r.end, r
+        assert r.device == "cpu(0)" and r.state == "done" and r.kind == "normal"
+        if kind == "threaded":
+            assert r.lane.startswith("depengine-cpu-")
+        else:
+            assert r.lane == threading.current_thread().name
+    waits = [w.what for w in trace.waits]
+    assert waits == ["wait_for_var('a')", "wait_all()"]
+    assert all(w.outcome == "ok" and w.end >= w.start for w in trace.waits)
+
+
+def test_profile_off_costs_one_check_and_records_nothing():
+    with de.Engine("threaded", workers=1) as eng:
+        assert eng._prof is None
+        with de.profile() as prof:
+            assert eng._prof is not None  # existing engines start recording
+            with de.Engine("naive") as other:
+                assert other._prof is eng._prof  # and new ones too
+        assert eng._prof is None
+        eng.push(lambda ctx: None)
+        eng.wait_all()
+    assert len(prof.trace()) == 0
+
+
+def test_failed_and_skipped_ops_are_recorded():
+    with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
+        v, w = eng.new_var("v"), eng.new_var("w")
+        eng.push(lambda ctx: 1 / 0, writes=[v], name="bad")
+        eng.push(lambda ctx: None, reads=[v], writes=[w], name="victim")
+        with pytest.raises(ZeroDivisionError):
+            eng.wait_all()
+    states = {r.name: (r.state, r.error) for r in prof.trace().ops}
+    assert states["bad"][0] == "failed" and "ZeroDivisionError" in states["bad"][1]
+    assert states["victim"][0] == "skipped"
+    waits = prof.trace().waits
+    assert waits[-1].outcome == "raised"
+
+
+def test_only_one_profile_at_a_time():
+    with de.profile(), pytest.raises(RuntimeError, match="already recording"):
+        de.profile().start()
+    prof = de.profile()
+    with pytest.raises(RuntimeError, match="nothing recorded"):
+        prof.trace()
+
+
+def test_chrome_trace_json(tmp_path):
+    with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
+        diamond(eng)
+    path = prof.save(tmp_path / "trace.json")
+    data = json.loads(open(path).read())
+    events = data["traceEvents"]
+    complete = [e for e in events if e["ph"] == "X" and e.get("cat") != "wait"]
+    assert sorted(e["name"] for e in complete) == sorted(["fill_a", "b=a+1", "c=a+2", "a=b*c"])
+    for e in complete:
+        assert {"pid", "tid", "ts", "dur", "args"} <= set(e)
+        assert e["dur"] >= 0 and isinstance(e["args"]["reads"], list)
+    meta = [e for e in events if e["ph"] == "M"]
+    assert {"name": "cpu(0)"} in [e["args"] for e in meta if e["name"] == "process_name"]
+    lanes = {e["args"]["name"] for e in meta if e["name"] == "thread_name"}
+    assert lanes >= {e_lane for e_lane in lanes if e_lane.startswith("depengine-cpu-")}
+    starts = {e["id"]: e for e in events if e["ph"] == "s"}
+    finishes = {e["id"]: e for e in events if e["ph"] == "f"}
+    assert starts.keys() == finishes.keys() and len(starts) == len(prof.trace().edges()) == 6
+    for fid, f in finishes.items():
+        assert f["bp"] == "e" and f["ts"] >= starts[fid]["ts"]
+    b_args = next(e["args"] for e in complete if e["name"] == "a=b*c")
+    assert b_args["reads"] == ["b@v1", "c@v1"] and b_args["writes"] == ["a@v2"]
+
+
+def test_saved_trace_loads_back_exactly(tmp_path):
+    with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
+        diamond(eng)
+    path = prof.save(tmp_path / "t.json")
+    loaded = Trace.load(path)
+    assert loaded.ops == prof.trace().ops
+    assert loaded.waits == prof.trace().waits
+    assert loaded.edges() == prof.trace().edges()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "is empty"),
+    ('{"traceEvents": [{"ph": "X"', r"not valid JSON \(the file looks truncated\)"),
+    ("[1, 2, 3]", "not a depengine trace"),
+    ('{"traceEvents": []}', "not a depengine trace"),
+    ('{"depengine": {"format": 99}}', "unsupported depengine trace format 99"),
+    ('{"depengine": {"format": 1, "ops": [{"id": 1}]}}', "op record #0 is malformed"),
+])
+def test_bad_trace_files_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(TraceError, match=message) as info:
+        Trace.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_real_trace(tmp_path):
+    with de.profile() as prof, de.Engine("naive") as eng:
+        diamond(eng)
+    path = prof.save(tmp_path / "t.json")
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    with pytest.raises(TraceError, match="truncated"):
+        Trace.load(path)
+    with pytest.raises(TraceError, match="cannot read"):
+        Trace.load(tmp_path / "missing.json")
+
+
+def test_environment_variable_writes_a_trace_at_exit(tmp_path):
+    out = tmp_path / "env.json"
+    code = ("import depengine as de\n"
+            "eng = de.Engine('threaded', workers=2)\n"
+            "v = eng.new_var('v')\n"
+            "for i in range(10):\n"
+            "    eng.push(lambda ctx: None, writes=[v], name=f'step{i}')\n")
+    env = dict(os.environ, DEPENGINE_PROFILE=str(out))
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    trace = Trace.load(out)
+    assert [r.name for r in trace.ops] == [f"step{i}" for i in range(10)]
+    assert [r.writes[0][2] for r in trace.ops] == list(range(1, 11))
+
+
+def _rec(i, name, start, end, reads=(), writes=(), lane="w0", device="cpu(0)", state="done"):
+    return OpRecord(id=i, name=name, engine=0, device=device, kind="normal", priority=0, lane=lane,
+                    reads=list(reads), writes=list(writes), push=0, ready=start, start=start, end=end,
+                    state=state)
+
+
+def test_critical_path_and_parallelism_on_a_known_program():
+    # a(0-10) -> b(10-40) and c(10-20) -> d(40-50); c also -> e(20-25)
+    ops = [
+        _rec(0, "a", 0, 10, writes=[(0, "x", 1)]),
+        _rec(1, "b", 10, 40, reads=[(0, "x", 1)], writes=[(1, "y", 1)], lane="w0"),
+        _rec(2, "c", 10, 20, reads=[(0, "x", 1)], writes=[(2, "z", 1)], lane="w1"),
+        _rec(3, "d", 40, 50, reads=[(1, "y", 1), (2, "z", 1)], writes=[(3, "out", 1)], lane="w0"),
+        _rec(4, "e", 20, 25, reads=[(2, "z", 1)], lane="w1"),
+    ]
+    trace = Trace(ops)
+    assert trace.critical_path() == [(0, 0), (0, 1), (0, 3)]
+    assert trace.critical_path_ns() == 50
+    s = trace.stats()
+    assert s.wall_ns == 50
+    assert s.parallelism == pytest.approx((10 + 30 + 10 + 10 + 5) / 50)
+    assert s.per_lane["w0"]["busy"] == 50 and s.per_lane["w1"]["busy"] == 15
+    assert s.per_lane["w1"]["utilisation"] == pytest.approx(0.3)
+    assert s.per_name["b"]["total"] == 30 and s.per_name["b"]["count"] == 1
+    kinds = {(e.src[1], e.dst[1], e.var): e.kind for e in trace.edges()}
+    assert kinds == {(0, 1, "x"): "RAW", (0, 2, "x"): "RAW", (1, 3, "y"): "RAW",
+                     (2, 3, "z"): "RAW", (2, 4, "z"): "RAW"}
+    text = str(s)
+    assert "critical path 0.000 ms" in text and "achieved parallelism 1.30" in text
+
+
+def test_write_after_read_and_write_after_write_edges():
+    ops = [
+        _rec(0, "w1", 0, 1, writes=[(0, "v", 1)]),
+        _rec(1, "w2", 1, 2, writes=[(0, "v", 2)]),        # nobody read v1: WAW
+        _rec(2, "r", 2, 3, reads=[(0, "v", 2)]),
+        _rec(3, "w3", 3, 4, writes=[(0, "v", 3)]),        # r read v2: WAR r -> w3
+    ]
+    edges = {(e.src[1], e.dst[1]): (e.kind, e.version) for e in Trace(ops).edges()}
+    assert edges == {(0, 1): ("WAW", 2), (1, 2): ("RAW", 2), (2, 3): ("WAR", 3)}
+
+
+def test_stats_queueing_delay_and_percentiles():
+    ops = [_rec(i, "op", 100 * i, 100 * i + 10 * (i + 1)) for i in range(100)]
+    for r in ops:
+        r.ready = r.start - 5
+    s = Trace(ops).stats()
+    assert s.queue_delay["mean"] == 5 and s.queue_delay["max"] == 5
+    assert s.per_name["op"]["min"] == 10 and s.per_name["op"]["max"] == 1000
+    assert s.per_name["op"]["p50"] in (500, 510) and s.per_name["op"]["p99"] in (990, 1000)
