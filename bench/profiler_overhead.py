@@ -124,7 +124,8 @@ def main(argv=None) -> int:
         if shutil.which("valgrind") is None:
             p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
         counts = {n: instructions_per_op(n) for n in ("without-hooks", "profiling-off", "profiling-on")}
-        print("stencil_1d 16 wide, threaded engine, 1 worker: instructions per op (callgrind, 600 - 100 steps)")
+        print("stencil_1d 16 wide, threaded engine, 1 worker: instructions per op "
+              "(callgrind, 600 - 100 steps)")
         for n, c in counts.items():
             print(f"  {n:15s} {c:9.0f}")
         print(f"  profiling off / without hooks: {counts['profiling-off'] / counts['without-hooks']:.4f}")
@@ -140,8 +141,8 @@ def main(argv=None) -> int:
         for name, make in variants.items():
             times[name].append(stencil_us_per_op(make, args.width, args.steps))
         with de.profile():
-            times["profiling on"].append(
-                stencil_us_per_op(lambda: de.Engine("threaded", workers=args.workers), args.width, args.steps))
+            times["profiling on"].append(stencil_us_per_op(
+                lambda: de.Engine("threaded", workers=args.workers), args.width, args.steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"stencil_1d {args.width}x{args.steps} empty ops, {args.workers} workers, "
           f"median of {args.rounds} interleaved rounds (us/op end-to-end)")

@@ -175,7 +175,8 @@ class Trace:
             ready = r.push
             for p in preds.get(r.key, ()):
                 q = self._by_key[p]
-                ready = max(ready, q.gpu_end if q.gpu_end is not None and r.device.startswith("cpu") else q.end)
+                gpu_wait = q.gpu_end is not None and r.device.startswith("cpu")
+                ready = max(ready, q.gpu_end if gpu_wait else q.end)
             r.ready = min(max(ready, r.push), r.start)
 
     # ---------------------------------------------------------- structure

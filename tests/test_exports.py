@@ -6,7 +6,8 @@ import depengine as de
 def test_exported_names_are_pinned():
     assert sorted(de.__all__) == sorted([
         "DeadlockError", "DepengineError", "Device", "DeviceUnavailableError", "Engine",
-        "EngineClosedError", "Op", "RunContext", "Var", "VarDeletedError", "cpu", "default_engine",
+        "EngineClosedError", "Op", "RunContext", "Trace", "TraceError", "Var", "VarDeletedError", "cpu",
+        "default_engine", "profile",
     ])
     for name in de.__all__:
         assert getattr(de, name) is not None

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -87,7 +88,7 @@ def test_chrome_trace_json(tmp_path):
     with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
         diamond(eng)
     path = prof.save(tmp_path / "trace.json")
-    data = json.loads(open(path).read())
+    data = json.loads(Path(path).read_text())
     events = data["traceEvents"]
     complete = [e for e in events if e["ph"] == "X" and e.get("cat") != "wait"]
     assert sorted(e["name"] for e in complete) == sorted(["fill_a", "b=a+1", "c=a+2", "a=b*c"])
@@ -137,7 +138,7 @@ def test_truncated_real_trace(tmp_path):
     with de.profile() as prof, de.Engine("naive") as eng:
         diamond(eng)
     path = prof.save(tmp_path / "t.json")
-    text = open(path).read()
+    text = Path(path).read_text()
     with open(path, "w") as f:
         f.write(text[: len(text) // 2])
     with pytest.raises(TraceError, match="truncated"):

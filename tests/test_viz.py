@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -85,7 +86,7 @@ def test_render_with_dot_to_svg_and_png(diamond_trace, tmp_path):
     svg = viz.render(g, tmp_path / "dag.svg")
     root = ET.parse(svg).getroot()
     assert root.tag.endswith("svg")
-    assert "a=b*c" in open(svg).read()
+    assert "a=b*c" in Path(svg).read_text()
     png = viz.render(g, tmp_path / "dag.png")
     width, height = _png_size(png)
     assert width > 100 and height > 200  # four ops stacked in three ranks
@@ -106,7 +107,7 @@ def test_render_errors(diamond_trace, tmp_path, monkeypatch):
 def test_timeline_svg(diamond_trace, tmp_path):
     out = tmp_path / "tl.svg"
     text = viz.timeline(diamond_trace, out)
-    assert open(out).read() == text
+    assert Path(out).read_text() == text
     root = ET.fromstring(text)
     ns = "{http://www.w3.org/2000/svg}"
     titles = [t.text for t in root.iter(f"{ns}title")]
@@ -153,7 +154,7 @@ def test_cli_trace_viz_stats(tmp_path):
     r = _cli("viz", str(trace), "--graph", str(tmp_path / "g.svg"), "--timeline", str(tmp_path / "t.svg"),
              "--dot", str(tmp_path / "g.dot"), cwd=root)
     assert r.returncode == 0, r.stderr
-    assert "produce" in open(tmp_path / "g.dot").read()
+    assert "produce" in (tmp_path / "g.dot").read_text()
     ET.parse(tmp_path / "g.svg")
     ET.parse(tmp_path / "t.svg")
     r = _cli("stats", str(trace), cwd=root)
