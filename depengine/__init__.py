@@ -5,7 +5,7 @@ dependency and runs each op as soon as it may, in parallel where it can.
 """
 
 from .default import default_engine
-from .device import Device, cpu
+from .device import Device, cpu, devices, gpu
 from .engine import Engine
 from .errors import (
     DeadlockError,
@@ -36,5 +36,7 @@ __all__ = [
     "VarDeletedError",
     "cpu",
     "default_engine",
+    "devices",
+    "gpu",
     "profile",
 ]

@@ -1,8 +1,12 @@
-"""Devices an op can run on.  ``cpu()`` always exists; GPUs come from ``depengine.gpu``."""
+"""Devices an op can run on: ``cpu()`` always, ``gpu(i)`` when a GPU runtime has device i."""
 
 from __future__ import annotations
 
-__all__ = ["Device", "cpu"]
+from scheduler.runtime import RuntimeUnavailable, get_runtime, runtime_kind
+
+from .errors import DeviceUnavailableError
+
+__all__ = ["Device", "cpu", "devices", "gpu"]
 
 
 class Device:
@@ -40,3 +44,40 @@ _CPU = Device("cpu", 0)
 def cpu() -> Device:
     """The host CPU (one device, however many cores)."""
     return _CPU
+
+
+def gpu(index: int = 0) -> Device:
+    """GPU ``index``: a real one, or a simulated one under ``DEPENGINE_GPU=sim``.
+
+    Raises :class:`DeviceUnavailableError` naming the reason when there is
+    none (no cuda-python, no driver, no device, a driver too old, an index
+    past the last device).
+    """
+    if index.__class__ is not int or index < 0:
+        raise ValueError(f"gpu index={index!r} must be an int >= 0")
+    try:
+        rt = get_runtime()
+    except RuntimeUnavailable as exc:
+        raise DeviceUnavailableError(f"gpu({index}) is not available: {exc}") from None
+    count = rt.device_count()
+    if index >= count:
+        raise DeviceUnavailableError(f"gpu({index}) does not exist: the {rt.name} runtime has "
+                                     f"{count} device(s)")
+    return Device("gpu", index)
+
+
+def devices() -> list[Device]:
+    """Every device present: ``cpu()`` and each GPU of the runtime in use (never raises)."""
+    try:
+        if runtime_kind() == "sim" or _cuda_importable():
+            rt = get_runtime()
+            return [_CPU] + [Device("gpu", i) for i in range(rt.device_count())]
+    except RuntimeUnavailable:
+        pass
+    return [_CPU]
+
+
+def _cuda_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cuda") is not None

@@ -169,7 +169,6 @@ class Engine:
                 waiter = None
                 failure = var._failure if self._seq < var._clear_seq else None
         if waiter is not None:
-            self._wait_gpu_for_var(var)
             if not waiter.event.wait(timeout):
                 with self._guard:
                     if not waiter.event.is_set():
@@ -178,11 +177,10 @@ class Engine:
                             var._waiters = None
                         raise TimeoutError(f"wait_for_var({var.name!r}) timed out after {timeout}s")
             failure = waiter.failure
-        else:
-            self._wait_gpu_for_var(var)
         if failure is not None:
             self._report_var_failure(var, failure)
             raise failure
+        self._wait_gpu_for_var(var)
 
     def wait_all(self, timeout: float | None = None) -> None:
         """Return once every op pushed before this call has completed.

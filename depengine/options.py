@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 __all__ = ["KINDS", "EngineOptions", "usable_cores"]
 
 KINDS = ("naive", "threaded", "perdevice")
-DEFAULT_KIND = "threaded"
+DEFAULT_KIND = "perdevice"
 
 # option name -> (environment variable, kinds that accept it)
 _ENV = {

@@ -37,6 +37,8 @@ class WorkerPool:
         size: int,
         *,
         name: str = "depengine-worker",
+        initializer: Callable[[], None] | None = None,
+        start: bool = True,
     ) -> None:
         if type(size) is not int or size < 1:
             raise ValueError(f"worker pool size={size!r} must be an int >= 1")
@@ -44,14 +46,21 @@ class WorkerPool:
         self.size = size
         self.queue = ReadyQueue()
         self._run = run
+        self._initializer = initializer
         self._threads = [
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
             for i in range(size)
         ]
+        self.thread_ids: frozenset[int] = frozenset()
+        self._closed = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the threads (once; the constructor does it unless ``start=False``)."""
         for t in self._threads:
             t.start()
         self.thread_ids = frozenset(t.ident for t in self._threads)
-        self._closed = False
 
     def submit(self, item) -> None:
         """Queue ``item`` for any idle worker of this pool."""
@@ -87,6 +96,11 @@ class WorkerPool:
         return None
 
     def _loop(self) -> None:
+        if self._initializer is not None:
+            try:
+                self._initializer()
+            except Exception:
+                _log.exception("worker %s: initializer failed", self.name)
         queue = self.queue
         get = queue.get
         empty = queue.empty

@@ -13,7 +13,8 @@ os.environ.setdefault("DEPENGINE_DEBUG", "1")
 import depengine as de
 
 # (kind, workers) for the conformance suite
-ENGINE_CONFIGS = [("naive", 1), ("threaded", 1), ("threaded", 2), ("threaded", 4)]
+ENGINE_CONFIGS = [("naive", 1), ("threaded", 1), ("threaded", 2), ("threaded", 4),
+                  ("perdevice", 1), ("perdevice", 2)]
 THREADED_CONFIGS = [c for c in ENGINE_CONFIGS if c[0] != "naive"]
 
 
