@@ -1,9 +1,10 @@
 """``depengine demo``: the main job.
 
 Part 1 pushes a small numba workload (kernels that release the GIL) through
-the engine and prints which ops ran at the same time.  Part 2 (``ops``
-installed) factors an SPD matrix with the tiled Cholesky of ``ops.linalg``,
-checks it against NumPy and compares its speed with NumPy's LAPACK and dask.
+the engine and prints which ops ran at the same time.  Part 2 factors an SPD
+matrix with the tiled Cholesky of ``ops.linalg``, checks it against NumPy and
+compares its speed with NumPy's LAPACK and dask in the same run.  Part 3 runs
+the 2-d heat equation over tiles and checks it against NumPy.
 """
 
 from __future__ import annotations
@@ -97,13 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=4096, help="Cholesky matrix size")
     p.add_argument("--tile", type=int, default=512, help="Cholesky tile size")
     p.add_argument("--skip-cholesky", action="store_true")
+    p.add_argument("--trace", default=None, help="save a trace of one Cholesky run here")
     args = p.parse_args(argv)
     parallel_demo(args.workers)
     if not args.skip_cholesky:
-        try:
-            from .cholesky_demo import cholesky_demo
-        except ImportError:
-            return 0
+        from .cholesky_demo import cholesky_demo, heat_demo
+
         print()
-        cholesky_demo(args.n, args.tile, args.workers)
+        cholesky_demo(args.n, args.tile, args.workers, trace=args.trace)
+        print()
+        heat_demo()
     return 0

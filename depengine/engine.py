@@ -493,6 +493,9 @@ class Engine:
         prof = self._prof
         if prof is not None:
             prof.ended(op)
+        if op._name is None:  # name it before letting go of its function
+            op._name = _op.name_of(op.fn)
+        op.fn = None  # what the function holds is released before any waiter wakes
         ready = []
         lock = self._lock
         if not lock.acquire(False):
@@ -535,9 +538,6 @@ class Engine:
                             nxt._wait -= 1
                             if not nxt._wait:
                                 ready.append(nxt)
-            if op._name is None:  # name it before letting go of its function
-                op._name = _op.name_of(op.fn)
-            op.fn = None  # whatever the function holds is released now
             if error is None:
                 op._state = _op.DONE
             else:

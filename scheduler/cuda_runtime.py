@@ -162,15 +162,16 @@ class CudaRuntime:
     def free(self, buf, stream) -> None:
         buf.close(stream)
 
-    def copy_htod(self, dst, src: np.ndarray, stream) -> None:
+    def copy_htod(self, dst, src: np.ndarray, stream, offset: int = 0) -> None:
         src = np.ascontiguousarray(src)
-        check(self._driver.cuMemcpyHtoDAsync(int(dst.handle), src.ctypes.data, src.nbytes,
+        check(self._driver.cuMemcpyHtoDAsync(int(dst.handle) + offset, src.ctypes.data, src.nbytes,
                                              stream.handle))
 
-    def copy_dtoh(self, dst: np.ndarray, src, stream) -> None:
+    def copy_dtoh(self, dst: np.ndarray, src, stream, offset: int = 0) -> None:
         if not dst.flags.c_contiguous:
             raise ValueError("copy_dtoh needs a C-contiguous host array")
-        check(self._driver.cuMemcpyDtoHAsync(dst.ctypes.data, int(src.handle), dst.nbytes, stream.handle))
+        check(self._driver.cuMemcpyDtoHAsync(dst.ctypes.data, int(src.handle) + offset, dst.nbytes,
+                                             stream.handle))
 
     def copy_dtod(self, dst, src, stream) -> None:
         n = min(dst.size, src.size)
@@ -195,8 +196,11 @@ class CudaRuntime:
         launch(stream, LaunchConfig(grid=grid, block=block), kernel, *args)
 
     @staticmethod
-    def kernel_arg(buffer, dtype, shape):
-        return buffer
+    def kernel_arg(buffer, dtype, shape, offset: int = 0):
+        """A pointer argument: the buffer's device address plus ``offset`` elements."""
+        if not offset:
+            return buffer
+        return np.uint64(int(buffer.handle) + offset * np.dtype(dtype).itemsize)
 
 
 class _Event:

@@ -131,8 +131,9 @@ class SimBuffer:
         self.reads: dict[int, int] = {}                  # stream id -> item number
         self.freed = False
 
-    def view(self, dtype, shape) -> np.ndarray:
-        return self.data.view(dtype)[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+    def view(self, dtype, shape, offset: int = 0) -> np.ndarray:
+        size = int(np.prod(shape, dtype=np.int64))
+        return self.data.view(dtype)[offset:offset + size].reshape(shape)
 
     def __repr__(self) -> str:
         return f"<SimBuffer gpu{self.device} {self.nbytes} bytes{' freed' if self.freed else ''}>"
@@ -241,7 +242,13 @@ class SimRuntime:
             self._access(stream, [(buf, "w")], "alloc")
         return buf
 
-    def free(self, buf: SimBuffer, stream: SimStream) -> None:
+    def free(self, buf: SimBuffer, stream: SimStream | None) -> None:
+        """Free ``buf`` in stream order, or at once (``stream=None``, after the host synchronised)."""
+        if stream is None:
+            self.check_host_access(buf, "w", "free")
+            buf.freed = True
+            buf.data = np.zeros(0, np.uint8)
+            return
         with self._lock:
             self._access(stream, [(buf, "w")], "free")
 
@@ -249,21 +256,23 @@ class SimRuntime:
                 buf.freed = True
             stream.enqueue(release)
 
-    def copy_htod(self, dst: SimBuffer, src: np.ndarray, stream: SimStream) -> None:
-        raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
-        self._check_size(dst, raw.nbytes)
+    def copy_htod(self, dst: SimBuffer, src: np.ndarray, stream: SimStream, offset: int = 0) -> None:
+        """Copy host ``src`` into ``dst`` from byte ``offset`` on."""
+        raw = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+        self._check_size(dst, offset + raw.nbytes)
         with self._lock:
             self._access(stream, [(dst, "w")], "copy_htod")
-            stream.enqueue(lambda: dst.data.__setitem__(slice(0, raw.nbytes), raw))
+            stream.enqueue(lambda: dst.data.__setitem__(slice(offset, offset + raw.nbytes), raw))
 
-    def copy_dtoh(self, dst: np.ndarray, src: SimBuffer, stream: SimStream) -> None:
+    def copy_dtoh(self, dst: np.ndarray, src: SimBuffer, stream: SimStream, offset: int = 0) -> None:
+        """Copy ``src`` from byte ``offset`` on into the C-contiguous host array ``dst``."""
         if not dst.flags.c_contiguous:
             raise ValueError("copy_dtoh needs a C-contiguous host array")
-        out = dst.view(np.uint8).reshape(-1)
-        self._check_size(src, out.nbytes)
+        out = dst.reshape(-1).view(np.uint8)
+        self._check_size(src, offset + out.nbytes)
         with self._lock:
             self._access(stream, [(src, "r")], "copy_dtoh")
-            stream.enqueue(lambda: out.__setitem__(slice(None), src.data[: out.nbytes]))
+            stream.enqueue(lambda: out.__setitem__(slice(None), src.data[offset:offset + out.nbytes]))
 
     def copy_dtod(self, dst: SimBuffer, src: SimBuffer, stream: SimStream) -> None:
         n = min(dst.nbytes, src.nbytes)
@@ -281,9 +290,9 @@ class SimRuntime:
         return _Module({k.name: k for k in kernels})
 
     @staticmethod
-    def kernel_arg(buffer: SimBuffer, dtype, shape) -> _ArgView:
-        """A kernel argument: ``buffer`` seen as an array of ``dtype`` and ``shape``."""
-        return _ArgView(buffer, dtype, shape)
+    def kernel_arg(buffer: SimBuffer, dtype, shape, offset: int = 0) -> _ArgView:
+        """A kernel argument: ``buffer`` from element ``offset`` on, as ``dtype`` and ``shape``."""
+        return _ArgView(buffer, dtype, shape, offset)
 
     def launch(self, kernel: KernelSource, grid, block, args, stream: SimStream) -> None:
         if len(args) != len(kernel.access):
@@ -356,15 +365,18 @@ class SimRuntime:
 class _ArgView:
     """A typed view of a device buffer passed to a kernel."""
 
-    __slots__ = ("buffer", "dtype", "shape")
+    __slots__ = ("buffer", "dtype", "offset", "shape")
 
-    def __init__(self, buffer, dtype, shape) -> None:
+    def __init__(self, buffer, dtype, shape, offset: int = 0) -> None:
         self.buffer = buffer
         self.dtype = np.dtype(dtype)
         self.shape = tuple(shape)
+        self.offset = offset
 
     def array(self) -> np.ndarray:
-        return self.buffer.view(self.dtype, self.shape)
+        size = int(np.prod(self.shape, dtype=np.int64))
+        flat = self.buffer.data.view(self.dtype)
+        return flat[self.offset:self.offset + size].reshape(self.shape)
 
 
 def _as_cuda_error(stream: SimStream) -> CudaError:

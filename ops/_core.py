@@ -1,0 +1,112 @@
+"""What every ops/ function shares: the engine, storage, dtypes, deferred frees.
+
+Arrays are released through the engine: when an array that owns its storage
+is garbage collected, its var is deleted with ``Engine.delete_var``, so the
+storage is freed only after every op already pushed that uses it has
+finished.  ``__del__`` can run anywhere (even inside the engine while it
+holds its lock), so it only queues the release; the next ops/ call, from
+user code, hands the queue to the engine.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+import depengine as de
+
+__all__ = ["CPU_DTYPES", "DeviceStore", "check_dtype", "engine", "flush_releases", "push", "queue_release",
+           "runtime", "set_engine"]
+
+CPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int32, np.int64, np.float32, np.float64))
+GPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int64, np.float32, np.float64))  # int64: argmax
+
+_engine: de.Engine | None = None
+_releases: deque = deque()
+
+
+def engine() -> de.Engine:
+    """The engine ops/ pushes to: ``set_engine``'s, else ``depengine.default_engine()``."""
+    eng = _engine
+    if eng is None or eng.closed:
+        eng = de.default_engine()
+    return eng
+
+
+def set_engine(eng: de.Engine | None) -> None:
+    """Push ops/ work to ``eng`` from now on (None: back to the default engine)."""
+    global _engine
+    if eng is not None and not isinstance(eng, de.Engine):
+        raise TypeError(f"set_engine({eng!r}): expected a depengine.Engine or None")
+    _engine = eng
+
+
+def runtime(eng: de.Engine):
+    """The GPU runtime behind ``eng`` (it has one once a GPU op was placed)."""
+    return eng._rt
+
+
+def check_dtype(dtype, device) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype={dtype!r} is not a NumPy dtype") from None
+    allowed = GPU_DTYPES if device.type == "gpu" else CPU_DTYPES
+    if dt not in allowed:
+        names = ", ".join(d.name for d in allowed)
+        raise TypeError(f"dtype {dt.name} is not supported on {device}; supported: {names}")
+    return dt
+
+
+class DeviceStore:
+    """Device memory shared by an array and its views; allocated by the op that first writes it."""
+
+    __slots__ = ("borrowed", "buf", "device", "nbytes")
+
+    def __init__(self, device: int, nbytes: int, borrowed: bool = False) -> None:
+        self.device = device
+        self.nbytes = nbytes
+        self.buf = None
+        self.borrowed = borrowed  # memory of another library (DLPack): never freed here
+
+    def ensure(self, rt, stream):
+        if self.buf is None:
+            self.buf = rt.alloc(self.device, self.nbytes, stream)
+        return self.buf
+
+
+def queue_release(eng, var, store) -> None:
+    """Called from ``__del__``: remember to delete ``var`` (and free ``store``) later."""
+    _releases.append((eng, var, store))
+
+
+def flush_releases() -> None:
+    """Hand queued releases to their engines (from user code, never from inside the engine)."""
+    while _releases:
+        try:
+            eng, var, store = _releases.popleft()
+        except IndexError:
+            return
+        if eng.closed or var.deleted:
+            continue
+        free = None
+        if store is not None and not store.borrowed:
+            rt = runtime(eng)
+
+            def free(store=store, rt=rt):
+                if store.buf is not None:
+                    rt.free(store.buf, None)
+                    store.buf = None
+        try:
+            eng.delete_var(var, on_delete=free)
+        except de.EngineClosedError:
+            pass
+
+
+def push(fn, reads, writes, name: str, device, kind: str = "normal", priority: int = 0):
+    """Push ``fn`` reading and writing arrays (by their vars) on their engine."""
+    flush_releases()
+    eng = (writes[0] if writes else reads[0])._engine
+    return eng.push(fn, reads=[a._var for a in reads], writes=[a._var for a in writes], name=name,
+                    device=None if device.type == "cpu" else device, kind=kind, priority=priority)

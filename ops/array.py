@@ -1,0 +1,378 @@
+"""NDArray: an array whose every operation is pushed to the engine and returns at once.
+
+An array owns one engine var and its storage (a NumPy array on the CPU, a
+device buffer on a GPU).  Views (basic slicing, reshape, transpose) share
+their parent's var and storage, so they are ordered with it.  Reading the
+values (``asnumpy``, ``__array__``, ``float()``) waits for pending writes.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+import depengine as de
+
+from . import _core
+
+__all__ = ["NDArray"]
+
+
+class NDArray:
+    """An asynchronous n-dimensional array on ``de.cpu()`` or ``de.gpu(i)``.
+
+    Create arrays with ``ops.array``, ``ops.zeros``, ``ops.ones``, ``ops.full``,
+    ``ops.arange``, ``ops.empty`` or ``ops.random``.
+    """
+
+    __slots__ = ("__weakref__", "_base", "_data", "_engine", "_offset", "_store", "_strides", "_var",
+                 "device", "dtype", "shape")
+    __array_priority__ = 100.0  # NumPy defers mixed operations to our reflected operators
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise TypeError("NDArray cannot be created directly; use ops.array, ops.zeros, ops.empty, ...")
+
+    @classmethod
+    def _new(cls, eng, var, shape, dtype, device, data=None, store=None, offset=0, strides=None,
+             base=None) -> NDArray:
+        a = object.__new__(cls)
+        a._engine = eng
+        a._var = var
+        a.shape = tuple(shape)
+        a.dtype = np.dtype(dtype)
+        a.device = device
+        a._data = data
+        a._store = store
+        a._offset = offset
+        a._strides = strides if strides is not None else _c_strides(a.shape)
+        a._base = base
+        return a
+
+    @classmethod
+    def _empty(cls, shape, dtype, device, name: str = "array") -> NDArray:
+        """A new owner array (storage allocated now on CPU, by its first writer on GPU)."""
+        _core.flush_releases()
+        eng = _core.engine()
+        dt = _core.check_dtype(dtype, device)
+        var = eng.new_var(name)
+        if device.type == "cpu":
+            return cls._new(eng, var, shape, dt, device, data=np.empty(shape, dt))
+        if eng.kind != "perdevice":
+            raise ValueError(f"GPU arrays need Engine('perdevice'); ops/ uses a {eng.kind!r} engine "
+                             "(set DEPENGINE_ENGINE=perdevice or ops.set_engine)")
+        nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+        return cls._new(eng, var, shape, dt, device, store=_core.DeviceStore(device.index, nbytes))
+
+    def __del__(self) -> None:
+        if getattr(self, "_base", 1) is None and self._var is not None:
+            _core.queue_release(self._engine, self._var, self._store)
+
+    # -------------------------------------------------------------- basics
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def var(self) -> de.Var:
+        """The engine var that orders every op on this array (shared with its views)."""
+        return self._var
+
+    @property
+    def _root(self) -> NDArray:
+        return self if self._base is None else self._base
+
+    @property
+    def _contiguous(self) -> bool:
+        return self._strides == _c_strides(self.shape)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"<NDArray shape={self.shape} dtype={self.dtype.name} device={self.device} "
+                f"var={self._var.name!r} v{self._var.version}>")
+
+    # ------------------------------------------------------- waiting, reading
+    def wait_to_read(self) -> NDArray:
+        """Block until every write to this array pushed so far has finished (raises its failure)."""
+        _core.flush_releases()
+        self._engine.wait_for_var(self._var)
+        return self
+
+    def asnumpy(self) -> np.ndarray:
+        """A NumPy copy of the values (waits for pending writes)."""
+        if self.device.type == "cpu":
+            self.wait_to_read()
+            return np.array(self._data, copy=True)
+        host = self.copyto(de.cpu())
+        return host.wait_to_read()._data
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.asnumpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def item(self):
+        if self.size != 1:
+            raise ValueError(f"item() needs an array of one element, not shape {self.shape}")
+        return self.asnumpy().reshape(()).item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        return bool(self.item())
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    # ------------------------------------------------------------- views
+    def _view(self, shape, strides, offset, data=None) -> NDArray:
+        return NDArray._new(self._engine, self._var, shape, self.dtype, self.device, data=data,
+                            store=self._store, offset=offset, strides=strides, base=self._root)
+
+    def reshape(self, *shape) -> NDArray:
+        """A view with a new shape (a copy when the layout does not allow a view)."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        shape = _resolve_shape(shape, self.size)
+        if self.device.type == "cpu":
+            try:
+                data = self._data.reshape(shape, copy=False)
+            except ValueError:
+                return self.copy().reshape(shape)
+            return self._view(shape, None, 0, data)
+        if not self._contiguous:
+            return self.copy().reshape(shape)
+        return self._view(shape, _c_strides(shape), self._offset)
+
+    def transpose(self, *axes) -> NDArray:
+        if not axes or axes == (None,):
+            axes = tuple(reversed(range(self.ndim)))
+        elif len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        axes = tuple(_normalize_axis(a, self.ndim) for a in axes)
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"axes {axes} are not a permutation of {tuple(range(self.ndim))}")
+        shape = tuple(self.shape[a] for a in axes)
+        strides = tuple(self._strides[a] for a in axes)
+        data = self._data.transpose(axes) if self._data is not None else None
+        return self._view(shape, strides, self._offset, data)
+
+    @property
+    def T(self) -> NDArray:
+        return self.transpose()
+
+    def __getitem__(self, key) -> NDArray:
+        shape, strides, offset = _index_view(self.shape, self._strides, self._offset, key)
+        data = None
+        if self._data is not None:
+            data = self._data[_as_tuple(key)]
+            if not isinstance(data, np.ndarray):  # a scalar element: keep a 0-d view
+                data = self._data[(*_as_tuple(key), Ellipsis)]
+        return self._view(shape, strides, offset, data)
+
+    def __setitem__(self, key, value) -> None:
+        from .math import assign
+
+        assign(self[key], value)
+
+    # ----------------------------------------------------------- copies
+    def copy(self) -> NDArray:
+        from .math import unary
+
+        return unary("copy", self)
+
+    def astype(self, dtype) -> NDArray:
+        from .math import astype
+
+        return astype(self, dtype)
+
+    def copyto(self, target) -> NDArray:
+        """A copy on device ``target``, or into the existing array ``target``; returns the copy."""
+        from .transfer import copyto
+
+        return copyto(self, target)
+
+    # ------------------------------------------------------------- interop
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        from .interop import to_dlpack
+
+        return to_dlpack(self, stream=stream, max_version=max_version)
+
+    def __dlpack_device__(self):
+        return (1, 0) if self.device.type == "cpu" else (2, self.device.index)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        from .interop import cuda_array_interface
+
+        return cuda_array_interface(self)
+
+    # --------------------------------------------------------- reductions
+    def sum(self, axis=None, keepdims=False) -> NDArray:
+        from .math import reduce
+
+        return reduce("sum", self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False) -> NDArray:
+        from .math import reduce
+
+        return reduce("mean", self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False) -> NDArray:
+        from .math import reduce
+
+        return reduce("max", self, axis, keepdims)
+
+    def min(self, axis=None, keepdims=False) -> NDArray:
+        from .math import reduce
+
+        return reduce("min", self, axis, keepdims)
+
+    def argmax(self, axis=None) -> NDArray:
+        from .math import reduce
+
+        return reduce("argmax", self, axis, False)
+
+    def __matmul__(self, other) -> NDArray:
+        from .math import matmul
+
+        return matmul(self, other)
+
+    def __rmatmul__(self, other) -> NDArray:
+        from .math import matmul
+
+        return matmul(other, self)
+
+    def dot(self, other) -> NDArray:
+        from .math import dot
+
+        return dot(self, other)
+
+
+def _c_strides(shape) -> tuple[int, ...]:
+    strides = []
+    acc = 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _resolve_shape(shape, size: int) -> tuple[int, ...]:
+    shape = tuple(operator.index(s) for s in shape)
+    if shape.count(-1) > 1:
+        raise ValueError("only one dimension of a reshape can be -1")
+    known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
+    if -1 in shape:
+        if known == 0 or size % known:
+            raise ValueError(f"cannot reshape an array of size {size} into shape {shape}")
+        shape = tuple(size // known if s == -1 else s for s in shape)
+    if int(np.prod(shape, dtype=np.int64)) != size or any(s < 0 for s in shape):
+        raise ValueError(f"cannot reshape an array of size {size} into shape {shape}")
+    return shape
+
+
+def _normalize_axis(axis, ndim: int) -> int:
+    axis = operator.index(axis)
+    if not -ndim <= axis < max(ndim, 1) or (ndim == 0 and axis not in (0, -1)):
+        raise np.exceptions.AxisError(axis, ndim)
+    return axis % ndim if ndim else 0
+
+
+def _as_tuple(key) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
+
+
+def _index_view(shape, strides, offset, key):
+    """Shape, strides and offset (in elements) of ``x[key]`` for basic indexing."""
+    key = _as_tuple(key)
+    for k in key:
+        if not (k is None or k is Ellipsis or isinstance(k, slice) or _is_int(k)):
+            raise TypeError(f"index {k!r}: only integers, slices, ... and None are supported "
+                            "(advanced indexing: use asnumpy())")
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    n_real = sum(k is not None and k is not Ellipsis for k in key)
+    if n_real > len(shape):
+        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, "
+                         f"but {n_real} were indexed")
+    if Ellipsis in key:
+        i = key.index(Ellipsis)
+        key = key[:i] + (slice(None),) * (len(shape) - n_real) + key[i + 1:]
+    else:
+        key = key + (slice(None),) * (len(shape) - n_real)
+    out_shape, out_strides = [], []
+    dim = 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            out_strides.append(0)
+            continue
+        n, st = shape[dim], strides[dim]
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            length = len(range(start, stop, step))
+            offset += start * st if length else 0
+            out_shape.append(length)
+            out_strides.append(st * step)
+        else:
+            i = operator.index(k)
+            if not -n <= i < n:
+                raise IndexError(f"index {i} is out of bounds for axis {dim} with size {n}")
+            offset += (i % n) * st
+        dim += 1
+    return tuple(out_shape), tuple(out_strides), offset
+
+
+def _is_int(k) -> bool:
+    try:
+        operator.index(k)
+    except TypeError:
+        return False
+    return not isinstance(k, (bool, np.bool_))
+
+
+def _install_operators() -> None:
+    from . import math as m
+
+    def binary(op, reflected=False):
+        if reflected:
+            return lambda self, other: m.binary(op, other, self)
+        return lambda self, other: m.binary(op, self, other)
+
+    def inplace(op):
+        def method(self, other):
+            m.binary(op, self, other, out=self)
+            return self
+        return method
+
+    for dunder, op in (("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "divide"),
+                       ("pow", "power")):
+        setattr(NDArray, f"__{dunder}__", binary(op))
+        setattr(NDArray, f"__r{dunder}__", binary(op, reflected=True))
+        setattr(NDArray, f"__i{dunder}__", inplace(op))
+    for dunder, op in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le", "less_equal"),
+                       ("gt", "greater"), ("ge", "greater_equal")):
+        setattr(NDArray, f"__{dunder}__", binary(op))
+    NDArray.__neg__ = lambda self: m.unary("negative", self)
+    NDArray.__abs__ = lambda self: m.unary("abs", self)
+    NDArray.__pos__ = lambda self: self
+    NDArray.__hash__ = None
+    for name in ("exp", "log", "sqrt", "tanh", "sin", "cos", "square", "abs"):
+        setattr(NDArray, name, (lambda op: lambda self: m.unary(op, self))(name))

@@ -1,0 +1,128 @@
+"""Array creation: array, zeros, ones, full, arange, empty (each pushes its fill and returns at once)."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+import depengine as de
+
+from . import _gpu
+from ._core import push, runtime
+from .array import NDArray
+
+__all__ = ["arange", "array", "empty", "full", "ones", "zeros"]
+
+
+def _device(device) -> de.Device:
+    if device is None:
+        return de.cpu()
+    if not isinstance(device, de.Device):
+        raise TypeError(f"device={device!r} must be de.cpu() or de.gpu(i)")
+    return device
+
+
+def _shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape={shape!r} must be an int or a tuple of ints") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape={shape!r}: negative dimensions are not allowed")
+    return shape
+
+
+def empty(shape, dtype=np.float64, device=None) -> NDArray:
+    """An array whose values are undefined until written."""
+    device = _device(device)
+    out = NDArray._empty(_shape(shape), dtype, device, name="empty")
+    if device.type == "gpu":  # allocate on the GPU, in stream order
+        def alloc(ctx):
+            out._store.ensure(runtime(out._engine), ctx.stream)
+        push(alloc, [], [out], "empty", device)
+    return out
+
+
+def full(shape, fill_value, dtype=None, device=None) -> NDArray:
+    """An array of ``shape`` filled with ``fill_value``."""
+    device = _device(device)
+    if dtype is None:
+        dtype = np.result_type(fill_value) if device.type == "cpu" else np.dtype(np.float64)
+        if dtype.kind == "i":
+            dtype = np.int64
+    out = NDArray._empty(_shape(shape), dtype, device, name="full")
+    value = out.dtype.type(fill_value)
+    if device.type == "cpu":
+        def fn(ctx):
+            out._data.fill(value)
+    else:
+        n = out.size
+
+        def fn(ctx):
+            rt = runtime(out._engine)
+            buf = out._store.ensure(rt, ctx.stream)
+            _gpu.launch_1d(rt, device.index, f"fill_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
+                           [rt.kernel_arg(buf, out.dtype, (n,)), value, np.int64(n)], ctx.stream)
+    push(fn, [], [out], "full", device)
+    return out
+
+
+def zeros(shape, dtype=np.float64, device=None) -> NDArray:
+    return full(shape, 0, dtype, device)
+
+
+def ones(shape, dtype=np.float64, device=None) -> NDArray:
+    return full(shape, 1, dtype, device)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None) -> NDArray:
+    """Evenly spaced values in [start, stop), like ``numpy.arange``."""
+    if stop is None:
+        start, stop = 0, start
+    if step == 0:
+        raise ValueError("arange: step must not be zero")
+    n = max(0, math.ceil((stop - start) / step))
+    device = _device(device)
+    if dtype is None:
+        ints = all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
+        dtype = np.int64 if ints and device.type == "cpu" else np.float64
+    out = NDArray._empty((n,), dtype, device, name="arange")
+    if device.type == "cpu":
+        def fn(ctx):
+            out._data[...] = np.arange(start, start + n * step, step, dtype=out.dtype)[:n]
+    else:
+        def fn(ctx):
+            rt = runtime(out._engine)
+            buf = out._store.ensure(rt, ctx.stream)
+            _gpu.launch_1d(rt, device.index, f"arange_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
+                           [rt.kernel_arg(buf, out.dtype, (n,)), out.dtype.type(start), out.dtype.type(step),
+                            np.int64(n)], ctx.stream)
+    push(fn, [], [out], "arange", device)
+    return out
+
+
+def array(obj, dtype=None, device=None) -> NDArray:
+    """An array holding a copy of ``obj`` (nested lists, a NumPy array, an NDArray...)."""
+    device = _device(device)
+    if isinstance(obj, NDArray):
+        out = obj.copyto(device)
+        return out if dtype is None or np.dtype(dtype) == out.dtype else out.astype(dtype)
+    host = np.array(obj, dtype=dtype, copy=True)
+    if dtype is None:
+        if host.dtype.kind == "i":
+            host = host.astype(np.int64 if device.type == "cpu" else np.float64)
+        elif host.dtype.kind == "u":
+            host = host.astype(np.int64)
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"array: dtype {host.dtype} is not supported (booleans, integers and floats are)")
+    if device.type == "cpu":
+        out = NDArray._empty(host.shape, host.dtype, device, name="array")
+        out._data = host  # already a private copy: nothing to push
+        return out
+    staging = NDArray._empty(host.shape, host.dtype, de.cpu(), name="staging")
+    staging._data = host
+    return staging.copyto(device)

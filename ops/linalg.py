@@ -1,0 +1,154 @@
+"""A tiled Cholesky factorisation pushed as a task graph of tile ops.
+
+The matrix is cut into tiles, each an array with its own var.  For each
+column k of tiles: POTRF factors the diagonal tile, TRSM solves the tiles
+below it, then SYRK and GEMM update the trailing tiles in place.  Nobody
+draws an edge: every op names the tiles it reads and writes, and the engine
+runs each one as soon as it may.  The critical path (POTRF, then TRSM, then
+the updates of the next column) gets higher priorities than the bulk of the
+GEMM updates, so workers never idle waiting for the panel.
+
+On the CPU the tile kernels are BLAS/LAPACK called from numba with the GIL
+released (``ops._blas``); on a GPU they are CUDA kernels of our own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _blas, _gpu
+from ._core import push, runtime
+from .array import NDArray
+from .creation import zeros
+
+__all__ = ["blas_threads", "cholesky"]
+
+PRIORITY = {"potrf": 30, "trsm": 20, "next": 10, "update": 0}
+
+_blas_limiter = None
+
+
+def blas_threads(n: int | None) -> None:
+    """Threads per BLAS call: 1 (the default once ops/ runs BLAS: one per engine worker), or
+    ``None`` to restore what the process had."""
+    global _blas_limiter
+    from threadpoolctl import threadpool_limits
+
+    if _blas_limiter is not None:
+        _blas_limiter.restore_original_limits()
+        _blas_limiter = None
+    if n is not None:
+        if n.__class__ is not int or n < 1:
+            raise ValueError(f"blas_threads({n!r}): expected an int >= 1 or None")
+        _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+
+
+def _cpu_ops():
+    if _blas_limiter is None:
+        blas_threads(1)  # engine workers run BLAS calls in parallel: one thread each
+
+
+def cholesky(a: NDArray, tile: int = 512) -> NDArray:
+    """The lower Cholesky factor L of the SPD array ``a`` (a = L L^T), as a task graph.
+
+    ``tile`` need not divide n.  A matrix that is not positive definite makes
+    the factor fail: reading it raises ``numpy.linalg.LinAlgError`` (CPU).
+    """
+    if not isinstance(a, NDArray):
+        raise TypeError(f"cholesky: expected an NDArray, got {type(a).__name__}")
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"cholesky: expected a square 2-d array, got shape {a.shape}")
+    if a.dtype != np.float64:
+        raise TypeError(f"cholesky: dtype {a.dtype.name} is not supported (float64 is)")
+    if tile.__class__ is not int or tile < 1:
+        raise ValueError(f"cholesky: tile={tile!r} must be an int >= 1")
+    n = a.shape[0]
+    nt = max(1, math.ceil(n / tile))
+    bounds = [(k * tile, min(n, (k + 1) * tile)) for k in range(nt)]
+    gpu = a.device.type == "gpu"
+    if not gpu:
+        _cpu_ops()
+    # lower-triangle tiles, each a private array (its own var)
+    tiles = {(i, j): a[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]].copy()
+             for i in range(nt) for j in range(i + 1)}
+    kern = _GpuTiles(a) if gpu else _CpuTiles()
+    for k in range(nt):
+        kern.potrf(tiles[k, k])
+        for i in range(k + 1, nt):
+            kern.trsm(tiles[k, k], tiles[i, k])
+        for j in range(k + 1, nt):
+            prio = PRIORITY["next"] if j == k + 1 else PRIORITY["update"]
+            kern.syrk(tiles[j, j], tiles[j, k], prio)
+            for i in range(j + 1, nt):
+                kern.gemm(tiles[i, j], tiles[i, k], tiles[j, k], prio)
+    out = zeros((n, n), device=a.device)
+    for (i, j), t in tiles.items():
+        out[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]] = t
+    return out
+
+
+class _CpuTiles:
+    def potrf(self, t):
+        def fn(ctx):
+            info = _blas.potrf_lower(t._data)
+            if info:
+                raise np.linalg.LinAlgError(f"cholesky: the matrix is not positive definite (a leading "
+                                            f"minor of the tile factored by op #{ctx.op_id} is not)")
+        push(fn, [], [t], "potrf", t.device, priority=PRIORITY["potrf"])
+
+    def trsm(self, lkk, b):
+        push(lambda ctx: _blas.trsm_right_lower_t(lkk._data, b._data), [lkk], [b], "trsm", b.device,
+             priority=PRIORITY["trsm"])
+
+    def syrk(self, c, a, prio):
+        push(lambda ctx: _blas.syrk_lower_sub(c._data, a._data), [a], [c], "syrk", c.device, priority=prio)
+
+    def gemm(self, c, a, b, prio):
+        push(lambda ctx: _blas.gemm_nt_sub(c._data, a._data, b._data), [a, b], [c], "gemm", c.device,
+             priority=prio)
+
+
+class _GpuTiles:
+    def __init__(self, a: NDArray) -> None:
+        self.eng = a._engine
+        self.dev = a.device.index
+
+    def _launch(self, name, grid, block, args_of, reads, writes, prio):
+        dev = self.dev
+
+        def fn(ctx):
+            rt = runtime(self.eng)
+            rt.launch(_gpu.kernel(rt, dev, name), grid, block, args_of(rt, ctx.stream), ctx.stream)
+        push(fn, reads, writes, name.split("_")[1], writes[0].device, priority=prio)
+
+    @staticmethod
+    def _arg(rt, x, stream):
+        return rt.kernel_arg(x._store.ensure(rt, stream), np.float64, (x.size,))
+
+    def potrf(self, t):
+        n = t.shape[0]
+        self._launch("chol_potrf_f64", (1,), (256,),
+                     lambda rt, s: [self._arg(rt, t, s), np.int64(n), np.int64(n)],
+                     [], [t], PRIORITY["potrf"])
+
+    def trsm(self, lkk, b):
+        m, n = b.shape
+        self._launch("chol_trsm_f64", ((m + 127) // 128,), (128,),
+                     lambda rt, s: [self._arg(rt, lkk, s), self._arg(rt, b, s), np.int64(m), np.int64(n)],
+                     [lkk], [b], PRIORITY["trsm"])
+
+    def syrk(self, c, a, prio):
+        n, k = a.shape
+        self._launch("chol_syrk_f64", ((n * n + 255) // 256,), (256,),
+                     lambda rt, s: [self._arg(rt, c, s), self._arg(rt, a, s), np.int64(n), np.int64(k)],
+                     [a], [c], prio)
+
+    def gemm(self, c, a, b, prio):
+        m, k = a.shape
+        n = b.shape[0]
+        self._launch("chol_gemm_f64", ((m * n + 255) // 256,), (256,),
+                     lambda rt, s: [self._arg(rt, c, s), self._arg(rt, a, s), self._arg(rt, b, s),
+                                    np.int64(m), np.int64(n), np.int64(k)],
+                     [a, b], [c], prio)

@@ -1,0 +1,442 @@
+"""Elementwise arithmetic, comparisons, unary math, reductions and matmul.
+
+Each function checks its operands at call time (shapes that cannot
+broadcast, mixed devices, unsupported dtypes, bad axes raise at once and
+push nothing), allocates the result and pushes one op that reads the
+operands' vars and writes the result's.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _cpu, _gpu
+from ._core import check_dtype, push, runtime
+from .array import NDArray, _normalize_axis
+
+__all__ = ["assign", "astype", "binary", "dot", "matmul", "reduce", "unary"]
+
+_FLOAT_RESULT = {"exp", "log", "sqrt", "tanh", "sin", "cos"}
+_ND = 4  # elementwise kernels see operands as 4-d (fewer numba specialisations)
+
+
+# ---------------------------------------------------------------- operands
+def _operand_device(*xs):
+    devices = {x.device for x in xs if isinstance(x, NDArray)}
+    if len(devices) > 1:
+        names = " and ".join(sorted(map(str, devices)))
+        raise ValueError(f"operands are on {names}: copy one with .copyto(device) first")
+    return devices.pop()
+
+
+def _check_operand(x, what: str):
+    if isinstance(x, NDArray) or (isinstance(x, (numbers.Number, np.generic)) and not isinstance(x, complex)):
+        return x
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: got a NumPy array; wrap it with ops.array(...) (on the right device)")
+    raise TypeError(f"{what}: unsupported operand type {type(x).__name__}")
+
+
+def _dtype_of(x):
+    return x.dtype if isinstance(x, NDArray) else x  # Python scalars stay weak in result_type
+
+
+def _shape_of(x) -> tuple:
+    return x.shape if isinstance(x, NDArray) else ()
+
+
+def _broadcast(*shapes) -> tuple:
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        pretty = " ".join(str(tuple(s)) for s in shapes)
+        raise ValueError(f"operands could not be broadcast together with shapes {pretty}") from None
+
+
+def _result(out, shape, dtype, device, op) -> NDArray:
+    if out is None:
+        return NDArray._empty(shape, dtype, device, name=op)
+    if not isinstance(out, NDArray):
+        raise TypeError(f"out={out!r} must be an NDArray")
+    if out.device != device:
+        raise ValueError(f"out is on {out.device} but the operands are on {device}")
+    if _broadcast(out.shape, shape) != out.shape:
+        raise ValueError(f"{op}: result of shape {shape} does not fit out of shape {out.shape}")
+    if not np.can_cast(dtype, out.dtype, casting="same_kind"):
+        raise TypeError(f"{op}: cannot cast the {np.dtype(dtype).name} result to out's {out.dtype.name}")
+    return out
+
+
+# ------------------------------------------------------------ CPU helpers
+def _cpu_in(x, shape, dtype):
+    """``x`` as a read-only view broadcast to ``shape`` (padded to 4-d) of ``dtype``."""
+    a = x._data if isinstance(x, NDArray) else np.asarray(x, dtype)
+    if a.dtype != dtype:
+        a = a.astype(dtype)
+    return np.broadcast_to(a, _pad(shape))
+
+
+def _cpu_out(x: NDArray) -> np.ndarray:
+    """``x``'s data as a writable 4-d view (never a copy)."""
+    d = x._data
+    extra = _ND - d.ndim
+    return np.lib.stride_tricks.as_strided(d, (1,) * extra + d.shape, (0,) * extra + d.strides)
+
+
+def _pad(shape) -> tuple:
+    return (1,) * max(0, _ND - len(shape)) + tuple(shape)
+
+
+_NUMPY = {"divide": np.true_divide, "negative": np.negative, "abs": np.absolute, "square": np.square}
+
+
+def _cpu_call(kernel, inputs, out: NDArray, op: str) -> None:
+    """Run a 4-d kernel; arrays of more than 4 dimensions use NumPy's ufunc (which also drops the GIL)."""
+    if out.ndim <= _ND:
+        kernel(*inputs, _cpu_out(out))
+    elif op == "copy":
+        np.copyto(out._data, inputs[0])
+    else:
+        _NUMPY.get(op, getattr(np, op))(*inputs, out=out._data)
+
+
+# ------------------------------------------------------------ GPU helpers
+def _offsets(x: NDArray) -> np.ndarray:
+    """Element offsets of every element of ``x`` in its device buffer, in C order."""
+    idx = np.full(x.shape, x._offset, dtype=np.int64)
+    for axis, (n, st) in enumerate(zip(x.shape, x._strides, strict=True)):
+        shape = [1] * x.ndim
+        shape[axis] = n
+        idx += (np.arange(n, dtype=np.int64) * st).reshape(shape)
+    return idx
+
+
+class _Scratch:
+    """Device buffers used by one op on one stream, freed in stream order after it."""
+
+    def __init__(self, rt, device: int, stream) -> None:
+        self.rt, self.device, self.stream = rt, device, stream
+        self.bufs = []
+
+    def alloc(self, nbytes: int):
+        buf = self.rt.alloc(self.device, max(nbytes, 1), self.stream)
+        self.bufs.append(buf)
+        return buf
+
+    def free(self) -> None:
+        for buf in self.bufs:
+            self.rt.free(buf, self.stream)
+
+    def contiguous(self, x, shape, dtype):
+        """A kernel argument holding ``x`` broadcast to ``shape`` as a contiguous ``dtype`` array."""
+        buf, offset = self.contiguous_buffer(x, shape, dtype)
+        return self.rt.kernel_arg(buf, dtype, (int(np.prod(shape, dtype=np.int64)),), offset)
+
+    def contiguous_buffer(self, x, shape, dtype):
+        """(buffer, element offset) of ``x`` broadcast to ``shape``, contiguous, as ``dtype``."""
+        rt, dev, s = self.rt, self.device, self.stream
+        n = int(np.prod(shape, dtype=np.int64))
+        dtype = np.dtype(dtype)
+        if not isinstance(x, NDArray):
+            buf = self.alloc(n * dtype.itemsize)
+            _gpu.launch_1d(rt, dev, f"fill_{_gpu.GPU_DTYPES[dtype][0]}", n,
+                           [rt.kernel_arg(buf, dtype, (n,)), dtype.type(x), np.int64(n)], s)
+            return buf, 0
+        src = x._store.ensure(rt, s)
+        if x.shape == tuple(shape) and x._contiguous:
+            buf, offset = src, x._offset
+        else:
+            idx = np.ascontiguousarray(np.broadcast_to(_offsets(x), shape)).reshape(-1)
+            ibuf = self.alloc(idx.nbytes)
+            rt.copy_htod(ibuf, idx, s)
+            buf, offset = self.alloc(n * x.dtype.itemsize), 0
+            total = x._store.nbytes // x.dtype.itemsize
+            _gpu.launch_1d(rt, dev, f"gather_{x.dtype.itemsize}", n,
+                           [rt.kernel_arg(buf, x.dtype, (n,)), rt.kernel_arg(src, x.dtype, (total,)),
+                            rt.kernel_arg(ibuf, np.int64, (n,)), np.int64(n)], s)
+        if x.dtype == dtype:
+            return buf, offset
+        cast = self.alloc(n * dtype.itemsize)
+        _gpu.launch_1d(rt, dev, f"cast_{_gpu.GPU_DTYPES[x.dtype][0]}_{_gpu.GPU_DTYPES[dtype][0]}", n,
+                       [rt.kernel_arg(cast, dtype, (n,)), rt.kernel_arg(buf, x.dtype, (n,), offset),
+                        np.int64(n)], s)
+        return cast, 0
+
+    def output(self, out: NDArray, shape, dtype):
+        """(kernel argument, finish) for writing a contiguous ``dtype`` result into ``out``."""
+        rt, dev, s = self.rt, self.device, self.stream
+        n = int(np.prod(shape, dtype=np.int64))
+        dst = out._store.ensure(rt, s)
+        if out.shape == tuple(shape) and out._contiguous and out.dtype == dtype:
+            return rt.kernel_arg(dst, dtype, (n,), out._offset), lambda: None
+        tmp = self.alloc(n * np.dtype(dtype).itemsize)
+        tmp_arg = rt.kernel_arg(tmp, dtype, (n,))
+
+        def finish():
+            # cast to out's dtype, then scatter into its (possibly strided) elements
+            src = tmp_arg
+            if np.dtype(dtype) != out.dtype:
+                cast = self.alloc(n * out.dtype.itemsize)
+                _gpu.launch_1d(rt, dev, f"cast_{_gpu.GPU_DTYPES[np.dtype(dtype)][0]}_"
+                               f"{_gpu.GPU_DTYPES[out.dtype][0]}", n,
+                               [rt.kernel_arg(cast, out.dtype, (n,)), tmp_arg, np.int64(n)], s)
+                src = rt.kernel_arg(cast, out.dtype, (n,))
+            idx = np.ascontiguousarray(_offsets(out)).reshape(-1)
+            ibuf = self.alloc(idx.nbytes)
+            rt.copy_htod(ibuf, idx, s)
+            total = out._store.nbytes // out.dtype.itemsize
+            _gpu.launch_1d(rt, dev, f"scatter_{out.dtype.itemsize}", n,
+                           [rt.kernel_arg(dst, out.dtype, (total,)), src, rt.kernel_arg(ibuf, np.int64, (n,)),
+                            np.int64(n)], s)
+        return tmp_arg, finish
+
+
+def _gpu_op(out: NDArray, body):
+    """An op body running ``body(scratch)`` on the op's stream, then freeing scratch."""
+    eng = out._engine
+
+    def fn(ctx):
+        scratch = _Scratch(runtime(eng), out.device.index, ctx.stream)
+        try:
+            body(scratch)
+        finally:
+            scratch.free()
+    return fn
+
+
+def _gpu_check(dtype, device, what):
+    if device.type == "gpu" and np.dtype(dtype) not in _gpu.GPU_DTYPES:
+        raise TypeError(f"{what}: dtype {np.dtype(dtype).name} is not supported on {device} "
+                        "(float32 and float64 are)")
+
+
+# --------------------------------------------------------------- elementwise
+def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
+    """``op`` (add, subtract, ..., or a comparison) of ``a`` and ``b`` with broadcasting."""
+    a = _check_operand(a, op)
+    b = _check_operand(b, op)
+    if not isinstance(a, NDArray) and not isinstance(b, NDArray):
+        raise TypeError(f"{op}: at least one operand must be an NDArray")
+    device = _operand_device(a, b)
+    shape = _broadcast(_shape_of(a), _shape_of(b))
+    compare = op in _cpu.COMPARE
+    work = np.result_type(_dtype_of(a), _dtype_of(b))
+    if op == "divide" and work.kind in "biu":
+        work = np.dtype(np.float64)
+    if work == np.bool_ and op in ("subtract", "divide", "power"):
+        work = np.dtype(np.int64)
+    result_dtype = np.dtype(np.bool_) if compare else work
+    check_dtype(result_dtype, device)
+    out = _result(out, shape, result_dtype, device, op)
+    if not compare and work != out.dtype:  # in place into a narrower dtype: compute in out's
+        work = out.dtype
+    _gpu_check(work, device, op)
+    reads = [x for x in (a, b) if isinstance(x, NDArray)]
+    if device.type == "cpu":
+        kernel = _cpu.BINARY_KERNELS[op]
+
+        def fn(ctx):
+            _cpu_call(kernel, (_cpu_in(a, shape, work), _cpu_in(b, shape, work)), out, op)
+    else:
+        n = int(np.prod(shape, dtype=np.int64))
+        name = f"{op}_{_gpu.GPU_DTYPES[work][0]}"
+
+        def body(sc):
+            dst, finish = _bool_output(sc, out, shape) if compare else sc.output(out, shape, work)
+            _gpu.launch_1d(sc.rt, sc.device, name, n,
+                           [dst, sc.contiguous(a, shape, work), sc.contiguous(b, shape, work), np.int64(n)],
+                           sc.stream)
+            finish()
+        fn = _gpu_op(out, body)
+    push(fn, reads, [out], op, device)
+    return out
+
+
+def _bool_output(sc, out, shape):
+    """Comparison results are bytes: write straight into a contiguous bool ``out``."""
+    if not (out.shape == tuple(shape) and out._contiguous and out.dtype == np.bool_):
+        raise NotImplementedError("GPU comparisons write only into a whole, contiguous bool array")
+    n = int(np.prod(shape, dtype=np.int64))
+    return sc.rt.kernel_arg(out._store.ensure(sc.rt, sc.stream), np.uint8, (n,), out._offset), lambda: None
+
+
+def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
+    """Elementwise ``op`` (exp, log, sqrt, tanh, abs, negative, sin, cos, square, copy)."""
+    if not isinstance(a, NDArray):
+        raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
+    dtype = a.dtype
+    if op in _FLOAT_RESULT and dtype.kind in "biu":
+        dtype = np.dtype(np.float64)
+    if op in ("negative", "square") and dtype == np.bool_:
+        dtype = np.dtype(np.int64)
+    _gpu_check(dtype, a.device, op)
+    out = _result(out, a.shape, dtype, a.device, op)
+    if a.device.type == "cpu":
+        kernel = _cpu.UNARY_KERNELS[op]
+
+        def fn(ctx):
+            _cpu_call(kernel, (_cpu_in(a, a.shape, dtype),), out, op)
+    else:
+        n = a.size
+        name = f"{op}_{_gpu.GPU_DTYPES[dtype][0]}"
+
+        def body(sc):
+            dst, finish = sc.output(out, a.shape, dtype)
+            _gpu.launch_1d(sc.rt, sc.device, name, n, [dst, sc.contiguous(a, a.shape, dtype), np.int64(n)],
+                           sc.stream)
+            finish()
+        fn = _gpu_op(out, body)
+    push(fn, [a], [out], op, a.device)
+    return out
+
+
+def astype(a: NDArray, dtype) -> NDArray:
+    dtype = check_dtype(dtype, a.device)
+    out = NDArray._empty(a.shape, dtype, a.device, name="astype")
+    if a.device.type == "cpu":
+        def fn(ctx):
+            out._data[...] = a._data
+    else:
+        _gpu_check(dtype, a.device, "astype")
+        n = a.size
+
+        def body(sc):
+            dst, finish = sc.output(out, a.shape, dtype)
+            _gpu.launch_1d(sc.rt, sc.device, f"copy_{_gpu.GPU_DTYPES[dtype][0]}", n,
+                           [dst, sc.contiguous(a, a.shape, dtype), np.int64(n)], sc.stream)
+            finish()
+        fn = _gpu_op(out, body)
+    push(fn, [a], [out], "astype", a.device)
+    return out
+
+
+def assign(target: NDArray, value) -> None:
+    """``target[...] = value`` (broadcast), pushed as a write to target's var."""
+    value = _check_operand(value, "assignment")
+    if isinstance(value, NDArray):
+        _operand_device(target, value)
+    shape = _broadcast(target.shape, _shape_of(value))
+    if shape != target.shape:
+        raise ValueError(f"could not broadcast a value of shape {_shape_of(value)} into shape {target.shape}")
+    dtype = target.dtype
+    if target.device.type == "cpu":
+        def fn(ctx):
+            target._data[...] = value._data if isinstance(value, NDArray) else value
+    else:
+        n = target.size
+
+        def body(sc):
+            dst, finish = sc.output(target, target.shape, dtype)
+            _gpu.launch_1d(sc.rt, sc.device, f"copy_{_gpu.GPU_DTYPES[dtype][0]}", n,
+                           [dst, sc.contiguous(value, target.shape, dtype), np.int64(n)], sc.stream)
+            finish()
+        fn = _gpu_op(target, body)
+    reads = [value] if isinstance(value, NDArray) else []
+    push(fn, reads, [target], "setitem", target.device)
+
+
+# ---------------------------------------------------------------- reductions
+def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False) -> NDArray:
+    """``op`` (sum, mean, max, min, argmax) over ``axis`` (None: every element)."""
+    if not isinstance(a, NDArray):
+        raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
+    if axis is None:
+        outer, n, inner = 1, a.size, 1
+        out_shape = (1,) * a.ndim if keepdims else ()
+    else:
+        ax = _normalize_axis(axis, a.ndim)
+        outer = int(np.prod(a.shape[:ax], dtype=np.int64))
+        n = a.shape[ax] if a.ndim else 1
+        inner = int(np.prod(a.shape[ax + 1:], dtype=np.int64))
+        out_shape = a.shape[:ax] + ((1,) if keepdims else ()) + a.shape[ax + 1:]
+    if n == 0 and op in ("max", "min", "argmax"):
+        raise ValueError(f"zero-size array to reduction operation {op} which has no identity")
+    if op == "argmax":
+        dtype = np.dtype(np.int64)
+    elif op == "mean":
+        dtype = a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
+    elif op == "sum" and a.dtype.kind in "biu":
+        dtype = np.dtype(np.int64)
+    else:
+        dtype = a.dtype
+    _gpu_check(a.dtype if a.dtype.kind == "f" else np.float64, a.device, op)
+    out = NDArray._empty(out_shape, dtype, a.device, name=op)
+    code = _cpu.REDUCE.index(op)
+    work = dtype if op in ("sum", "mean") else a.dtype
+    if a.device.type == "cpu":
+        def fn(ctx):
+            x = np.ascontiguousarray(a._data, dtype=work).reshape(outer, n, inner)
+            _cpu.reduce_axis(code, x, out._data.reshape(outer, inner))
+    else:
+        name = f"reduce_{op}_{_gpu.GPU_DTYPES[a.dtype][0]}"
+
+        def body(sc):
+            dst = sc.rt.kernel_arg(out._store.ensure(sc.rt, sc.stream), dtype, (outer * inner,))
+            _gpu.launch_1d(sc.rt, sc.device, name, outer * inner,
+                           [dst, sc.contiguous(a, a.shape, a.dtype), np.int64(outer), np.int64(n),
+                            np.int64(inner)], sc.stream)
+        fn = _gpu_op(out, body)
+    push(fn, [a], [out], op, a.device)
+    return out
+
+
+# -------------------------------------------------------------------- matmul
+def _matmul_shape(a: NDArray, b: NDArray) -> tuple:
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul: operands must have at least one dimension (use * for scalars)")
+    ka = a.shape[-1]
+    kb = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if ka != kb:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: {ka} (dim "
+                         f"{a.ndim - 1}) != {kb} (dim {max(b.ndim - 2, 0)})")
+    batch = _broadcast(a.shape[:-2], b.shape[:-2])
+    m = () if a.ndim == 1 else (a.shape[-2],)
+    n = () if b.ndim == 1 else (b.shape[-1],)
+    return batch + m + n
+
+
+def matmul(a: NDArray, b: NDArray) -> NDArray:
+    """Matrix product with NumPy's rules (``a @ b``); BLAS on the CPU, a tiled kernel on GPUs."""
+    for x in (a, b):
+        if not isinstance(x, NDArray):
+            raise TypeError(f"matmul: expected NDArrays, got {type(x).__name__}")
+    device = _operand_device(a, b)
+    shape = _matmul_shape(a, b)
+    dtype = np.result_type(a.dtype, b.dtype)
+    if dtype == np.bool_:
+        dtype = np.dtype(np.int64)
+    check_dtype(dtype, device)
+    out = NDArray._empty(shape, dtype, device, name="matmul")
+    if device.type == "cpu":
+        def fn(ctx):
+            np.matmul(a._data, b._data, out=out._data, dtype=dtype)
+    else:
+        _gpu_check(dtype, device, "matmul")
+        if a.ndim > 2 or b.ndim > 2:
+            raise NotImplementedError("matmul on a GPU supports 1-d and 2-d operands")
+        m = a.shape[0] if a.ndim == 2 else 1
+        k = a.shape[-1]
+        n = b.shape[1] if b.ndim == 2 else 1
+        name = f"matmul_{_gpu.GPU_DTYPES[dtype][0]}"
+
+        def body(sc):
+            dst, finish = sc.output(out, (m, n), dtype)
+            pa = sc.contiguous(a.reshape(m, k) if a.ndim == 1 else a, (m, k), dtype)
+            pb = sc.contiguous(b.reshape(k, n) if b.ndim == 1 else b, (k, n), dtype)
+            grid = ((n + 15) // 16, (m + 15) // 16)
+            sc.rt.launch(_gpu.kernel(sc.rt, sc.device, name), grid, (16, 16),
+                         [dst, pa, pb, np.int64(m), np.int64(n), np.int64(k)], sc.stream)
+            finish()
+        fn = _gpu_op(out, body)
+    push(fn, [a, b], [out], "matmul", device)
+    return out
+
+
+def dot(a: NDArray, b: NDArray) -> NDArray:
+    """``numpy.dot`` for 1-d and 2-d operands (the same as matmul there)."""
+    if isinstance(a, NDArray) and isinstance(b, NDArray) and (a.ndim > 2 or b.ndim > 2):
+        raise NotImplementedError("dot supports 1-d and 2-d operands; use matmul for stacks")
+    return matmul(a, b)
+

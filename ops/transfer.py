@@ -1,0 +1,47 @@
+"""Copies between devices: host-to-device on the GPU's copy stream, device-to-host on copy workers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import depengine as de
+
+from ._core import push, runtime
+from .array import NDArray
+
+__all__ = ["copyto"]
+
+
+def copyto(a: NDArray, target) -> NDArray:
+    """Copy ``a`` to device ``target`` (a new array), or into the NDArray ``target``."""
+    if isinstance(target, NDArray):
+        from .math import assign
+
+        src = a if target.device == a.device else copyto(a, target.device)
+        assign(target, src)
+        return target
+    if not isinstance(target, de.Device):
+        raise TypeError(f"copyto({target!r}): expected a device (de.cpu(), de.gpu(i)) or an NDArray")
+    if target == a.device:
+        return a.copy()
+    if a.device.type == "gpu" and target.type == "gpu":
+        return copyto(copyto(a, de.cpu()), target)  # through the host
+    out = NDArray._empty(a.shape, a.dtype, target, name=f"copy to {target}")
+    if target.type == "gpu":
+        def h2d(ctx):
+            rt = runtime(out._engine)
+            rt.copy_htod(out._store.ensure(rt, ctx.stream), np.ascontiguousarray(a._data), ctx.stream)
+        push(h2d, [a], [out], f"h2d {a.device}->{target}", target, kind="copy")
+    else:
+        def d2h(ctx):
+            from .math import _Scratch
+
+            rt = runtime(a._engine)
+            sc = _Scratch(rt, a.device.index, ctx.stream)
+            try:  # a strided view is gathered into contiguous scratch on the copy stream first
+                buf, offset = sc.contiguous_buffer(a, a.shape, a.dtype)
+                rt.copy_dtoh(out._data, buf, ctx.stream, offset * a.dtype.itemsize)
+            finally:
+                sc.free()
+        push(d2h, [a], [out], f"d2h {a.device}->{target}", target, kind="copy")
+    return out
