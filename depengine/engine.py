@@ -22,6 +22,9 @@ import os
 import threading
 import time
 import weakref
+from collections import Counter
+from contextlib import contextmanager
+from itertools import chain
 from threading import get_ident
 from time import perf_counter_ns
 
@@ -29,8 +32,9 @@ from scheduler.locks import YieldingLock, acquire_yielding
 
 from . import op as _op
 from . import profiler
+from .composite import Composite
 from .device import cpu
-from .errors import DeadlockError, EngineClosedError, VarDeletedError
+from .errors import DeadlockError, DepengineError, EngineClosedError, VarDeletedError
 from .op import Op, RunContext, _Epoch, _Waiter
 from .options import EngineOptions
 from .var import NEVER_CLEARED, Var
@@ -70,6 +74,9 @@ class Engine:
         self._guard = YieldingLock()
         self._lock = self._guard.raw
         self._any_deleted = False
+        self._capturing = 0  # active record() and bulk() blocks
+        self._graph = None   # the Graph being recorded
+        self._bulks = _PerThread()
         self._seq = 0  # id of the next op
         self._nvars = 0
         self._epoch = _Epoch()  # ops pushed since the last wait_all
@@ -112,13 +119,18 @@ class Engine:
         return Var._create(self, f"v{n}" if name is None else name, n)
 
     def push(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
-             device=None, kind="normal") -> Op:
+             device=None, kind="normal", pure=False) -> Op:
         """Push ``fn(ctx)``; it runs once every earlier op it conflicts with is done.
 
         Returns the :class:`Op` at once.  ``reads`` and ``writes`` are lists of
-        vars (duplicates collapse; a var in both counts as a write).
+        vars (duplicates collapse; a var in both counts as a write).  ``pure``
+        declares that the op does nothing but write its vars (a recorded plan
+        may then drop it when nothing reads what it wrote).
         """
-        return self._push(fn, reads, writes, name, priority, always_run, False, device, kind)
+        op = self._push(fn, reads, writes, name, priority, always_run, False, device, kind)
+        if pure and self._capturing:
+            self._mark_pure(op)
+        return op
 
     def push_async(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
                    device=None, kind="async") -> Op:
@@ -136,6 +148,8 @@ class Engine:
         pass first, ``DeadlockError`` if called from inside an op while a
         write is pending.
         """
+        if self._capturing:
+            self._flush_bulk()
         prof = self._prof
         if prof is None:
             return self._wait_for_var(var, timeout)
@@ -189,6 +203,8 @@ class Engine:
         any others), then clears every failed var so that a second call
         returns normally.  ``TimeoutError`` changes nothing.
         """
+        if self._capturing:
+            self._flush_bulk()
         prof = self._prof
         if prof is None:
             return self._wait_all(timeout)
@@ -254,8 +270,129 @@ class Engine:
 
         self._push(release, (), (var,), f"delete {var.name}", 0, True, False, None, "normal", var)
 
+    # ---------------------------------------------------- record and bulk
+    @contextmanager
+    def record(self, execute: bool = True):
+        """Capture the ops this thread pushes into a :class:`~depengine.record.Graph`.
+
+        ``execute=False`` only captures.  ``graph.compile()`` makes a plan to replay.
+        """
+        from .record import Graph
+
+        if execute.__class__ is not bool:
+            raise TypeError(f"execute={execute!r} must be a bool")
+        with self._guard:
+            if self._graph is not None:
+                raise DepengineError("record() is already active on this engine: records do not nest")
+            graph = self._graph = Graph(self, execute)
+            self._capturing += 1
+        try:
+            yield graph
+        finally:
+            with self._guard:
+                self._graph = None
+                self._capturing -= 1
+            graph.closed = True
+
+    @contextmanager
+    def bulk(self, size: int = 64):
+        """Group up to ``size`` consecutive small CPU ops this thread pushes into one dispatch.
+
+        Any wait, and the end of the block, hands the group to the engine.
+        """
+        from .record import Bulk
+
+        if size.__class__ is not int or size < 1:
+            raise ValueError(f"bulk size={size!r} must be an int >= 1")
+        local = self._bulks
+        outer = local.bulk
+        if outer is not None:
+            self._flush_bulk()
+        local.bulk = Bulk(size)
+        with self._guard:
+            self._capturing += 1
+        try:
+            yield
+        finally:
+            self._flush_bulk()
+            local.bulk = outer
+            with self._guard:
+                self._capturing -= 1
+
+    def _capture(self, op: Op) -> bool:
+        """A push while a record or bulk is active: True if the op was taken."""
+        bulk = self._bulks.bulk
+        if bulk is not None and self._graph is None:  # the common case: just bulking
+            if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
+                self._flush_bulk()
+                return False
+            if self._prof is not None:
+                op._rec = self
+                op._t_push = perf_counter_ns()
+            ops = bulk.ops
+            ops.append(op)
+            if len(ops) >= bulk.size:
+                self._flush_bulk()
+            return True
+        graph = self._graph
+        if graph is not None and graph.thread == get_ident():
+            from .record import _Spec
+
+            graph.specs.append(_Spec(op, op.fn))
+            if not graph.execute:
+                op.id = -len(graph.specs)  # a template: never registered
+                return True
+        if bulk is None:
+            return False
+        if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
+            self._flush_bulk()
+            return False
+        bulk.ops.append(op)
+        if len(bulk.ops) >= bulk.size:
+            self._flush_bulk()
+        return True
+
+    def _mark_pure(self, op: Op) -> None:
+        graph = self._graph
+        if graph is not None and graph.specs and graph.specs[-1].op is op:
+            graph.specs[-1].pure = True
+
+    def _flush_bulk(self) -> None:
+        """Hand this thread's bulked ops to the engine as one composite op."""
+        bulk = self._bulks.bulk
+        if bulk is None or not bulk.ops:
+            return
+        members, bulk.ops = bulk.ops, []
+        counts = Counter(chain.from_iterable([m.writes for m in members]))
+        reads = tuple(set(chain.from_iterable([m.reads for m in members])).difference(counts))
+        with self._guard:  # the members' ids, in push order, before the bulk's own
+            base = self._seq
+            self._seq = base + len(members)
+        for k, m in enumerate(members, base):
+            m.id = k
+        prof = self._prof
+
+        def run_bulk(ctx):
+            from .composite import Composite, run_members, seed_failures
+
+            outcome = Composite()
+            failures = seed_failures(ctx, set(reads) | set(counts))
+            run_members(members, failures, outcome, prof, {} if prof is not None else None)
+            outcome.failures = {v: failures[v] for v in counts if failures.get(v) is not None}
+            if outcome.failures or outcome.origins:
+                raise outcome
+
+        self._push(run_bulk, reads, tuple(counts), f"bulk({len(members)})", max(m.priority for m in members),
+                   True, False, None, "normal", None, counts)
+
+    def _cpu_submit(self):
+        """Where plan runs hand pieces to CPU workers (None: run them on the calling thread)."""
+        return None
+
     def close(self) -> None:
         """Finish every pending op, join every thread, log unreported failures."""
+        if self._capturing:
+            self._flush_bulk()
         with self._guard:
             if self._closing:
                 return
@@ -302,8 +439,13 @@ class Engine:
 
     # ------------------------------------------------------------ push path
     def _push(self, fn, reads, writes, name, priority, always_run, is_async, device, kind,
-              deleting=None) -> Op:
-        """Validate, build and register an op; ``deleting`` is the var a delete op releases."""
+              deleting=None, wcounts=None) -> Op:
+        """Validate, build and register an op.
+
+        ``deleting`` is the var a delete op releases; ``wcounts`` maps each
+        written var to the number of writes a composite op (a bulk or a plan
+        run) makes to it, so that versions count every one of them.
+        """
         if not callable(fn):
             raise TypeError(f"fn={fn!r} is not callable")
         if priority.__class__ is not int:
@@ -350,6 +492,9 @@ class Engine:
         op.stream = None
         op.error = None
         op._state = _op.PENDING
+        op._wcounts = wcounts
+        if self._capturing and deleting is None and self._capture(op):
+            return op  # taken by a bulk or a recording of this thread
 
         lock = self._lock
         if not lock.acquire(False):
@@ -374,7 +519,7 @@ class Engine:
                     v._nread += 1
                     wait -= 1
             for v in writes:
-                v._pending_writes += 1
+                v._pending_writes += 1 if wcounts is None else wcounts[v]
                 if v._writing or v._nread or v._queue:
                     v._queue.append(op)
                 else:
@@ -437,6 +582,8 @@ class Engine:
     # ------------------------------------------------------- execution path
     def _execute(self, op: Op) -> list:
         """Run a ready op (or skip it) and complete it; returns the ops it made ready."""
+        if op.__class__ is not Op:  # a piece of a plan run (see record.py)
+            return op.execute()
         if self._failed_vars and not op.always_run:
             error = self._input_failure(op)
             if error is not None:
@@ -486,8 +633,12 @@ class Engine:
         """Release ``op``'s vars and record its outcome; returns the ops made ready.
 
         ``origin`` is True when ``op`` itself raised ``error`` (rather than
-        inheriting it from a failed var it named).
+        inheriting it from a failed var it named).  A :class:`Composite`
+        error carries the outcome of each var of a bulk or plan run.
         """
+        comp = None
+        if error is not None and error.__class__ is Composite:
+            comp, error, origin = error, None, False
         if origin:
             error.add_note(f"depengine: raised by op {op.name!r} (#{op.id})")
         prof = self._prof
@@ -509,14 +660,17 @@ class Engine:
                     nxt._wait -= 1
                     if not nxt._wait:
                         ready.append(nxt)
+            wcounts = op._wcounts
             for v in op.writes:
-                v.version += 1
-                v._pending_writes -= 1
+                k = 1 if wcounts is None else wcounts[v]
+                v.version += k
+                v._pending_writes -= k
                 v._writing = False
-                if error is not None:
+                e = error if comp is None else comp.failures.get(v)
+                if e is not None:
                     if v._failure is None:
                         self._failed_vars.add(v)
-                    v._failure = error
+                    v._failure = e
                     v._clear_seq = NEVER_CLEARED
                 elif v._failure is not None:
                     v._failure = None
@@ -538,7 +692,11 @@ class Engine:
                             nxt._wait -= 1
                             if not nxt._wait:
                                 ready.append(nxt)
-            if error is None:
+            if comp is not None:
+                self._unreported.extend(comp.origins)
+                op.error = comp.origins[0] if comp.origins else None
+                op._state = _op.FAILED if comp.origins else _op.DONE
+            elif error is None:
                 op._state = _op.DONE
             else:
                 op.error = error
@@ -596,9 +754,18 @@ class Engine:
         self._guard = YieldingLock()
         self._lock = self._guard.raw
         self._any_deleted = False
+        self._capturing = 0  # active record() and bulk() blocks
+        self._graph = None   # the Graph being recorded
+        self._bulks = _PerThread()
         self._forked = True
         self._closing = True
         self._closed = True
+
+
+class _PerThread(threading.local):
+    """Per-thread state of an engine: the active bulk, if any."""
+
+    bulk = None
 
 
 class _Done:

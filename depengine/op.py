@@ -42,6 +42,8 @@ class Op(RunContext):
 
     __slots__ = (
         "_epoch",
+        "_wcounts",
+        "meta",
         "_lane",
         "_t_push",
         "_t_ready",

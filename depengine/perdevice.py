@@ -102,6 +102,9 @@ class PerDeviceEngine(Engine):
         pool.start()
         return pool
 
+    def _cpu_submit(self):
+        return self._cpu.submit
+
     def _pools(self) -> list[WorkerPool]:
         pools = [p for p in (self._cpu, self._prio, self._copy) if p is not None]
         for gpu in self._gpus.values():

@@ -44,13 +44,19 @@ class Recorder:
     # new container per op, only a few appends.  Finished ops stay alive until
     # the trace is built; their functions (and what those hold) were released
     # at completion.
-    def ended(self, op) -> None:
+    def ended(self, op, versions=None) -> None:
+        """``op`` finished; ``versions`` = (read versions, versions before each write) when
+        the vars do not show them (members of a bulk or plan run)."""
         end = perf_counter_ns()
         if getattr(op, "_rec", None) is None:  # pushed before recording began
             return
         flat = self.ops
         flat.append(op)
         flat.append(end)
+        if versions is not None:
+            flat.extend(versions[0])
+            flat.extend(versions[1])
+            return
         for v in op.reads:
             flat.append(v.version)
         for v in op.writes:

@@ -21,6 +21,9 @@ class ThreadedEngine(Engine):
         self._worker_ids = self._pool.thread_ids
         self._dispatch = self._pool.submit_fast
 
+    def _cpu_submit(self):
+        return self._pool.submit
+
     def _pools(self) -> list:
         return [self._pool]
 

@@ -6,6 +6,7 @@ Arrays live on ``de.cpu()`` (numba kernels, BLAS) or ``de.gpu(i)`` (CUDA
 kernels compiled with NVRTC; the simulated runtime with ``DEPENGINE_GPU=sim``).
 """
 
+from . import fusion as _fusion  # noqa: F401  (registers the elementwise fuser for recorded plans)
 from . import linalg, random, stencil
 from ._core import engine, set_engine
 from .array import NDArray, _install_operators
@@ -17,7 +18,6 @@ from .math import reduce as _reduce
 from .math import unary as _unary
 
 _install_operators()
-
 
 
 def _named(impl, op: str, doc: str):

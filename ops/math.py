@@ -212,6 +212,15 @@ def _gpu_check(dtype, device, what):
                         "(float32 and float64 are)")
 
 
+class _Elementwise:
+    """What a CPU elementwise op computes, for fusing chains of them in recorded plans."""
+
+    __slots__ = ("inputs", "op", "out", "shape", "work")
+
+    def __init__(self, op, inputs, out, work, shape) -> None:
+        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, np.dtype(work), tuple(shape)
+
+
 # --------------------------------------------------------------- elementwise
 def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
     """``op`` (add, subtract, ..., or a comparison) of ``a`` and ``b`` with broadcasting."""
@@ -250,7 +259,8 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
                            sc.stream)
             finish()
         fn = _gpu_op(out, body)
-    push(fn, reads, [out], op, device)
+    meta = _Elementwise(op, (a, b), out, work, shape) if device.type == "cpu" else None
+    push(fn, reads, [out], op, device, meta=meta)
     return out
 
 
@@ -278,7 +288,9 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
 
         def fn(ctx):
             _cpu_call(kernel, (_cpu_in(a, a.shape, dtype),), out, op)
+        meta = _Elementwise(op, (a,), out, dtype, a.shape)
     else:
+        meta = None
         n = a.size
         name = f"{op}_{_gpu.GPU_DTYPES[dtype][0]}"
 
@@ -288,7 +300,7 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
                            sc.stream)
             finish()
         fn = _gpu_op(out, body)
-    push(fn, [a], [out], op, a.device)
+    push(fn, [a], [out], op, a.device, meta=meta)
     return out
 
 

@@ -107,6 +107,7 @@ class WorkerPool:
         run = self._run
         continue_with = self.continue_with
         while True:
+            item = ready = None  # hold nothing finished while idle (ops may own big buffers)
             item = get()
             if item is None:
                 return

@@ -17,17 +17,10 @@ from collections import Counter, defaultdict
 
 import graphviz
 
+from depengine.graph_style import CRITICAL, EDGE_STYLE, KIND_FILL, node_shape
 from depengine.trace import Trace
 
 __all__ = ["dependency_graph"]
-
-KIND_FILL = {"normal": "#dbe9f6", "prioritized": "#fde8b0", "copy": "#d4f0dc", "async": "#ecdcf2"}
-EDGE_STYLE = {"RAW": "solid", "WAR": "dashed", "WAW": "dotted"}
-CRITICAL = "#c0392b"
-
-
-def _shape(device: str) -> str:
-    return "hexagon" if device.startswith("gpu") else "box"
 
 
 def dependency_graph(trace, *, max_ops: int = 300, critical_path: bool = True,
@@ -49,7 +42,7 @@ def dependency_graph(trace, *, max_ops: int = 300, critical_path: bool = True,
 
 
 def _node_attrs(kind: str, device: str, state: str, critical: bool) -> dict:
-    attrs = {"shape": _shape(device), "fillcolor": KIND_FILL.get(kind, "#eeeeee")}
+    attrs = {"shape": node_shape(device), "fillcolor": KIND_FILL.get(kind, "#eeeeee")}
     if state == "failed":
         attrs.update(color="red", penwidth="2")
     elif state == "skipped":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
+from depengine.graph_style import CRITICAL
 from depengine.trace import Trace
 
 from .svg import Svg, color_for
@@ -22,7 +23,6 @@ LANE_H = 22
 GAP = 6
 LEFT = 190
 LEGEND_W = 210
-CRITICAL = "#c0392b"
 
 
 def timeline(trace, path=None, *, width: int = 1200, max_legend: int = 20) -> str:

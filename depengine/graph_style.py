@@ -1,0 +1,14 @@
+"""How dependency graphs look, shared by viz/ and Plan.to_graphviz()."""
+
+from __future__ import annotations
+
+__all__ = ["CRITICAL", "EDGE_STYLE", "KIND_FILL", "node_shape"]
+
+KIND_FILL = {"normal": "#dbe9f6", "prioritized": "#fde8b0", "copy": "#d4f0dc", "async": "#ecdcf2"}
+EDGE_STYLE = {"RAW": "solid", "WAR": "dashed", "WAW": "dotted"}
+CRITICAL = "#c0392b"
+
+
+def node_shape(device: str) -> str:
+    """Box for CPU ops, hexagon for GPU ops."""
+    return "hexagon" if str(device).startswith("gpu") else "box"

@@ -1,0 +1,444 @@
+"""Recording ops once and replaying them fast; bulking consecutive small ops.
+
+``with eng.record() as g:`` captures the ops the recording thread pushes
+(running them too unless ``execute=False``); ``g.compile()`` turns them into
+a :class:`Plan`: a precomputed DAG of the recorded ops, optimised, whose
+``run()`` pushes one composite op that reads the plan's external inputs and
+writes everything it writes.  Inside a run, dependencies between recorded ops
+are successor lists and counters computed at compile time: no var queues.
+
+Optimisations, each switchable in ``compile``:
+
+- ``prune``: drop an op declared ``pure`` whose every write is overwritten
+  later in the plan before anyone reads it (a dead store).
+- ``fuse``: let registered fusers (ops/ fuses chains of elementwise array
+  ops into one numba kernel) replace chains of ops by one op.
+- ``bulk``: run each chain of ops that would run back to back (one
+  successor, whose only predecessor it is) as one dispatch, and group the
+  chains that start on one dependency level into at most one dispatch per
+  worker (they are independent: the level keeps its parallelism).
+
+``with eng.bulk(64):`` groups up to 64 consecutive small synchronous CPU
+ops pushed by this thread into one composite op; any wait flushes it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from scheduler.locks import acquire_yielding
+
+from . import op as _op
+from .composite import Composite, run_members, seed_failures
+from .device import cpu
+from .errors import DepengineError
+from .op import Op
+
+__all__ = ["Graph", "Plan", "register_fuser"]
+
+_CPU = cpu()
+_fusers: list[Callable] = []
+
+
+def register_fuser(fuser: Callable) -> None:
+    """``fuser(chain) -> fn | None``: one function doing the work of a chain of recorded ops."""
+    _fusers.append(fuser)
+
+
+class _Spec:
+    """A recorded push: everything needed to push it again."""
+
+    __slots__ = ("always_run", "device", "fn", "is_async", "kind", "name", "op", "priority", "pure", "reads",
+                 "writes")
+
+    def __init__(self, op: Op, fn) -> None:
+        self.op = op  # the pushed op (its ``meta`` may be set after the push returns)
+        self.fn = fn
+        self.reads, self.writes = op.reads, op.writes
+        self.name, self.priority, self.always_run = op._name, op.priority, op.always_run
+        self.is_async, self.device, self.kind = op.is_async, op.device, op.kind
+        self.pure = False
+
+    @property
+    def meta(self):
+        return getattr(self.op, "meta", None)
+
+
+class Graph:
+    """Ops captured by ``Engine.record()``; ``compile()`` makes a :class:`Plan` of them."""
+
+    def __init__(self, engine, execute: bool) -> None:
+        self.engine = engine
+        self.execute = execute
+        self.thread = threading.get_ident()
+        self.specs: list[_Spec] = []
+        self.new_vars: list = []
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def compile(self, *, prune: bool = True, fuse: bool = True, bulk: bool = True) -> Plan:
+        if not self.closed:
+            raise DepengineError("compile() the graph after its record() block has ended")
+        return Plan(self, prune=prune, fuse=fuse, bulk=bulk)
+
+    def __repr__(self) -> str:
+        return f"<Graph ops={len(self.specs)} {'recording' if not self.closed else 'done'}>"
+
+
+def _dependencies(specs) -> list[set[int]]:
+    """Predecessors of each spec under the engine's rules (RAW, WAR, WAW)."""
+    last_write: dict = {}
+    readers: dict = {}
+    preds: list[set[int]] = []
+    for i, s in enumerate(specs):
+        p = set()
+        for v in s.reads:
+            if v in last_write:
+                p.add(last_write[v])
+        for v in s.writes:
+            if v in last_write:
+                p.add(last_write[v])
+            p.update(readers.get(v, ()))
+        for v in s.reads:
+            readers.setdefault(v, []).append(i)
+        for v in s.writes:
+            last_write[v] = i
+            readers[v] = []
+        preds.append(p)
+    return preds
+
+
+def _dead_stores(specs) -> set[int]:
+    """Pure specs whose every write is overwritten before anyone reads it."""
+    dead = set()
+    for i, s in enumerate(specs):
+        if not s.pure or not s.writes:
+            continue
+        pending = set(s.writes)
+        for t in specs[i + 1:]:
+            if pending & set(t.reads):
+                break  # someone reads a value this op wrote
+            pending -= set(t.writes)
+            if not pending:
+                dead.add(i)
+                break
+    return dead
+
+
+def _chains(n: int, preds: list[set[int]]) -> list[list[int]]:
+    """Maximal chains: each link the only successor of the previous, which is its only predecessor."""
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for i, p in enumerate(preds):
+        for j in p:
+            succs[j].append(i)
+    chains, seen = [], set()
+    for i in range(n):
+        if i in seen:
+            continue
+        if len(preds[i]) == 1 and len(succs[next(iter(preds[i]))]) == 1:
+            continue  # a link inside a chain: its head starts it
+        chain = [i]
+        seen.add(i)
+        while len(succs[chain[-1]]) == 1 and len(preds[succs[chain[-1]][0]]) == 1:
+            chain.append(succs[chain[-1]][0])
+            seen.add(chain[-1])
+        chains.append(chain)
+    return chains
+
+
+def _by_level(chains: list[list[int]], preds: list[set[int]], workers: int) -> list[list[int]]:
+    """Chains whose heads share a level run as at most ``workers`` dispatches per level.
+
+    The level of an op is the length of the longest dependency path to it;
+    chains whose heads are on one level have no edge between them, so each
+    dispatch runs its chains one after another and the dispatches of a level
+    run in parallel.  That keeps the parallelism a level has (up to one
+    dispatch per worker) and drops the per-op dispatch cost.
+    """
+    level: list[int] = []
+    for p in preds:  # push order is topological
+        level.append(1 + max((level[j] for j in p), default=-1))
+    by_level: dict[int, list[list[int]]] = {}
+    for chain in chains:
+        by_level.setdefault(level[chain[0]], []).append(chain)
+    groups = []
+    for lvl in sorted(by_level):
+        chs = by_level[lvl]
+        k = min(workers, len(chs))
+        size = -(-len(chs) // k)
+        for start in range(0, len(chs), size):
+            groups.append(sorted(i for ch in chs[start:start + size] for i in ch))
+    return groups
+
+
+class Plan:
+    """A compiled recording.  ``run()`` replays it; ``to_graphviz()`` draws it."""
+
+    def __init__(self, graph: Graph, *, prune: bool, fuse: bool, bulk: bool) -> None:
+        self.engine = graph.engine
+        specs = list(graph.specs)
+        self.recorded = len(specs)
+        self.pruned = 0
+        if prune:
+            dead = _dead_stores(specs)
+            while dead:
+                self.pruned += len(dead)
+                specs = [s for i, s in enumerate(specs) if i not in dead]
+                dead = _dead_stores(specs)
+        self.mode = "plan"
+        self.why_imperative = None
+        for s in specs:
+            if s.is_async or s.device != _CPU or s.kind not in ("normal", "prioritized"):
+                self.mode = "imperative"
+                self.why_imperative = (f"op {s.name!r} is {'async' if s.is_async else s.kind} on "
+                                       f"{s.device}: only synchronous CPU ops replay as a plan")
+                break
+        self.fused = 0
+        if fuse and self.mode == "plan" and _fusers:
+            specs = self._fuse(specs)
+        self.specs = specs
+        preds = _dependencies(specs)
+        groups = [[i] for i in range(len(specs))]
+        if bulk:
+            groups = _by_level(_chains(len(specs), preds), preds, self.engine.options.workers)
+        self.bulked = sum(len(g) - 1 for g in groups)
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        self.chunks = groups
+        self.npred = [len({group_of[p] for i in members for p in preds[i]} - {g})
+                      for g, members in enumerate(groups)]
+        succ_sets: list[set[int]] = [set() for _ in groups]
+        for g, members in enumerate(groups):
+            for i in members:
+                for p in preds[i]:
+                    if group_of[p] != g:
+                        succ_sets[group_of[p]].add(g)
+        self.succ = [sorted(s) for s in succ_sets]
+        self.roots = [g for g, n in enumerate(self.npred) if n == 0]
+        # the plan as one op: its external inputs and everything it writes
+        counts: dict = {}
+        written = set()
+        for s in specs:
+            for v in s.writes:
+                counts[v] = counts.get(v, 0) + 1
+                written.add(v)
+        self.writes = tuple(counts)
+        self.wcounts = counts
+        self.reads = tuple(dict.fromkeys(v for s in specs for v in s.reads if v not in written))
+        if not self.writes:  # runs of a read-only plan must not overlap: they share state
+            self.token = self.engine.new_var("plan")
+            self.writes = (self.token,)
+            self.wcounts = {self.token: 1}
+        # members: one Op per recorded op, reused by every run; one item per chunk
+        self.members = [self._member(s, i) for i, s in enumerate(specs)]
+        self.chunk_members = [[self.members[i] for i in members] for members in groups]
+        self.items = [_Chunk(self, g) for g in range(len(groups))]
+        for item in self.items:
+            item.succ = self.succ[item.g]
+        self.current: _Run | None = None
+
+    def _fuse(self, specs):
+        preds = _dependencies(specs)
+        out, i = [], 0
+        chains = {c[0]: c for c in _chains(len(specs), preds) if len(c) > 1}
+        skip = set()
+        for i, s in enumerate(specs):
+            if i in skip:
+                continue
+            chain = chains.get(i)
+            fused = None
+            if chain:
+                for fuser in _fusers:
+                    fused = fuser([specs[k] for k in chain])
+                    if fused is not None:
+                        break
+            if fused is None:
+                out.append(s)
+                continue
+            fn, name = fused
+            members = [specs[k] for k in chain]
+            written = tuple(dict.fromkeys(v for m in members for v in m.writes))
+            reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
+            op = _new_member(fn, reads, written, name, max(m.priority for m in members))
+            out.append(_Spec(op, fn))
+            self.fused += len(chain) - 1
+            skip.update(chain)
+        return out
+
+    @staticmethod
+    def _member(s: _Spec, index: int) -> Op:
+        return _new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)
+
+    # ------------------------------------------------------------------ run
+    def run(self, engine=None) -> None:
+        """Replay the plan; returns at once, ordered with every other op on the engine."""
+        eng = self.engine
+        if engine is not None and engine is not eng:
+            raise DepengineError(f"this plan was recorded on {eng!r}; it cannot run on {engine!r}")
+        if self.mode == "imperative":
+            for s in self.specs:
+                push = eng.push_async if s.is_async else eng.push
+                push(s.fn, reads=s.reads, writes=s.writes, name=s.name, priority=s.priority,
+                     always_run=s.always_run, device=None if s.device == _CPU else s.device, kind=s.kind)
+            return
+        eng._push(self._start, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True, True,
+                  None, "async", None, self.wcounts)
+
+    def _start(self, ctx, done) -> None:
+        """The plan op runs: start the chunks with no predecessor (on the engine's workers)."""
+        eng = self.engine
+        prof = eng._prof
+        members = self.members
+        if prof is not None:  # fresh members, so each run's ops are recorded on their own
+            members = [self._profiled_member(m, ctx) for m in members]
+        failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
+        run = self.current = _Run(self, members, failures, done, prof)
+        submit = eng._cpu_submit()
+        if submit is None or len(self.chunks) == 1:
+            run.serial()
+            return
+        for g in self.roots:
+            submit(self.items[g])
+
+    def _profiled_member(self, m: Op, ctx) -> Op:
+        copy = _new_member(m.fn, m.reads, m.writes, m._name, m.priority, m.always_run, 0)
+        with self.engine._guard:
+            copy.id = self.engine._seq
+            self.engine._seq += 1
+        copy._rec = self.engine
+        copy._t_push = ctx._t_push if hasattr(ctx, "_t_push") else 0
+        return copy
+
+    def to_graphviz(self):
+        """The plan's DAG as a ``graphviz.Digraph`` (the conventions of viz/)."""
+        from .plan_graph import plan_graph
+
+        return plan_graph(self)
+
+    def __repr__(self) -> str:
+        return (f"<Plan ops={len(self.members)} (recorded {self.recorded}, pruned {self.pruned}, "
+                f"fused {self.fused}) chunks={len(self.chunks)} mode={self.mode}>")
+
+
+def _new_member(fn, reads, writes, name, priority, always_run=False, index=0) -> Op:
+    m = object.__new__(Op)
+    m.fn = fn
+    m._name = name
+    m.reads = reads
+    m.writes = writes
+    m.priority = priority
+    m.always_run = always_run
+    m.is_async = False
+    m.device = _CPU
+    m.kind = "normal"
+    m.stream = None
+    m.error = None
+    m._state = _op.PENDING
+    m._wcounts = None
+    m.id = index
+    m._wait = 0
+    return m
+
+
+class _Run:
+    """The state of one run of a plan: counters, failures, and the plan op's ``done``.
+
+    Runs of one plan never overlap (every run writes the plan's vars), so the
+    plan's chunk items are made once and point at the current run.
+    """
+
+    __slots__ = ("counters", "done", "failures", "lock", "members", "outcome", "plan", "prof", "remaining",
+                 "versions")
+
+    def __init__(self, plan: Plan, members, failures, done, prof) -> None:
+        self.plan = plan
+        self.members = members
+        self.counters = list(plan.npred)
+        self.remaining = len(plan.chunks)
+        self.failures = failures
+        self.outcome = Composite()
+        self.done = done
+        self.prof = prof
+        self.versions = {} if prof is not None else None
+        self.lock = threading.Lock()
+
+    def run_chunk(self, g: int) -> None:
+        if self.prof is None:
+            members = self.plan.chunk_members[g]
+        else:
+            members = [self.members[i] for i in self.plan.chunks[g]]
+        run_members(members, self.failures, self.outcome, self.prof, self.versions)
+
+    def serial(self) -> None:
+        for g in _topological(self.plan):
+            self.run_chunk(g)
+        self.finish()
+
+    def finish(self) -> None:
+        out = self.outcome
+        out.failures = {v: self.failures.get(v) for v in self.plan.writes if self.failures.get(v)}
+        self.plan.current = None
+        self.done(out if out.failures or out.origins else None)
+
+
+def _topological(plan: Plan) -> list[int]:
+    counters = list(plan.npred)
+    order, stack = [], list(reversed(plan.roots))
+    while stack:
+        g = stack.pop()
+        order.append(g)
+        for s in reversed(plan.succ[g]):
+            counters[s] -= 1
+            if not counters[s]:
+                stack.append(s)
+    return order
+
+
+class _Chunk:
+    """A dispatch of a plan run: one chain of its ops, run by one worker."""
+
+    __slots__ = ("g", "plan", "succ")
+    priority = 0
+    device = _CPU
+    kind = "normal"
+    stream = None
+    reads = ()
+    writes = ()
+
+    def __init__(self, plan: Plan, g: int) -> None:
+        self.plan = plan
+        self.g = g
+
+    def execute(self) -> list:
+        run = self.plan.current
+        run.run_chunk(self.g)
+        ready = []
+        items = self.plan.items
+        counters = run.counters
+        lock = run.lock
+        if not lock.acquire(False):
+            acquire_yielding(lock)
+        try:
+            for s in self.succ:
+                counters[s] -= 1
+                if not counters[s]:
+                    ready.append(items[s])
+            run.remaining -= 1
+            last = not run.remaining
+        finally:
+            lock.release()
+        if last:
+            run.finish()
+        return ready
+
+
+class Bulk:
+    """The ops this thread pushed inside ``Engine.bulk(size)``, not yet handed to the engine."""
+
+    __slots__ = ("ops", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ops: list[Op] = []
