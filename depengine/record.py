@@ -18,6 +18,12 @@ Optimisations, each switchable in ``compile``:
   chains that start on one dependency level into at most one dispatch per
   worker (they are independent: the level keeps its parallelism).
 
+A plan whose ops are all synchronous compute ops on one GPU replays on one
+stream instead: its first run enqueues the ops' work as pushed ops would,
+its second captures that work as a CUDA graph (the simulated runtime records
+it and replays it item by item), and later runs launch the graph.  A plan
+mixing devices, or holding async or copy ops, is pushed op by op.
+
 ``with eng.bulk(64):`` groups up to 64 consecutive small synchronous CPU
 ops pushed by this thread into one composite op; any wait flushes it.
 """
@@ -188,21 +194,20 @@ class Plan:
                 self.pruned += len(dead)
                 specs = [s for i, s in enumerate(specs) if i not in dead]
                 dead = _dead_stores(specs)
-        self.mode = "plan"
-        self.why_imperative = None
-        for s in specs:
-            if s.is_async or s.device != _CPU or s.kind not in ("normal", "prioritized"):
-                self.mode = "imperative"
-                self.why_imperative = (f"op {s.name!r} is {'async' if s.is_async else s.kind} on "
-                                       f"{s.device}: only synchronous CPU ops replay as a plan")
-                break
+        self.mode, self.device, self.why_imperative = _mode(specs)
+        self.cuda_graph = None      # gpu mode: the captured graph, once captured
+        self.why_no_graph = None    # gpu mode: why runs stay eager stream replays
+        self.graph_launches = 0
+        self._eager_runs = 0
         self.fused = 0
         if fuse and self.mode == "plan" and _fusers:
             specs = self._fuse(specs)
         self.specs = specs
         preds = _dependencies(specs)
         groups = [[i] for i in range(len(specs))]
-        if bulk:
+        if self.mode == "gpu":  # one stream: one dispatch in push order
+            groups = [list(range(len(specs)))] if specs else []
+        elif bulk:
             groups = _by_level(_chains(len(specs), preds), preds, self.engine.options.workers)
         self.bulked = sum(len(g) - 1 for g in groups)
         group_of = {i: g for g, members in enumerate(groups) for i in members}
@@ -267,9 +272,10 @@ class Plan:
             skip.update(chain)
         return out
 
-    @staticmethod
-    def _member(s: _Spec, index: int) -> Op:
-        return _new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)
+    def _member(self, s: _Spec, index: int) -> Op:
+        m = _new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)
+        m.device = self.device
+        return m
 
     # ------------------------------------------------------------------ run
     def run(self, engine=None) -> None:
@@ -283,8 +289,52 @@ class Plan:
                 push(s.fn, reads=s.reads, writes=s.writes, name=s.name, priority=s.priority,
                      always_run=s.always_run, device=None if s.device == _CPU else s.device, kind=s.kind)
             return
+        if self.mode == "gpu":
+            eng._push(self._gpu_run, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True,
+                      False, self.device, "normal", None, self.wcounts)
+            return
         eng._push(self._start, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True, True,
                   None, "async", None, self.wcounts)
+
+    def _gpu_run(self, ctx) -> None:
+        """A GPU plan runs on one stream: eagerly first, then as one captured graph launch.
+
+        The first run enqueues every member's work as pushed ops would (it
+        allocates outputs and compiles kernels); the second captures the
+        members' work into a graph; later runs launch that graph.  Runs that
+        start from failed vars, and plans whose capture failed, replay eagerly
+        under the usual failure rules.
+        """
+        members = self.members
+        for m in members:
+            m.stream = ctx.stream
+        eng = self.engine
+        failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
+        if failures or self.why_no_graph is not None or not self._eager_runs:
+            self._eager_runs += 1
+            self._eager(members, failures)
+            return
+        rt = eng._rt
+        if self.cuda_graph is None:
+            rt.begin_capture(ctx.stream)
+            try:
+                for m in members:
+                    m.fn(m)
+                self.cuda_graph = rt.end_capture(ctx.stream)
+            except Exception as exc:
+                rt.abort_capture(ctx.stream)
+                self.why_no_graph = f"capture failed: {type(exc).__name__}: {exc}"
+                self._eager(members, failures)
+                return
+        rt.launch_graph(self.cuda_graph, ctx.stream)
+        self.graph_launches += 1
+
+    def _eager(self, members, failures: dict) -> None:
+        outcome = Composite()
+        run_members(members, failures, outcome)
+        if outcome.origins or any(failures.get(v) is not None for v in self.writes):
+            outcome.failures = {v: failures[v] for v in self.writes if failures.get(v) is not None}
+            raise outcome
 
     def _start(self, ctx, done) -> None:
         """The plan op runs: start the chunks with no predecessor (on the engine's workers)."""
@@ -320,6 +370,22 @@ class Plan:
     def __repr__(self) -> str:
         return (f"<Plan ops={len(self.members)} (recorded {self.recorded}, pruned {self.pruned}, "
                 f"fused {self.fused}) chunks={len(self.chunks)} mode={self.mode}>")
+
+
+def _mode(specs) -> tuple[str, object, str | None]:
+    """How a plan replays: ``plan`` (CPU DAG), ``gpu`` (one stream, captured graph) or ``imperative``."""
+    if all(not s.is_async and s.device == _CPU and s.kind in ("normal", "prioritized") for s in specs):
+        return "plan", _CPU, None
+    first = specs[0].device
+    if all(not s.is_async and s.device == first and s.kind == "normal" for s in specs):
+        return "gpu", first, None
+    allowed = ("normal", "prioritized") if first == _CPU else ("normal",)
+    for s in specs:  # find the op that rules the plan out
+        if s.is_async or s.kind not in allowed or s.device != first:
+            why = f"op {s.name!r} is {'async' if s.is_async else s.kind} on {s.device}"
+            break
+    return "imperative", None, (f"{why}: a plan replays synchronous CPU ops as a DAG, or compute ops "
+                                f"all on one GPU as a graph; this one is pushed op by op")
 
 
 def _new_member(fn, reads, writes, name, priority, always_run=False, index=0) -> Op:

@@ -154,6 +154,34 @@ class CudaRuntime:
     def synchronize_stream(self, stream) -> None:
         stream.sync()
 
+    # ---------------------------------------------------------- graph capture
+    def begin_capture(self, stream) -> None:
+        mode = self._driver.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        check(self._driver.cuStreamBeginCapture(stream.handle, mode))
+
+    def end_capture(self, stream):
+        """The captured work as an instantiated graph (``cuGraphExec``) ready to launch."""
+        graph = check(self._driver.cuStreamEndCapture(stream.handle))
+        try:
+            return check(self._driver.cuGraphInstantiate(graph, 0))
+        finally:
+            check(self._driver.cuGraphDestroy(graph))
+
+    def abort_capture(self, stream) -> None:
+        """End a capture and drop what it recorded (never raises)."""
+        try:
+            graph = check(self._driver.cuStreamEndCapture(stream.handle))
+            if graph is not None and int(graph):
+                self._driver.cuGraphDestroy(graph)
+        except Exception:  # an invalidated capture has no graph to drop
+            pass
+
+    def launch_graph(self, graph, stream) -> None:
+        check(self._driver.cuGraphLaunch(graph, stream.handle))
+
+    def destroy_graph(self, graph) -> None:
+        check(self._driver.cuGraphExecDestroy(graph))
+
     # ----------------------------------------------------------------- memory
     def alloc(self, device: int, nbytes: int, stream):
         self.bind_thread(device)

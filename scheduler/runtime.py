@@ -22,6 +22,9 @@ The calls, all taking the runtime's own stream/event/buffer objects:
 - ``compile(kernels)`` -> module with ``module[name]``; ``launch(kernel, grid,
   block, args, stream)``
 - ``close_stream(stream)``
+- ``begin_capture(stream)``, ``end_capture(stream)`` -> graph (instantiated),
+  ``abort_capture(stream)``, ``launch_graph(graph, stream)``,
+  ``destroy_graph(graph)``: CUDA graph capture of a stream's work
 """
 
 from __future__ import annotations

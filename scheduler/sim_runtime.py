@@ -15,6 +15,13 @@ complete is ordered after it).  Each device buffer remembers its last write
 and the reads since, with their clocks; an access that is not ordered after
 a conflicting one on another stream raises :class:`HazardError`.
 
+Graph capture follows CUDA's too: between ``begin_capture(stream)`` and
+``end_capture(stream)`` work enqueued on the stream is recorded, not run
+(host code around it runs once, at capture); ``launch_graph`` replays the
+recorded items on a stream in order, checking hazards at launch.  As in
+CUDA without auto-free, memory allocated during a capture must be freed in
+it, and a capturing stream cannot record, wait on or synchronise events.
+
 ``DEPENGINE_SIM_GPUS`` sets the number of simulated devices (default 2).
 """
 
@@ -29,7 +36,7 @@ import numpy as np
 
 from .runtime import CudaError, HazardError, KernelSource
 
-__all__ = ["SimBuffer", "SimEvent", "SimRuntime", "SimStream"]
+__all__ = ["SimBuffer", "SimEvent", "SimGraph", "SimRuntime", "SimStream"]
 
 
 class _Clock(dict):
@@ -58,6 +65,7 @@ class SimStream:
         self.name = name
         self.clock = _Clock()
         self.error: BaseException | None = None
+        self.capture: SimGraph | None = None  # set between begin_capture and end_capture
         self.enqueued = 0
         self._work: SimpleQueue = SimpleQueue()
         self._done = 0
@@ -130,6 +138,8 @@ class SimBuffer:
         self.last_write: tuple[int, int] | None = None   # (stream id, item number)
         self.reads: dict[int, int] = {}                  # stream id -> item number
         self.freed = False
+        self.graph: SimGraph | None = None  # the graph that allocated it during a capture
+        self.freed_in_graph = False
 
     def view(self, dtype, shape, offset: int = 0) -> np.ndarray:
         size = int(np.prod(shape, dtype=np.int64))
@@ -137,6 +147,18 @@ class SimBuffer:
 
     def __repr__(self) -> str:
         return f"<SimBuffer gpu{self.device} {self.nbytes} bytes{' freed' if self.freed else ''}>"
+
+
+class SimGraph:
+    """A captured graph: the items enqueued during the capture, with their accesses."""
+
+    def __init__(self, device: int) -> None:
+        self.device = device
+        self.items: list = []       # (accesses, what, item or None)
+        self.allocated: list = []   # buffers allocated during the capture
+
+    def __repr__(self) -> str:
+        return f"<SimGraph gpu{self.device} items={len(self.items)}>"
 
 
 class _Module(dict):
@@ -190,6 +212,7 @@ class SimRuntime:
 
     def record(self, event: SimEvent, stream: SimStream) -> None:
         with self._lock:
+            self._not_capturing(stream, "event record")
             self._tick(stream)
             event.recorded += 1
             generation = event.recorded
@@ -203,6 +226,7 @@ class SimRuntime:
 
     def stream_wait(self, stream: SimStream, event: SimEvent) -> None:
         with self._lock:
+            self._not_capturing(stream, "event wait")
             if not event.recorded:
                 return  # CUDA: waiting on a never-recorded event does nothing
             generation = event.recorded
@@ -227,6 +251,7 @@ class SimRuntime:
 
     def synchronize_stream(self, stream: SimStream) -> None:
         with self._lock:
+            self._not_capturing(stream, "stream synchronize")
             count = stream.enqueued
             clock = _Clock(stream.clock)
         stream.wait_until(count)
@@ -235,11 +260,68 @@ class SimRuntime:
         if stream.error is not None:
             raise _as_cuda_error(stream)
 
+    def _submit(self, stream: SimStream, accesses, what: str, item=None) -> None:
+        """Check and enqueue one item of work (lock held), or add it to the stream's capture."""
+        if stream.capture is not None:
+            stream.capture.items.append((accesses, what, item))
+            return
+        self._access(stream, accesses, what)
+        if item is not None:
+            stream.enqueue(item)
+
+    @staticmethod
+    def _not_capturing(stream: SimStream, what: str) -> None:
+        if stream.capture is not None:
+            raise CudaError(f"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: {what} on stream {stream.name} "
+                            "while it is capturing a graph")
+
+    # ---------------------------------------------------------- graph capture
+    def begin_capture(self, stream: SimStream) -> None:
+        with self._lock:
+            if stream.capture is not None:
+                raise CudaError(f"CUDA_ERROR_ILLEGAL_STATE: stream {stream.name} is already capturing")
+            stream.capture = SimGraph(stream.device)
+
+    def end_capture(self, stream: SimStream) -> SimGraph:
+        """The captured graph, ready to launch; raises CudaError if it cannot be."""
+        with self._lock:
+            graph, stream.capture = stream.capture, None
+        if graph is None:
+            raise CudaError(f"CUDA_ERROR_ILLEGAL_STATE: stream {stream.name} is not capturing")
+        live = [buf for buf in graph.allocated if not buf.freed_in_graph]
+        if live:
+            raise CudaError(f"CUDA_ERROR_INVALID_VALUE: {len(live)} allocation(s) made during the capture "
+                            "are not freed in it")
+        return graph
+
+    def abort_capture(self, stream: SimStream) -> None:
+        """End a capture and drop what it recorded (never raises)."""
+        with self._lock:
+            stream.capture = None
+
+    def launch_graph(self, graph: SimGraph, stream: SimStream) -> None:
+        """Replay a captured graph on ``stream``, item by item, in capture order."""
+        if graph.device != stream.device:
+            raise CudaError(f"CUDA_ERROR_INVALID_VALUE: graph of gpu{graph.device} launched on "
+                            f"gpu{stream.device}")
+        with self._lock:
+            self._not_capturing(stream, "graph launch")
+            for accesses, what, item in graph.items:
+                self._access(stream, accesses, what)
+                if item is not None:
+                    stream.enqueue(item)
+
+    def destroy_graph(self, graph: SimGraph) -> None:
+        graph.items = []
+
     # ----------------------------------------------------------------- memory
     def alloc(self, device: int, nbytes: int, stream: SimStream) -> SimBuffer:
         buf = SimBuffer(device, nbytes)
         with self._lock:
-            self._access(stream, [(buf, "w")], "alloc")
+            if stream.capture is not None:
+                buf.graph = stream.capture
+                stream.capture.allocated.append(buf)
+            self._submit(stream, [(buf, "w")], "alloc")
         return buf
 
     def free(self, buf: SimBuffer, stream: SimStream | None) -> None:
@@ -250,19 +332,25 @@ class SimRuntime:
             buf.data = np.zeros(0, np.uint8)
             return
         with self._lock:
-            self._access(stream, [(buf, "w")], "free")
+            if stream.capture is not None:
+                if buf.graph is not stream.capture:
+                    raise CudaError("CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: freeing, in a capture, memory "
+                                    "the capture did not allocate")
+                buf.freed_in_graph = True  # the graph owns it: each launch reuses it
+                self._submit(stream, [(buf, "w")], "free")
+                return
 
             def release():
                 buf.freed = True
-            stream.enqueue(release)
+            self._submit(stream, [(buf, "w")], "free", release)
 
     def copy_htod(self, dst: SimBuffer, src: np.ndarray, stream: SimStream, offset: int = 0) -> None:
         """Copy host ``src`` into ``dst`` from byte ``offset`` on."""
         raw = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
         self._check_size(dst, offset + raw.nbytes)
         with self._lock:
-            self._access(stream, [(dst, "w")], "copy_htod")
-            stream.enqueue(lambda: dst.data.__setitem__(slice(offset, offset + raw.nbytes), raw))
+            self._submit(stream, [(dst, "w")], "copy_htod",
+                         lambda: dst.data.__setitem__(slice(offset, offset + raw.nbytes), raw))
 
     def copy_dtoh(self, dst: np.ndarray, src: SimBuffer, stream: SimStream, offset: int = 0) -> None:
         """Copy ``src`` from byte ``offset`` on into the C-contiguous host array ``dst``."""
@@ -271,14 +359,14 @@ class SimRuntime:
         out = dst.reshape(-1).view(np.uint8)
         self._check_size(src, offset + out.nbytes)
         with self._lock:
-            self._access(stream, [(src, "r")], "copy_dtoh")
-            stream.enqueue(lambda: out.__setitem__(slice(None), src.data[offset:offset + out.nbytes]))
+            self._submit(stream, [(src, "r")], "copy_dtoh",
+                         lambda: out.__setitem__(slice(None), src.data[offset:offset + out.nbytes]))
 
     def copy_dtod(self, dst: SimBuffer, src: SimBuffer, stream: SimStream) -> None:
         n = min(dst.nbytes, src.nbytes)
         with self._lock:
-            self._access(stream, [(src, "r"), (dst, "w")], "copy_dtod")
-            stream.enqueue(lambda: dst.data.__setitem__(slice(0, n), src.data[:n]))
+            self._submit(stream, [(src, "r"), (dst, "w")], "copy_dtod",
+                         lambda: dst.data.__setitem__(slice(0, n), src.data[:n]))
 
     @staticmethod
     def _check_size(buf: SimBuffer, nbytes: int) -> None:
@@ -308,10 +396,9 @@ class SimRuntime:
                                     f"got a buffer of gpu{arg.buffer.device}")
                 accesses.append((arg.buffer, mode))
         with self._lock:
-            self._access(stream, accesses, f"kernel {kernel.name}")
             fn = kernel.sim
             values = [a.array() if isinstance(a, _ArgView) else a for a in args]
-            stream.enqueue(lambda: fn(*values))
+            self._submit(stream, accesses, f"kernel {kernel.name}", lambda: fn(*values))
 
     # ---------------------------------------------------------- hazard check
     def check_host_access(self, buf: SimBuffer, mode: str, what: str = "host access") -> None:

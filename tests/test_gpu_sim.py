@@ -136,6 +136,49 @@ def test_a_failing_kernel_is_sticky_and_reported_on_synchronize():
     rt.close_stream(s)
 
 
+def test_graph_capture_records_work_and_launches_replay_it():
+    rt = SimRuntime(1)
+    s1, s2 = rt.create_stream(0, "s1"), rt.create_stream(0, "s2")
+    mod = rt.compile([_kernel("inc", ("rw",), lambda a: a.__setitem__(0, a[0] + 1)),
+                      _kernel("r", ("r",), lambda a: None)])
+    buf = rt.alloc(0, 8, s1)
+    view = rt.kernel_arg(buf, np.float64, (1,))
+    host = np.zeros(1)
+    rt.begin_capture(s1)
+    scratch = rt.alloc(0, 8, s1)                     # graph-owned scratch, freed in the graph
+    rt.launch(mod["inc"], (1,), (1,), [view], s1)
+    rt.launch(mod["inc"], (1,), (1,), [rt.kernel_arg(scratch, np.float64, (1,))], s1)
+    rt.free(scratch, s1)
+    with pytest.raises(CudaError, match="STREAM_CAPTURE_UNSUPPORTED"):
+        rt.record(rt.create_event(0), s1)
+    graph = rt.end_capture(s1)
+    rt.synchronize_stream(s1)
+    rt.copy_dtoh(host, buf, s1)
+    rt.synchronize_stream(s1)
+    assert host[0] == 0                              # capturing ran nothing
+    for k in range(1, 4):
+        rt.launch_graph(graph, s1)
+        rt.copy_dtoh(host, buf, s1)
+        rt.synchronize_stream(s1)
+        assert host[0] == k
+    rt.launch_graph(graph, s1)
+    with pytest.raises(HazardError, match="missing stream wait"):
+        rt.launch_graph(graph, s2)                   # on another stream without waiting for s1
+    rt.begin_capture(s2)
+    rt.alloc(0, 8, s2)
+    with pytest.raises(CudaError, match="not freed"):
+        rt.end_capture(s2)                           # memory would outlive the graph
+    rt.begin_capture(s2)
+    rt.launch(mod["r"], (1,), (1,), [view], s2)      # no hazard check until launch
+    rt.abort_capture(s2)
+    rt.launch_graph(graph, s1)                       # the aborted capture left nothing behind
+    rt.copy_dtoh(host, buf, s1)
+    rt.synchronize_stream(s1)
+    assert host[0] == 5
+    for s in (s1, s2):
+        rt.close_stream(s)
+
+
 # ----------------------------------------------------------- device choice
 def test_gpu_devices_and_errors(monkeypatch, sim):
     assert de.devices() == [de.cpu(), de.gpu(0), de.gpu(1)]

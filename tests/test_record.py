@@ -201,18 +201,84 @@ def test_optimisations_change_nothing_but_speed():
             nd.set_engine(None)
 
 
-def test_plans_with_gpu_ops_replay_imperatively(monkeypatch):
+@pytest.fixture
+def gpu_eng(monkeypatch):
     monkeypatch.setenv("DEPENGINE_GPU", "sim")
-    with de.Engine("perdevice", workers=1) as eng:
-        v = eng.new_var("v")
-        with eng.record(execute=False) as g:
-            eng.push(lambda ctx: None, writes=[v], device=de.gpu(0))
-        plan = g.compile()
-        assert plan.mode == "imperative" and "gpu(0)" in plan.why_imperative
+    eng = de.Engine("perdevice", workers=2)
+    nd.set_engine(eng)
+    yield eng
+    nd.set_engine(None)
+    eng.close()
+
+
+def test_gpu_plans_are_captured_once_and_launched_as_a_graph(gpu_eng):
+    start = np.linspace(-1, 1, 24).reshape(4, 6)
+    x = nd.array(start, device=de.gpu(0))
+    with gpu_eng.record(execute=False) as g:
+        y = x * 0.5              # a fresh output: allocated by the first run
+        nd.add(y, 1.0, out=x)    # the scalar is broadcast through scratch memory
+    plan = g.compile()
+    assert plan.mode == "gpu" and plan.device == de.gpu(0) and plan.why_imperative is None
+    want = start.copy()
+    for k in range(6):
         plan.run()
+        want = want * 0.5 + 1.0
+        np.testing.assert_allclose(x.asnumpy(), want, rtol=1e-15)
+        assert plan.graph_launches == k  # run 1 eager; run 2 captures then launches; later ones launch
+    assert plan.cuda_graph is not None and plan.why_no_graph is None
+    assert x._var.version == 1 + 6
+
+
+def test_a_gpu_plan_whose_capture_fails_replays_eagerly(gpu_eng):
+    x = nd.array(np.zeros(8), device=de.gpu(0))
+    v = gpu_eng.new_var("v")
+    rt = nd.engine()._rt
+
+    def syncs(ctx):  # synchronising a capturing stream is not allowed in CUDA graphs
+        rt.synchronize_stream(ctx.stream)
+
+    with gpu_eng.record(execute=False) as g:
+        nd.add(x, 1.0, out=x)
+        gpu_eng.push(syncs, writes=[v], device=de.gpu(0), name="syncs")
+    plan = g.compile()
+    for _ in range(4):
         plan.run()
-        eng.wait_for_var(v)
-        assert v.version == 2
+    np.testing.assert_array_equal(x.asnumpy(), np.full(8, 4.0))
+    assert plan.cuda_graph is None and plan.graph_launches == 0
+    assert "STREAM_CAPTURE_UNSUPPORTED" in plan.why_no_graph
+    assert v.version == 4
+
+
+def test_failures_inside_a_gpu_plan_follow_the_rules(gpu_eng):
+    a, b, c = (gpu_eng.new_var(n) for n in "abc")
+    log = []
+    with gpu_eng.record(execute=False) as g:
+        gpu_eng.push(lambda ctx: log.append("a"), writes=[a], device=de.gpu(0), name="ok")
+        gpu_eng.push(lambda ctx: 1 / 0, reads=[a], writes=[b], device=de.gpu(0), name="boom")
+        gpu_eng.push(lambda ctx: log.append("c"), reads=[b], writes=[c], device=de.gpu(0), name="skipped")
+    plan = g.compile()
+    plan.run()
+    with pytest.raises(ZeroDivisionError):
+        gpu_eng.wait_for_var(c)
+    assert log == ["a"]
+    assert not a.failed and a.version == 1 and c.version == 1
+    plan.run()  # a run starting from no failed var: the same rules again
+    with pytest.raises(ZeroDivisionError):
+        gpu_eng.wait_for_var(b)
+    assert log == ["a", "a"]
+
+
+def test_mixed_device_plans_replay_imperatively(gpu_eng):
+    v, w = gpu_eng.new_var("v"), gpu_eng.new_var("w")
+    with gpu_eng.record(execute=False) as g:
+        gpu_eng.push(lambda ctx: None, writes=[v], device=de.gpu(0), name="on gpu")
+        gpu_eng.push(lambda ctx: None, reads=[v], writes=[w], name="on cpu")
+    plan = g.compile()
+    assert plan.mode == "imperative" and "on cpu" in plan.why_imperative
+    plan.run()
+    plan.run()
+    gpu_eng.wait_all()
+    assert (v.version, w.version) == (2, 2)
 
 
 def test_plan_to_graphviz():
