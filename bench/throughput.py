@@ -100,6 +100,7 @@ def run_dask(pattern, width, steps, workers) -> float:
 SYSTEMS = {
     "depengine-naive": lambda *a: run_depengine("naive", *a),
     "depengine-threaded": lambda *a: run_depengine("threaded", *a),
+    "depengine-perdevice": lambda *a: run_depengine("perdevice", *a),
     "futures": run_futures,
     "dask-threaded": run_dask,
 }

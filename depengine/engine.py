@@ -22,9 +22,6 @@ import os
 import threading
 import time
 import weakref
-from collections import Counter
-from contextlib import contextmanager
-from itertools import chain
 from threading import get_ident
 from time import perf_counter_ns
 
@@ -32,12 +29,14 @@ from scheduler.locks import YieldingLock, acquire_yielding
 
 from . import op as _op
 from . import profiler
+from .capture import Capturing, _PerThread
 from .composite import Composite
 from .device import cpu
-from .errors import DeadlockError, DepengineError, EngineClosedError, VarDeletedError
-from .op import Op, RunContext, _Epoch, _Waiter
+from .errors import DeadlockError, EngineClosedError, VarDeletedError
+from .op import Op, RunContext, _Epoch
 from .options import EngineOptions
 from .var import NEVER_CLEARED, Var
+from .waits import Waits
 
 __all__ = ["Engine"]
 
@@ -51,7 +50,7 @@ _new_op = object.__new__
 _BACKLOG = 2048
 
 
-class Engine:
+class Engine(Waits, Capturing):
     """A dependency engine.  ``Engine(kind)`` returns the engine of that kind.
 
     ``kind`` is ``"naive"``, ``"threaded"`` or ``"perdevice"``; ``None`` reads
@@ -140,113 +139,6 @@ class Engine:
         """
         return self._push(fn, reads, writes, name, priority, always_run, True, device, kind)
 
-    def wait_for_var(self, var: Var, timeout: float | None = None) -> None:
-        """Return once every write to ``var`` pushed before this call has completed.
-
-        Raises the write's exception if it failed (and clears the failure for
-        ops pushed after this call), ``TimeoutError`` if ``timeout`` seconds
-        pass first, ``DeadlockError`` if called from inside an op while a
-        write is pending.
-        """
-        if self._capturing:
-            self._flush_bulk()
-        prof = self._prof
-        if prof is None:
-            return self._wait_for_var(var, timeout)
-        start = time.perf_counter_ns()
-        outcome = "raised"
-        try:
-            self._wait_for_var(var, timeout)
-            outcome = "ok"
-        finally:
-            prof.waited(f"wait_for_var({getattr(var, 'name', var)!r})", start, outcome)
-
-    def _wait_for_var(self, var: Var, timeout: float | None) -> None:
-        self._check_var(var, "var")
-        _check_timeout(timeout)
-        with self._guard:
-            if var._deleted_at is not None:
-                raise VarDeletedError(f"wait_for_var on var {var.name!r}, deleted at push #{var._deleted_at}")
-            if var._pending_writes:
-                if self._in_op():
-                    raise DeadlockError(
-                        f"wait_for_var({var.name!r}) inside an op: {var._pending_writes} write(s) "
-                        "to it are pending and could wait for this very op"
-                    )
-                waiter = _Waiter(var.version + var._pending_writes)
-                if var._waiters is None:
-                    var._waiters = [waiter]
-                else:
-                    var._waiters.append(waiter)
-                failure = None
-            else:
-                waiter = None
-                failure = var._failure if self._seq < var._clear_seq else None
-        if waiter is not None:
-            if not waiter.event.wait(timeout):
-                with self._guard:
-                    if not waiter.event.is_set():
-                        var._waiters.remove(waiter)
-                        if not var._waiters:
-                            var._waiters = None
-                        raise TimeoutError(f"wait_for_var({var.name!r}) timed out after {timeout}s")
-            failure = waiter.failure
-        if failure is not None:
-            self._report_var_failure(var, failure)
-            raise failure
-        self._wait_gpu_for_var(var)
-
-    def wait_all(self, timeout: float | None = None) -> None:
-        """Return once every op pushed before this call has completed.
-
-        Raises the oldest failure no wait has raised yet (with a note listing
-        any others), then clears every failed var so that a second call
-        returns normally.  ``TimeoutError`` changes nothing.
-        """
-        if self._capturing:
-            self._flush_bulk()
-        prof = self._prof
-        if prof is None:
-            return self._wait_all(timeout)
-        start = time.perf_counter_ns()
-        outcome = "raised"
-        try:
-            self._wait_all(timeout)
-            outcome = "ok"
-        finally:
-            prof.waited("wait_all()", start, outcome)
-
-    def _wait_all(self, timeout: float | None) -> None:
-        _check_timeout(timeout)
-        with self._guard:
-            epoch = self._epoch
-            if epoch.count:
-                epoch.event = threading.Event()
-                self._epoch = _Epoch()
-                self._closed_epochs.append(epoch)
-            pending = list(self._closed_epochs)
-            if pending and self._in_op():
-                raise DeadlockError("wait_all() inside an op: it would wait for that op itself")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for ep in pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not ep.event.wait(left):
-                raise TimeoutError(f"wait_all() timed out after {timeout}s; ops are still pending")
-        self._wait_gpu_all()
-        with self._guard:
-            failures = self._unreported
-            self._unreported = []
-            seq = self._seq
-            for v in self._failed_vars:
-                if v._clear_seq > seq:
-                    v._clear_seq = seq
-        if failures:
-            first = failures[0]
-            if len(failures) > 1:
-                more = "; ".join(f"{type(e).__name__}: {e}" for e in failures[1:6])
-                first.add_note(f"depengine: {len(failures) - 1} more failure(s) in this wait_all: {more}")
-            raise first
-
     def delete_var(self, var: Var, on_delete=None) -> None:
         """Release ``var`` once every op already pushed that names it has finished.
 
@@ -269,125 +161,6 @@ class Engine:
                     self._unreported.append(exc)
 
         self._push(release, (), (var,), f"delete {var.name}", 0, True, False, None, "normal", var)
-
-    # ---------------------------------------------------- record and bulk
-    @contextmanager
-    def record(self, execute: bool = True):
-        """Capture the ops this thread pushes into a :class:`~depengine.record.Graph`.
-
-        ``execute=False`` only captures.  ``graph.compile()`` makes a plan to replay.
-        """
-        from .record import Graph
-
-        if execute.__class__ is not bool:
-            raise TypeError(f"execute={execute!r} must be a bool")
-        with self._guard:
-            if self._graph is not None:
-                raise DepengineError("record() is already active on this engine: records do not nest")
-            graph = self._graph = Graph(self, execute)
-            self._capturing += 1
-        try:
-            yield graph
-        finally:
-            with self._guard:
-                self._graph = None
-                self._capturing -= 1
-            graph.closed = True
-
-    @contextmanager
-    def bulk(self, size: int = 64):
-        """Group up to ``size`` consecutive small CPU ops this thread pushes into one dispatch.
-
-        Any wait, and the end of the block, hands the group to the engine.
-        """
-        from .record import Bulk
-
-        if size.__class__ is not int or size < 1:
-            raise ValueError(f"bulk size={size!r} must be an int >= 1")
-        local = self._bulks
-        outer = local.bulk
-        if outer is not None:
-            self._flush_bulk()
-        local.bulk = Bulk(size)
-        with self._guard:
-            self._capturing += 1
-        try:
-            yield
-        finally:
-            self._flush_bulk()
-            local.bulk = outer
-            with self._guard:
-                self._capturing -= 1
-
-    def _capture(self, op: Op) -> bool:
-        """A push while a record or bulk is active: True if the op was taken."""
-        bulk = self._bulks.bulk
-        if bulk is not None and self._graph is None:  # the common case: just bulking
-            if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
-                self._flush_bulk()
-                return False
-            if self._prof is not None:
-                op._rec = self
-                op._t_push = perf_counter_ns()
-            ops = bulk.ops
-            ops.append(op)
-            if len(ops) >= bulk.size:
-                self._flush_bulk()
-            return True
-        graph = self._graph
-        if graph is not None and graph.thread == get_ident():
-            from .record import _Spec
-
-            graph.specs.append(_Spec(op, op.fn))
-            if not graph.execute:
-                op.id = -len(graph.specs)  # a template: never registered
-                return True
-        if bulk is None:
-            return False
-        if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
-            self._flush_bulk()
-            return False
-        bulk.ops.append(op)
-        if len(bulk.ops) >= bulk.size:
-            self._flush_bulk()
-        return True
-
-    def _mark_pure(self, op: Op) -> None:
-        graph = self._graph
-        if graph is not None and graph.specs and graph.specs[-1].op is op:
-            graph.specs[-1].pure = True
-
-    def _flush_bulk(self) -> None:
-        """Hand this thread's bulked ops to the engine as one composite op."""
-        bulk = self._bulks.bulk
-        if bulk is None or not bulk.ops:
-            return
-        members, bulk.ops = bulk.ops, []
-        counts = Counter(chain.from_iterable([m.writes for m in members]))
-        reads = tuple(set(chain.from_iterable([m.reads for m in members])).difference(counts))
-        with self._guard:  # the members' ids, in push order, before the bulk's own
-            base = self._seq
-            self._seq = base + len(members)
-        for k, m in enumerate(members, base):
-            m.id = k
-        prof = self._prof
-
-        def run_bulk(ctx):
-            from .composite import Composite, run_members, seed_failures
-
-            outcome = Composite()
-            failures = seed_failures(ctx, set(reads) | set(counts))
-            run_members(members, failures, outcome, prof, {} if prof is not None else None)
-            outcome.failures = {v: failures[v] for v in counts if failures.get(v) is not None}
-            if outcome.failures or outcome.origins:
-                raise outcome
-
-        self._push(run_bulk, reads, tuple(counts), f"bulk({len(members)})", max(m.priority for m in members),
-                   True, False, None, "normal", None, counts)
-
-    def _cpu_submit(self):
-        """Where plan runs hand pieces to CPU workers (None: run them on the calling thread)."""
-        return None
 
     def close(self) -> None:
         """Finish every pending op, join every thread, log unreported failures."""
@@ -493,8 +266,17 @@ class Engine:
         op.error = None
         op._state = _op.PENDING
         op._wcounts = wcounts
-        if self._capturing and deleting is None and self._capture(op):
-            return op  # taken by a bulk or a recording of this thread
+        if self._capturing and deleting is None:
+            bulk = self._bulks.bulk
+            if (bulk is not None and self._graph is None and self._prof is None and device is _CPU
+                    and kind == "normal" and not is_async and wcounts is None):
+                ops = bulk.ops  # the common case of capturing: a plain op joins this thread's bulk
+                ops.append(op)
+                if len(ops) >= bulk.size:
+                    self._flush_bulk()
+                return op
+            if self._capture(op):
+                return op  # taken by a bulk or a recording of this thread
 
         lock = self._lock
         if not lock.acquire(False):
@@ -715,17 +497,6 @@ class Engine:
             lock.release()
         return ready
 
-    def _wake_waiters(self, v: Var) -> None:
-        """Fire the ``wait_for_var`` calls whose target write just completed (lock held)."""
-        keep = []
-        for w in v._waiters:
-            if v.version >= w.target:
-                w.failure = v._failure
-                w.event.set()
-            else:
-                keep.append(w)
-        v._waiters = keep or None
-
     def _dispatch_all(self, ops: list) -> None:
         for op in ops:
             self._dispatch(op)
@@ -762,12 +533,6 @@ class Engine:
         self._closed = True
 
 
-class _PerThread(threading.local):
-    """Per-thread state of an engine: the active bulk, if any."""
-
-    bulk = None
-
-
 class _Done:
     """The ``done`` callback an async op receives; callable exactly once."""
 
@@ -797,15 +562,6 @@ class _Done:
 
     def __repr__(self) -> str:
         return f"<done for op #{self._op.id} {'called' if self._called else 'pending'}>"
-
-
-def _check_timeout(timeout) -> None:
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout={timeout!r} must be a number of seconds or None")
-    if timeout < 0:
-        raise ValueError(f"timeout={timeout!r} must be >= 0")
 
 
 def _close_live_engines() -> None:

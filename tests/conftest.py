@@ -12,6 +12,19 @@ os.environ.setdefault("DEPENGINE_DEBUG", "1")
 
 import depengine as de
 
+# GPU tests run on the simulated runtime; DEPENGINE_TEST_GPU=real runs them on a
+# real GPU instead (bench/gpu_check.py does that).
+REAL_GPU = os.environ.get("DEPENGINE_TEST_GPU") == "real"
+
+
+def use_gpu_runtime(monkeypatch) -> None:
+    """Back ``de.gpu(i)`` with the runtime the test run asked for."""
+    if REAL_GPU:
+        monkeypatch.delenv("DEPENGINE_GPU", raising=False)
+    else:
+        monkeypatch.setenv("DEPENGINE_GPU", "sim")
+
+
 # (kind, workers) for the conformance suite
 ENGINE_CONFIGS = [("naive", 1), ("threaded", 1), ("threaded", 2), ("threaded", 4),
                   ("perdevice", 1), ("perdevice", 2)]

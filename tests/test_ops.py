@@ -14,11 +14,12 @@ from hypothesis.extra import numpy as hnp
 
 import depengine as de
 import ops as nd
+from tests.conftest import use_gpu_runtime
 
 
 @pytest.fixture
 def eng(monkeypatch):
-    monkeypatch.setenv("DEPENGINE_GPU", "sim")
+    use_gpu_runtime(monkeypatch)
     e = de.Engine("perdevice", workers=2)
     nd.set_engine(e)
     yield e
@@ -151,7 +152,7 @@ def _draws(kind, workers, device=None):
 
 
 def test_random_is_reproducible_across_engines_workers_and_devices(monkeypatch):
-    monkeypatch.setenv("DEPENGINE_GPU", "sim")
+    use_gpu_runtime(monkeypatch)
     ref = _draws("naive", 1)
     for kind, workers in (("threaded", 1), ("threaded", 4), ("perdevice", 2)):
         got = _draws(kind, workers)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import depengine as de
 import ops as nd
 from depengine.errors import DepengineError
-from tests.conftest import ENGINE_CONFIGS, config_id
+from tests.conftest import ENGINE_CONFIGS, config_id, use_gpu_runtime
 from tests.programs import Step, StepFailed, mix
 from tests.test_differential import programs
 
@@ -203,7 +203,7 @@ def test_optimisations_change_nothing_but_speed():
 
 @pytest.fixture
 def gpu_eng(monkeypatch):
-    monkeypatch.setenv("DEPENGINE_GPU", "sim")
+    use_gpu_runtime(monkeypatch)
     eng = de.Engine("perdevice", workers=2)
     nd.set_engine(eng)
     yield eng

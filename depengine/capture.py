@@ -1,0 +1,152 @@
+"""Capturing pushes: ``Engine.record()`` (recorded plans) and ``Engine.bulk()``.
+
+A mixin of :class:`~depengine.engine.Engine`.  While a record or bulk block
+is active anywhere, ``_capturing`` is non-zero and every push asks
+``_capture`` whether a recording or bulk of the pushing thread takes the op;
+otherwise pushes pay one attribute test.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from itertools import chain
+from threading import get_ident
+from time import perf_counter_ns
+
+from .device import cpu
+from .errors import DepengineError
+from .op import Op
+
+__all__ = ["Capturing"]
+
+_CPU = cpu()
+
+
+class Capturing:
+    """``record()``, ``bulk()`` and the capture of pushes they need."""
+
+    @contextmanager
+    def record(self, execute: bool = True):
+        """Capture the ops this thread pushes into a :class:`~depengine.record.Graph`.
+
+        ``execute=False`` only captures.  ``graph.compile()`` makes a plan to replay.
+        """
+        from .record import Graph
+
+        if execute.__class__ is not bool:
+            raise TypeError(f"execute={execute!r} must be a bool")
+        with self._guard:
+            if self._graph is not None:
+                raise DepengineError("record() is already active on this engine: records do not nest")
+            graph = self._graph = Graph(self, execute)
+            self._capturing += 1
+        try:
+            yield graph
+        finally:
+            with self._guard:
+                self._graph = None
+                self._capturing -= 1
+            graph.closed = True
+
+    @contextmanager
+    def bulk(self, size: int = 64):
+        """Group up to ``size`` consecutive small CPU ops this thread pushes into one dispatch.
+
+        Any wait, and the end of the block, hands the group to the engine.
+        """
+        from .record import Bulk
+
+        if size.__class__ is not int or size < 1:
+            raise ValueError(f"bulk size={size!r} must be an int >= 1")
+        local = self._bulks
+        outer = local.bulk
+        if outer is not None:
+            self._flush_bulk()
+        local.bulk = Bulk(size)
+        with self._guard:
+            self._capturing += 1
+        try:
+            yield
+        finally:
+            self._flush_bulk()
+            local.bulk = outer
+            with self._guard:
+                self._capturing -= 1
+
+    def _capture(self, op: Op) -> bool:
+        """A push while a record or bulk is active: True if the op was taken."""
+        bulk = self._bulks.bulk
+        if bulk is not None and self._graph is None:  # the common case: just bulking
+            if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
+                self._flush_bulk()
+                return False
+            if self._prof is not None:
+                op._rec = self
+                op._t_push = perf_counter_ns()
+            ops = bulk.ops
+            ops.append(op)
+            if len(ops) >= bulk.size:
+                self._flush_bulk()
+            return True
+        graph = self._graph
+        if graph is not None and graph.thread == get_ident():
+            from .record import _Spec
+
+            graph.specs.append(_Spec(op, op.fn))
+            if not graph.execute:
+                op.id = -len(graph.specs)  # a template: never registered
+                return True
+        if bulk is None:
+            return False
+        if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
+            self._flush_bulk()
+            return False
+        bulk.ops.append(op)
+        if len(bulk.ops) >= bulk.size:
+            self._flush_bulk()
+        return True
+
+    def _mark_pure(self, op: Op) -> None:
+        graph = self._graph
+        if graph is not None and graph.specs and graph.specs[-1].op is op:
+            graph.specs[-1].pure = True
+
+    def _flush_bulk(self) -> None:
+        """Hand this thread's bulked ops to the engine as one composite op."""
+        bulk = self._bulks.bulk
+        if bulk is None or not bulk.ops:
+            return
+        members, bulk.ops = bulk.ops, []
+        counts = Counter(chain.from_iterable([m.writes for m in members]))
+        reads = tuple(set(chain.from_iterable([m.reads for m in members])).difference(counts))
+        with self._guard:  # the members' ids, in push order, before the bulk's own
+            base = self._seq
+            self._seq = base + len(members)
+        for k, m in enumerate(members, base):
+            m.id = k
+        prof = self._prof
+
+        def run_bulk(ctx):
+            from .composite import Composite, run_members, seed_failures
+
+            outcome = Composite()
+            failures = seed_failures(ctx, set(reads) | set(counts))
+            run_members(members, failures, outcome, prof, {} if prof is not None else None)
+            outcome.failures = {v: failures[v] for v in counts if failures.get(v) is not None}
+            if outcome.failures or outcome.origins:
+                raise outcome
+
+        self._push(run_bulk, reads, tuple(counts), f"bulk({len(members)})", max(m.priority for m in members),
+                   True, False, None, "normal", None, counts)
+
+    def _cpu_submit(self):
+        """Where plan runs hand pieces to CPU workers (None: run them on the calling thread)."""
+        return None
+
+
+class _PerThread(threading.local):
+    """Per-thread state of an engine: the active bulk, if any."""
+
+    bulk = None

@@ -1,0 +1,151 @@
+"""Waiting: ``Engine.wait_for_var()`` and ``Engine.wait_all()``.
+
+A mixin of :class:`~depengine.engine.Engine`.  ``wait_for_var`` parks a
+:class:`~depengine.op._Waiter` on the var, woken by ``_wake_waiters`` when
+the var's version reaches the target; ``wait_all`` closes the current epoch
+(the count of ops pushed so far) and waits for every closed epoch's event.
+Both flush this thread's bulk first, report failures as SEMANTICS.md says,
+and record themselves when profiling.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .errors import DeadlockError, VarDeletedError
+from .op import _Epoch, _Waiter
+from .var import Var
+
+__all__ = ["Waits"]
+
+
+class Waits:
+    """``wait_for_var`` and ``wait_all``, and the wake-up of var waiters."""
+
+    def wait_for_var(self, var: Var, timeout: float | None = None) -> None:
+        """Return once every write to ``var`` pushed before this call has completed.
+
+        Raises the write's exception if it failed (and clears the failure for
+        ops pushed after this call), ``TimeoutError`` if ``timeout`` seconds
+        pass first, ``DeadlockError`` if called from inside an op while a
+        write is pending.
+        """
+        if self._capturing:
+            self._flush_bulk()
+        prof = self._prof
+        if prof is None:
+            return self._wait_for_var(var, timeout)
+        start = time.perf_counter_ns()
+        outcome = "raised"
+        try:
+            self._wait_for_var(var, timeout)
+            outcome = "ok"
+        finally:
+            prof.waited(f"wait_for_var({getattr(var, 'name', var)!r})", start, outcome)
+
+    def _wait_for_var(self, var: Var, timeout: float | None) -> None:
+        self._check_var(var, "var")
+        _check_timeout(timeout)
+        with self._guard:
+            if var._deleted_at is not None:
+                raise VarDeletedError(f"wait_for_var on var {var.name!r}, deleted at push #{var._deleted_at}")
+            if var._pending_writes:
+                if self._in_op():
+                    raise DeadlockError(
+                        f"wait_for_var({var.name!r}) inside an op: {var._pending_writes} write(s) "
+                        "to it are pending and could wait for this very op"
+                    )
+                waiter = _Waiter(var.version + var._pending_writes)
+                if var._waiters is None:
+                    var._waiters = [waiter]
+                else:
+                    var._waiters.append(waiter)
+                failure = None
+            else:
+                waiter = None
+                failure = var._failure if self._seq < var._clear_seq else None
+        if waiter is not None:
+            if not waiter.event.wait(timeout):
+                with self._guard:
+                    if not waiter.event.is_set():
+                        var._waiters.remove(waiter)
+                        if not var._waiters:
+                            var._waiters = None
+                        raise TimeoutError(f"wait_for_var({var.name!r}) timed out after {timeout}s")
+            failure = waiter.failure
+        if failure is not None:
+            self._report_var_failure(var, failure)
+            raise failure
+        self._wait_gpu_for_var(var)
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Return once every op pushed before this call has completed.
+
+        Raises the oldest failure no wait has raised yet (with a note listing
+        any others), then clears every failed var so that a second call
+        returns normally.  ``TimeoutError`` changes nothing.
+        """
+        if self._capturing:
+            self._flush_bulk()
+        prof = self._prof
+        if prof is None:
+            return self._wait_all(timeout)
+        start = time.perf_counter_ns()
+        outcome = "raised"
+        try:
+            self._wait_all(timeout)
+            outcome = "ok"
+        finally:
+            prof.waited("wait_all()", start, outcome)
+
+    def _wait_all(self, timeout: float | None) -> None:
+        _check_timeout(timeout)
+        with self._guard:
+            epoch = self._epoch
+            if epoch.count:
+                epoch.event = threading.Event()
+                self._epoch = _Epoch()
+                self._closed_epochs.append(epoch)
+            pending = list(self._closed_epochs)
+            if pending and self._in_op():
+                raise DeadlockError("wait_all() inside an op: it would wait for that op itself")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for ep in pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not ep.event.wait(left):
+                raise TimeoutError(f"wait_all() timed out after {timeout}s; ops are still pending")
+        self._wait_gpu_all()
+        with self._guard:
+            failures = self._unreported
+            self._unreported = []
+            seq = self._seq
+            for v in self._failed_vars:
+                if v._clear_seq > seq:
+                    v._clear_seq = seq
+        if failures:
+            first = failures[0]
+            if len(failures) > 1:
+                more = "; ".join(f"{type(e).__name__}: {e}" for e in failures[1:6])
+                first.add_note(f"depengine: {len(failures) - 1} more failure(s) in this wait_all: {more}")
+            raise first
+
+    def _wake_waiters(self, v: Var) -> None:
+        """Fire the ``wait_for_var`` calls whose target write just completed (lock held)."""
+        keep = []
+        for w in v._waiters:
+            if v.version >= w.target:
+                w.failure = v._failure
+                w.event.set()
+            else:
+                keep.append(w)
+        v._waiters = keep or None
+
+
+def _check_timeout(timeout) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout={timeout!r} must be a number of seconds or None")
+    if timeout < 0:
+        raise ValueError(f"timeout={timeout!r} must be >= 0")
