@@ -25,6 +25,19 @@ def use_gpu_runtime(monkeypatch) -> None:
         monkeypatch.setenv("DEPENGINE_GPU", "sim")
 
 
+@pytest.fixture
+def nd_engine(monkeypatch):
+    """A 2-worker per-device engine that ``ops`` arrays use, with GPUs per ``use_gpu_runtime``."""
+    import ops
+
+    use_gpu_runtime(monkeypatch)
+    eng = de.Engine("perdevice", workers=2)
+    ops.set_engine(eng)
+    yield eng
+    ops.set_engine(None)
+    eng.close()
+
+
 # (kind, workers) for the conformance suite
 ENGINE_CONFIGS = [("naive", 1), ("threaded", 1), ("threaded", 2), ("threaded", 4),
                   ("perdevice", 1), ("perdevice", 2)]

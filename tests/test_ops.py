@@ -18,13 +18,8 @@ from tests.conftest import use_gpu_runtime
 
 
 @pytest.fixture
-def eng(monkeypatch):
-    use_gpu_runtime(monkeypatch)
-    e = de.Engine("perdevice", workers=2)
-    nd.set_engine(e)
-    yield e
-    nd.set_engine(None)
-    e.close()
+def eng(nd_engine):
+    return nd_engine
 
 
 def gpu():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import depengine as de
 import ops as nd
 from depengine.errors import DepengineError
-from tests.conftest import ENGINE_CONFIGS, config_id, use_gpu_runtime
+from tests.conftest import ENGINE_CONFIGS, config_id
 from tests.programs import Step, StepFailed, mix
 from tests.test_differential import programs
 
@@ -201,20 +201,10 @@ def test_optimisations_change_nothing_but_speed():
             nd.set_engine(None)
 
 
-@pytest.fixture
-def gpu_eng(monkeypatch):
-    use_gpu_runtime(monkeypatch)
-    eng = de.Engine("perdevice", workers=2)
-    nd.set_engine(eng)
-    yield eng
-    nd.set_engine(None)
-    eng.close()
-
-
-def test_gpu_plans_are_captured_once_and_launched_as_a_graph(gpu_eng):
+def test_gpu_plans_are_captured_once_and_launched_as_a_graph(nd_engine):
     start = np.linspace(-1, 1, 24).reshape(4, 6)
     x = nd.array(start, device=de.gpu(0))
-    with gpu_eng.record(execute=False) as g:
+    with nd_engine.record(execute=False) as g:
         y = x * 0.5              # a fresh output: allocated by the first run
         nd.add(y, 1.0, out=x)    # the scalar is broadcast through scratch memory
     plan = g.compile()
@@ -229,17 +219,17 @@ def test_gpu_plans_are_captured_once_and_launched_as_a_graph(gpu_eng):
     assert x._var.version == 1 + 6
 
 
-def test_a_gpu_plan_whose_capture_fails_replays_eagerly(gpu_eng):
+def test_a_gpu_plan_whose_capture_fails_replays_eagerly(nd_engine):
     x = nd.array(np.zeros(8), device=de.gpu(0))
-    v = gpu_eng.new_var("v")
+    v = nd_engine.new_var("v")
     rt = nd.engine()._rt
 
     def syncs(ctx):  # synchronising a capturing stream is not allowed in CUDA graphs
         rt.synchronize_stream(ctx.stream)
 
-    with gpu_eng.record(execute=False) as g:
+    with nd_engine.record(execute=False) as g:
         nd.add(x, 1.0, out=x)
-        gpu_eng.push(syncs, writes=[v], device=de.gpu(0), name="syncs")
+        nd_engine.push(syncs, writes=[v], device=de.gpu(0), name="syncs")
     plan = g.compile()
     for _ in range(4):
         plan.run()
@@ -249,35 +239,35 @@ def test_a_gpu_plan_whose_capture_fails_replays_eagerly(gpu_eng):
     assert v.version == 4
 
 
-def test_failures_inside_a_gpu_plan_follow_the_rules(gpu_eng):
-    a, b, c = (gpu_eng.new_var(n) for n in "abc")
+def test_failures_inside_a_gpu_plan_follow_the_rules(nd_engine):
+    a, b, c = (nd_engine.new_var(n) for n in "abc")
     log = []
-    with gpu_eng.record(execute=False) as g:
-        gpu_eng.push(lambda ctx: log.append("a"), writes=[a], device=de.gpu(0), name="ok")
-        gpu_eng.push(lambda ctx: 1 / 0, reads=[a], writes=[b], device=de.gpu(0), name="boom")
-        gpu_eng.push(lambda ctx: log.append("c"), reads=[b], writes=[c], device=de.gpu(0), name="skipped")
+    with nd_engine.record(execute=False) as g:
+        nd_engine.push(lambda ctx: log.append("a"), writes=[a], device=de.gpu(0), name="ok")
+        nd_engine.push(lambda ctx: 1 / 0, reads=[a], writes=[b], device=de.gpu(0), name="boom")
+        nd_engine.push(lambda ctx: log.append("c"), reads=[b], writes=[c], device=de.gpu(0), name="skipped")
     plan = g.compile()
     plan.run()
     with pytest.raises(ZeroDivisionError):
-        gpu_eng.wait_for_var(c)
+        nd_engine.wait_for_var(c)
     assert log == ["a"]
     assert not a.failed and a.version == 1 and c.version == 1
     plan.run()  # a run starting from no failed var: the same rules again
     with pytest.raises(ZeroDivisionError):
-        gpu_eng.wait_for_var(b)
+        nd_engine.wait_for_var(b)
     assert log == ["a", "a"]
 
 
-def test_mixed_device_plans_replay_imperatively(gpu_eng):
-    v, w = gpu_eng.new_var("v"), gpu_eng.new_var("w")
-    with gpu_eng.record(execute=False) as g:
-        gpu_eng.push(lambda ctx: None, writes=[v], device=de.gpu(0), name="on gpu")
-        gpu_eng.push(lambda ctx: None, reads=[v], writes=[w], name="on cpu")
+def test_mixed_device_plans_replay_imperatively(nd_engine):
+    v, w = nd_engine.new_var("v"), nd_engine.new_var("w")
+    with nd_engine.record(execute=False) as g:
+        nd_engine.push(lambda ctx: None, writes=[v], device=de.gpu(0), name="on gpu")
+        nd_engine.push(lambda ctx: None, reads=[v], writes=[w], name="on cpu")
     plan = g.compile()
     assert plan.mode == "imperative" and "on cpu" in plan.why_imperative
     plan.run()
     plan.run()
-    gpu_eng.wait_all()
+    nd_engine.wait_all()
     assert (v.version, w.version) == (2, 2)
 
 
