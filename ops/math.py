@@ -312,16 +312,21 @@ def astype(a: NDArray, dtype) -> NDArray:
             out._data[...] = a._data
     else:
         _gpu_check(dtype, a.device, "astype")
-        n = a.size
-
-        def body(sc):
-            dst, finish = sc.output(out, a.shape, dtype)
-            _gpu.launch_1d(sc.rt, sc.device, f"copy_{_gpu.GPU_DTYPES[dtype][0]}", n,
-                           [dst, sc.contiguous(a, a.shape, dtype), np.int64(n)], sc.stream)
-            finish()
-        fn = _gpu_op(out, body)
+        fn = _gpu_copy(out, a, dtype)
     push(fn, [a], [out], "astype", a.device)
     return out
+
+
+def _gpu_copy(out: NDArray, src, dtype):
+    """A GPU op body writing ``src`` (an array or a scalar, broadcast, cast to ``dtype``) into ``out``."""
+    n = out.size
+
+    def body(sc):
+        dst, finish = sc.output(out, out.shape, dtype)
+        _gpu.launch_1d(sc.rt, sc.device, f"copy_{_gpu.GPU_DTYPES[dtype][0]}", n,
+                       [dst, sc.contiguous(src, out.shape, dtype), np.int64(n)], sc.stream)
+        finish()
+    return _gpu_op(out, body)
 
 
 def assign(target: NDArray, value) -> None:
@@ -337,14 +342,7 @@ def assign(target: NDArray, value) -> None:
         def fn(ctx):
             target._data[...] = value._data if isinstance(value, NDArray) else value
     else:
-        n = target.size
-
-        def body(sc):
-            dst, finish = sc.output(target, target.shape, dtype)
-            _gpu.launch_1d(sc.rt, sc.device, f"copy_{_gpu.GPU_DTYPES[dtype][0]}", n,
-                           [dst, sc.contiguous(value, target.shape, dtype), np.int64(n)], sc.stream)
-            finish()
-        fn = _gpu_op(target, body)
+        fn = _gpu_copy(target, value, dtype)
     reads = [value] if isinstance(value, NDArray) else []
     push(fn, reads, [target], "setitem", target.device)
 
