@@ -163,7 +163,7 @@ class CudaRuntime:
         """The captured work as an instantiated graph (``cuGraphExec``) ready to launch."""
         graph = check(self._driver.cuStreamEndCapture(stream.handle))
         try:
-            return check(self._driver.cuGraphInstantiate(graph, 0))
+            return check(self._driver.cuGraphInstantiateWithFlags(graph, 0))
         finally:
             check(self._driver.cuGraphDestroy(graph))
 
