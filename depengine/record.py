@@ -31,6 +31,7 @@ ops pushed by this thread into one composite op; any wait flushes it.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 
 from scheduler.locks import acquire_yielding
@@ -321,6 +322,8 @@ class Plan:
                 for m in members:
                     m.fn(m)
                 self.cuda_graph = rt.end_capture(ctx.stream)
+                release = weakref.finalize(self, rt.destroy_graph, self.cuda_graph)
+                release.atexit = False  # at exit the driver may be gone already
             except Exception as exc:
                 rt.abort_capture(ctx.stream)
                 self.why_no_graph = f"capture failed: {type(exc).__name__}: {exc}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import numpy as np
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 import depengine as de
 import ops as nd
 from depengine.errors import DepengineError
-from tests.conftest import ENGINE_CONFIGS, config_id
+from tests.conftest import ENGINE_CONFIGS, REAL_GPU, config_id
 from tests.programs import Step, StepFailed, mix
 from tests.test_differential import programs
 
@@ -217,6 +218,12 @@ def test_gpu_plans_are_captured_once_and_launched_as_a_graph(nd_engine):
         assert plan.graph_launches == k  # run 1 eager; run 2 captures then launches; later ones launch
     assert plan.cuda_graph is not None and plan.why_no_graph is None
     assert x._var.version == 1 + 6
+    graph = plan.cuda_graph
+    if not REAL_GPU:  # the simulator's graph shows that it was destroyed with the plan
+        assert graph.items
+        del plan
+        gc.collect()
+        assert graph.items == []
 
 
 def test_a_gpu_plan_whose_capture_fails_replays_eagerly(nd_engine):
