@@ -84,6 +84,7 @@ class Capturing:
                 return False
             if self._prof is not None:
                 op._rec = self
+                op._lane = None
                 op._t_push = perf_counter_ns()
             ops = bulk.ops
             ops.append(op)
@@ -138,8 +139,8 @@ class Capturing:
             if outcome.failures or outcome.origins:
                 raise outcome
 
-        self._push(run_bulk, reads, tuple(counts), f"bulk({len(members)})", max(m.priority for m in members),
-                   True, False, None, "normal", None, counts)
+        self.push(run_bulk, reads, tuple(counts), f"bulk({len(members)})", max(m.priority for m in members),
+                  True, None, "normal", False, False, None, counts)
 
     def _cpu_submit(self):
         """Where plan runs hand pieces to CPU workers (None: run them on the calling thread)."""

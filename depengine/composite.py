@@ -86,4 +86,4 @@ def _run_careful(members, failures, outcome, prof, versions) -> None:
                 before = versions.get(v, v.version)
                 writes.append(before)
                 versions[v] = before + 1
-            prof.ended(m, (reads, writes))
+            prof.member_ended(m, reads, writes)

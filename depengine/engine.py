@@ -117,27 +117,13 @@ class Engine(Waits, Capturing):
             self._nvars = n + 1
         return Var._create(self, f"v{n}" if name is None else name, n)
 
-    def push(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
-             device=None, kind="normal", pure=False) -> Op:
-        """Push ``fn(ctx)``; it runs once every earlier op it conflicts with is done.
-
-        Returns the :class:`Op` at once.  ``reads`` and ``writes`` are lists of
-        vars (duplicates collapse; a var in both counts as a write).  ``pure``
-        declares that the op does nothing but write its vars (a recorded plan
-        may then drop it when nothing reads what it wrote).
-        """
-        op = self._push(fn, reads, writes, name, priority, always_run, False, device, kind)
-        if pure and self._capturing:
-            self._mark_pure(op)
-        return op
-
-    def push_async(self, fn, *, reads=(), writes=(), name=None, priority=0, always_run=False,
+    def push_async(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False,
                    device=None, kind="async") -> Op:
         """Push ``fn(ctx, done)``; the op completes when ``done(error=None)`` is called.
 
         ``done`` must be called exactly once, from any thread.
         """
-        return self._push(fn, reads, writes, name, priority, always_run, True, device, kind)
+        return self.push(fn, reads, writes, name, priority, always_run, device, kind, False, True)
 
     def delete_var(self, var: Var, on_delete=None) -> None:
         """Release ``var`` once every op already pushed that names it has finished.
@@ -160,7 +146,7 @@ class Engine(Waits, Capturing):
                 with self._guard:
                     self._unreported.append(exc)
 
-        self._push(release, (), (var,), f"delete {var.name}", 0, True, False, None, "normal", var)
+        self.push(release, (), (var,), f"delete {var.name}", 0, True, None, "normal", False, False, var)
 
     def close(self) -> None:
         """Finish every pending op, join every thread, log unreported failures."""
@@ -211,13 +197,21 @@ class Engine(Waits, Capturing):
                 f"pending={pending} failed_vars={len(self._failed_vars)} {state}>")
 
     # ------------------------------------------------------------ push path
-    def _push(self, fn, reads, writes, name, priority, always_run, is_async, device, kind,
-              deleting=None, wcounts=None) -> Op:
-        """Validate, build and register an op.
+    def push(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False,
+             device=None, kind="normal", pure=False, _async=False, _deleting=None, _wcounts=None) -> Op:
+        """Push ``fn(ctx)``; it runs once every earlier op it conflicts with is done.
 
-        ``deleting`` is the var a delete op releases; ``wcounts`` maps each
-        written var to the number of writes a composite op (a bulk or a plan
-        run) makes to it, so that versions count every one of them.
+        Returns the :class:`Op` at once.  ``reads`` and ``writes`` are lists of
+        vars (duplicates collapse; a var in both counts as a write).  ``pure``
+        declares that the op does nothing but write its vars (a recorded plan
+        may then drop it when nothing reads what it wrote).
+
+        The last three parameters are the engine's own: ``_async`` for
+        :meth:`push_async`; ``_deleting``, the var a delete op releases; and
+        ``_wcounts``, which maps each var a composite op (a bulk or a plan
+        run) writes to the number of its members writing it, so that versions
+        count every one of them.  (Keyword-only parameters would cost a dict
+        lookup per omitted argument on every push.)
         """
         if not callable(fn):
             raise TypeError(f"fn={fn!r} is not callable")
@@ -248,10 +242,10 @@ class Engine(Waits, Capturing):
         n = len(reads)
         if n > 1 and (reads[0] is reads[1] if n == 2 else len(set(reads)) != n):
             reads = tuple(dict.fromkeys(reads))
-        if device is None and kind == ("async" if is_async else "normal"):
+        if device is None and kind == ("async" if _async else "normal"):
             device = _CPU
         else:
-            device, kind = self._place(device, kind, is_async)
+            device, kind = self._place(device, kind, _async)
         op = _new_op(Op)  # Op.__init__ would cost a third of this function
         op.fn = fn
         op._name = name
@@ -259,24 +253,27 @@ class Engine(Waits, Capturing):
         op.writes = writes
         op.priority = priority
         op.always_run = always_run
-        op.is_async = is_async
+        op.is_async = _async
         op.device = device
         op.kind = kind
         op.stream = None
         op.error = None
         op._state = _op.PENDING
-        op._wcounts = wcounts
-        if self._capturing and deleting is None:
+        op._wcounts = _wcounts
+        if self._capturing and _deleting is None:
             bulk = self._bulks.bulk
-            if (bulk is not None and self._graph is None and self._prof is None and device is _CPU
-                    and kind == "normal" and not is_async and wcounts is None):
+            if (bulk is not None and device is _CPU and kind == "normal" and not _async and _wcounts is None
+                    and self._graph is None and self._prof is None):
                 ops = bulk.ops  # the common case of capturing: a plain op joins this thread's bulk
                 ops.append(op)
                 if len(ops) >= bulk.size:
                     self._flush_bulk()
                 return op
-            if self._capture(op):
-                return op  # taken by a bulk or a recording of this thread
+            taken = self._capture(op)  # by a bulk or a recording of this thread
+            if pure:
+                self._mark_pure(op)
+            if taken:
+                return op
 
         lock = self._lock
         if not lock.acquire(False):
@@ -301,7 +298,7 @@ class Engine(Waits, Capturing):
                     v._nread += 1
                     wait -= 1
             for v in writes:
-                v._pending_writes += 1 if wcounts is None else wcounts[v]
+                v._pending_writes += 1 if _wcounts is None else _wcounts[v]
                 if v._writing or v._nread or v._queue:
                     v._queue.append(op)
                 else:
@@ -309,11 +306,12 @@ class Engine(Waits, Capturing):
                     wait -= 1
             wait -= 1  # registration finished
             op._wait = wait
-            if deleting is not None:
-                deleting._deleted_at = seq
+            if _deleting is not None:
+                _deleting._deleted_at = seq
                 self._any_deleted = True
             if self._prof is not None:  # the op carries its own record while profiling
                 op._rec = self
+                op._lane = None
                 op._t_push = perf_counter_ns()
         finally:
             lock.release()
@@ -423,11 +421,14 @@ class Engine(Waits, Capturing):
             comp, error, origin = error, None, False
         if origin:
             error.add_note(f"depengine: raised by op {op.name!r} (#{op.id})")
-        prof = self._prof
-        if prof is not None:
-            prof.ended(op)
         if op._name is None:  # name it before letting go of its function
             op._name = _op.name_of(op.fn)
+        prof = self._prof
+        if prof is not None:  # the op holds its vars: their versions are the ones it saw
+            if comp is None:
+                prof.ended(op, error, origin)
+            else:
+                prof.ended(op, comp.origins[0] if comp.origins else None, True)
         op.fn = None  # what the function holds is released before any waiter wakes
         ready = []
         lock = self._lock

@@ -34,9 +34,9 @@ class NaiveEngine(Engine):
     def _dispatch(self, op: Op) -> None:
         self._ready.append(op)
 
-    def _push(self, *args) -> Op:
+    def push(self, *args, **kwargs) -> Op:
         with self._exec_lock:
-            op = super()._push(*args)
+            op = super().push(*args, **kwargs)
             self._drain()
         return op
 

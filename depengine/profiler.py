@@ -14,9 +14,15 @@ import os
 import threading
 from time import perf_counter_ns
 
+from .op import _STATE_NAMES
+
 __all__ = ["Profile", "Recorder", "active_recorder", "profile"]
 
 _active: Recorder | None = None
+# The fixed fields of each record, in order (then the var counts and the vars; see Recorder).
+_FIELDS = ("engine", "id", "name", "device", "kind", "priority", "lane", "push", "start", "thread", "end",
+           "state", "error")
+_HEAD = len(_FIELDS)
 _switch = threading.Lock()
 _env_profile: Profile | None = None
 
@@ -38,41 +44,69 @@ class Recorder:
         self.threads: dict[int, str] = {}  # thread ident -> name, for waits
 
     # While profiling, an engine stamps each op itself (op._rec = the engine,
-    # op._t_push, op._t_start, op._t_thread; op._lane for GPU streams) and
-    # calls ended() once the op is finished.  ended() appends [op, end_ns,
-    # versions read..., versions before each write...] to one flat list: no
-    # new container per op, only a few appends.  Finished ops stay alive until
-    # the trace is built; their functions (and what those hold) were released
-    # at completion.
-    def ended(self, op, versions=None) -> None:
-        """``op`` finished; ``versions`` = (read versions, versions before each write) when
-        the vars do not show them (members of a bulk or plan run)."""
+    # op._t_push, op._lane = None; op._t_start and op._t_thread when it
+    # starts; op._lane for GPU streams) and calls ended() once the op is
+    # finished.  ended() copies what a trace needs into one flat list of
+    # plain values (ints, strs, and the long-lived engine, device and var
+    # objects): no new container per op, and the op itself is not kept, so
+    # recording adds nothing for the garbage collector to walk.
+    #
+    # Record layout: _HEAD fields (see _FIELDS), then the vars read, the vars
+    # written, the versions read and the versions before each write.
+    def ended(self, op, error, origin: bool) -> None:
+        """``op`` finished: ``error`` is None (done), what it raised (``origin``) or what it
+        inherited from a failed var (skipped)."""
         end = perf_counter_ns()
-        if getattr(op, "_rec", None) is None:  # pushed before recording began
+        try:
+            rec = op._rec
+        except AttributeError:  # pushed before recording began
             return
+        if error is None:
+            state, start, thread = "done", op._t_start, op._t_thread
+        elif origin:
+            state, start, thread = "failed", op._t_start, op._t_thread
+        else:  # skipped ops never started
+            state, start, thread = "skipped", end, None
+        reads = op.reads
+        writes = op.writes
         flat = self.ops
-        flat.append(op)
-        flat.append(end)
-        if versions is not None:
-            flat.extend(versions[0])
-            flat.extend(versions[1])
-            return
-        for v in op.reads:
+        flat += [rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
+                 end, state, error, len(reads), len(writes), *reads, *writes]
+        for v in reads:
             flat.append(v.version)
-        for v in op.writes:
+        for v in writes:
             flat.append(v.version)
 
+    def member_ended(self, op, read_versions: list, write_versions: list) -> None:
+        """A member of a bulk or plan run finished (its state is set); the versions are
+        the ones it saw, which the vars do not show while the composite runs."""
+        end = perf_counter_ns()
+        try:
+            rec = op._rec
+        except AttributeError:  # pushed before recording began
+            return
+        state = _STATE_NAMES[op._state]
+        ran = state != "skipped"
+        self.ops += [rec, op.id, op.name, op.device, op.kind, op.priority, op._lane, op._t_push,
+                     op._t_start if ran else end, op._t_thread if ran else None, end, state, op.error,
+                     len(op.reads), len(op.writes), *op.reads, *op.writes, *read_versions, *write_versions]
+
     def records(self) -> list[tuple]:
-        """``(op, end_ns, read_versions, versions_written)`` for each finished op."""
+        """One tuple per finished op: the _FIELDS, then ``reads`` and ``writes`` as lists of
+        ``(var, version)`` (for a write, the version it made)."""
         flat = self.ops
         out = []
         i = 0
-        while i < len(flat):
-            op, end = flat[i], flat[i + 1]
-            nr, nw = len(op.reads), len(op.writes)
-            j = i + 2 + nr
-            out.append((op, end, flat[i + 2:j], [v + 1 for v in flat[j:j + nw]]))
-            i = j + nw
+        n = len(flat)
+        while i < n:
+            head = flat[i:i + _HEAD]
+            nr, nw = flat[i + _HEAD], flat[i + _HEAD + 1]
+            j = i + _HEAD + 2
+            vars_r, vars_w = flat[j:j + nr], flat[j + nr:j + nr + nw]
+            k = j + nr + nw
+            out.append((*head, list(zip(vars_r, flat[k:k + nr], strict=True)),
+                        [(v, ver + 1) for v, ver in zip(vars_w, flat[k + nr:k + nr + nw], strict=True)]))
+            i = k + nr + nw
         return out
 
     def gpu_finished(self, op, finished_ns: int) -> None:

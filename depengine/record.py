@@ -291,11 +291,11 @@ class Plan:
                      always_run=s.always_run, device=None if s.device == _CPU else s.device, kind=s.kind)
             return
         if self.mode == "gpu":
-            eng._push(self._gpu_run, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True,
-                      False, self.device, "normal", None, self.wcounts)
+            eng.push(self._gpu_run, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True,
+                     self.device, "normal", False, False, None, self.wcounts)
             return
-        eng._push(self._start, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True, True,
-                  None, "async", None, self.wcounts)
+        eng.push(self._start, self.reads, self.writes, f"plan({len(self.members)} ops)", 0, True,
+                 None, "async", False, True, None, self.wcounts)
 
     def _gpu_run(self, ctx) -> None:
         """A GPU plan runs on one stream: eagerly first, then as one captured graph launch.
@@ -361,6 +361,7 @@ class Plan:
             copy.id = self.engine._seq
             self.engine._seq += 1
         copy._rec = self.engine
+        copy._lane = None
         copy._t_push = ctx._t_push if hasattr(ctx, "_t_push") else 0
         return copy
 

@@ -140,26 +140,23 @@ class Trace:
     def from_recorder(cls, rec) -> Trace:
         records = rec.records()
         engines: dict[int, int] = {}
-        for op, *_ in records:
-            engines.setdefault(id(op._rec), len(engines))
+        for r in records:
+            engines.setdefault(id(r[0]), len(engines))
         gpu_end = {(id(engine), op_id): ns for engine, op_id, ns in rec.gpu}
-        t0 = min([op._t_push for op, *_ in records] + [w[2] for w in rec.waits], default=0)
+        t0 = min([r[7] for r in records] + [w[2] for w in rec.waits], default=0)
         threads = _thread_names(rec, records)
         ops = []
-        for op, end, read_versions, write_versions in records:
-            state = op.state
-            ran = state != "skipped"
-            start = op._t_start if ran else end
-            lane = getattr(op, "_lane", None) or (threads.get(op._t_thread) if ran else "(skipped)")
-            gpu = gpu_end.get((id(op._rec), op.id))
+        for (engine, op_id, name, device, kind, priority, lane, push, start, thread, end, state, error,
+             reads, writes) in records:
+            gpu = gpu_end.get((id(engine), op_id))
             ops.append(OpRecord(
-                id=op.id, name=op.name, engine=engines[id(op._rec)], device=repr(op.device), kind=op.kind,
-                priority=op.priority, lane=lane,
-                reads=[(v.serial, v.name, ver) for v, ver in zip(op.reads, read_versions, strict=True)],
-                writes=[(v.serial, v.name, ver) for v, ver in zip(op.writes, write_versions, strict=True)],
-                push=op._t_push - t0, ready=start - t0, start=start - t0, end=end - t0,
+                id=op_id, name=name, engine=engines[id(engine)], device=repr(device), kind=kind,
+                priority=priority, lane=lane or (threads.get(thread) if state != "skipped" else "(skipped)"),
+                reads=[(v.serial, v.name, ver) for v, ver in reads],
+                writes=[(v.serial, v.name, ver) for v, ver in writes],
+                push=push - t0, ready=start - t0, start=start - t0, end=end - t0,
                 state=state if state in ("failed", "skipped") else "done",
-                error=None if op.error is None else f"{type(op.error).__name__}: {op.error}",
+                error=None if error is None else f"{type(error).__name__}: {error}",
                 gpu_end=None if gpu is None else gpu - t0,
             ))
         waits = [WaitRecord(rec.threads.get(ident, f"thread-{ident}"), what, s - t0, e - t0, outcome)
@@ -421,12 +418,12 @@ class Trace:
 def _thread_names(rec, records) -> dict[int, str]:
     """Thread ident -> name for every thread that ran a recorded op."""
     names = {t.ident: t.name for t in threading.enumerate()}
-    for op, *_ in records:  # engines keep their (possibly finished) worker threads
-        for pool in getattr(op._rec, "_pools", lambda: ())():
+    for engine in {id(r[0]): r[0] for r in records}.values():  # engines keep their worker threads
+        for pool in getattr(engine, "_pools", lambda: ())():
             names.update((t.ident, t.name) for t in pool._threads)
     names.update(rec.threads)
-    for op, *_ in records:
-        ident = getattr(op, "_t_thread", None)
+    for r in records:
+        ident = r[9]
         if ident is not None and ident not in names:
             names[ident] = f"thread-{ident}"
     return names
