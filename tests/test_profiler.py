@@ -62,6 +62,36 @@ def test_profile_off_costs_one_check_and_records_nothing():
     assert len(prof.trace()) == 0
 
 
+def test_recording_keeps_no_op_alive():
+    # The recorder copies plain values; finished ops (and what they reference) can go.
+    with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
+        diamond(eng)
+        eng.wait_all()
+    flat = prof._recorder.ops
+    assert flat and not any(isinstance(x, de.Op) for x in flat)
+    assert len(prof.trace()) == 4
+
+
+def test_ops_pushed_before_recording_began_are_left_out():
+    gate = threading.Event()
+    with de.Engine("threaded", workers=2) as eng:
+        v = eng.new_var("v")
+        eng.push(lambda ctx: gate.wait(), writes=[v], name="early")
+        with eng.bulk(8):
+            eng.push(lambda ctx: None, writes=[v], name="early-in-bulk")
+            prof = de.profile().start()
+            eng.push(lambda ctx: None, writes=[v], name="late-in-bulk")
+        eng.push(lambda ctx: None, reads=[v], name="late")
+        gate.set()
+        eng.wait_all()
+        prof.stop()
+    names = [r.name for r in prof.trace().ops]
+    assert "early" not in names and "early-in-bulk" not in names
+    assert {"late-in-bulk", "late"} <= set(names)
+    late = next(r for r in prof.trace().ops if r.name == "late-in-bulk")
+    assert late.writes == [(0, "v", 3)]  # the third write of v, the first two unrecorded
+
+
 def test_failed_and_skipped_ops_are_recorded():
     with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
         v, w = eng.new_var("v"), eng.new_var("w")
