@@ -58,7 +58,7 @@ class _GpuState:
 class _Lane:
     """One GPU stream and the host thread that runs the ops placed on it."""
 
-    __slots__ = ("assigned", "device", "name", "pool", "poller", "role", "stream")
+    __slots__ = ("assigned", "device", "name", "pool", "poller", "poller_thread", "role", "stream")
 
     def __init__(self, device: int, role: str, name: str, stream, pool: WorkerPool) -> None:
         self.device = device
@@ -67,7 +67,8 @@ class _Lane:
         self.stream = stream
         self.pool = pool
         self.assigned = 0
-        self.poller: SimpleQueue | None = None
+        self.poller: SimpleQueue | None = None  # profiling: events whose end to note
+        self.poller_thread: threading.Thread | None = None
 
 
 class _Gpu:
@@ -321,8 +322,10 @@ class PerDeviceEngine(Engine):
             with self._pool_lock:
                 if lane.poller is None:
                     q: SimpleQueue = SimpleQueue()
-                    threading.Thread(target=self._poller, args=(q, lane.device), daemon=True,
-                                     name=f"depengine-poll-{lane.name}").start()
+                    t = threading.Thread(target=self._poller, args=(q, lane.device), daemon=True,
+                                         name=f"depengine-poll-{lane.name}")
+                    t.start()
+                    lane.poller_thread = t
                     lane.poller = q
         lane.poller.put((self._prof, op, event))
 
@@ -356,14 +359,18 @@ class PerDeviceEngine(Engine):
     def _stop(self) -> None:
         for pool in self._pools():
             pool.close()
-        for gpu in self._gpus.values():
-            for lane in (*gpu.compute, gpu.h2d, gpu.d2h):
-                if lane.poller is not None:
-                    lane.poller.put(None)
-                try:
-                    self._rt.close_stream(lane.stream)
-                except CudaError:
-                    pass  # a failed kernel was already reported to its waiters
+        lanes = [lane for gpu in self._gpus.values() for lane in (*gpu.compute, gpu.h2d, gpu.d2h)]
+        for lane in lanes:
+            if lane.poller is not None:
+                lane.poller.put(None)  # after the events already queued
+        for lane in lanes:
+            if lane.poller_thread is not None:
+                lane.poller_thread.join()
+        for lane in lanes:
+            try:
+                self._rt.close_stream(lane.stream)
+            except CudaError:
+                pass  # a failed kernel was already reported to its waiters
 
     def __repr__(self) -> str:
         base = super().__repr__()[:-1]
