@@ -20,6 +20,11 @@ def sim(monkeypatch):
     return get_runtime("sim")
 
 
+def _launch1(rt, kernel, buf, stream) -> None:
+    """Launch a one-thread kernel on ``buf`` viewed as one float64."""
+    rt.launch(kernel, (1,), (1,), [rt.kernel_arg(buf, np.float64, (1,))], stream)
+
+
 def _kernel(name: str, access: tuple[str, ...], fn) -> KernelSource:
     params = ", ".join(f"double* a{i}" if m else f"long a{i}" for i, m in enumerate(access))
     src = f'extern "C" __global__ void {name}({params}) {{ }}'
@@ -58,12 +63,12 @@ def test_stream_wait_captures_the_latest_record_at_call_time():
                       _kernel("k3", ("r",), lambda x: log.append("k3"))])
     try:
         e = rt.create_event(0)
-        rt.launch(mod["k1"], (1,), (1,), [rt.kernel_arg(a, np.float64, (1,))], s1)
+        _launch1(rt, mod["k1"], a, s1)
         rt.record(e, s1)
         rt.stream_wait(s2, e)  # captures the first record only
-        rt.launch(mod["k2"], (1,), (1,), [rt.kernel_arg(b, np.float64, (1,))], s1)
+        _launch1(rt, mod["k2"], b, s1)
         rt.record(e, s1)       # a later record must not delay s2
-        rt.launch(mod["k3"], (1,), (1,), [rt.kernel_arg(a, np.float64, (1,))], s2)
+        _launch1(rt, mod["k3"], a, s2)
         assert not rt.query(e)
         first.set()
         s2_done = rt.create_event(0)
@@ -71,7 +76,7 @@ def test_stream_wait_captures_the_latest_record_at_call_time():
         rt.synchronize(s2_done)  # k3 finished although k2 is still blocked
         assert "k3" in log and "k2:end" not in log
         with pytest.raises(HazardError):  # and s2 is not ordered after k2
-            rt.launch(mod["k3"], (1,), (1,), [rt.kernel_arg(b, np.float64, (1,))], s2)
+            _launch1(rt, mod["k3"], b, s2)
         second.set()
         rt.synchronize(e)
         assert log[-1] == "k2:end" and rt.query(e)
@@ -88,8 +93,8 @@ def test_two_streams_really_overlap():
     barrier = threading.Barrier(2, timeout=20)
     mod = rt.compile([_kernel("meet", ("w",), lambda out: barrier.wait())])
     b1, b2 = rt.alloc(0, 8, s1), rt.alloc(0, 8, s2)
-    rt.launch(mod["meet"], (1,), (1,), [rt.kernel_arg(b1, np.float64, (1,))], s1)
-    rt.launch(mod["meet"], (1,), (1,), [rt.kernel_arg(b2, np.float64, (1,))], s2)
+    _launch1(rt, mod["meet"], b1, s1)
+    _launch1(rt, mod["meet"], b2, s2)
     rt.synchronize_stream(s1)  # raises (BrokenBarrierError) unless both kernels ran at once
     rt.synchronize_stream(s2)
     rt.close_stream(s1)
@@ -128,7 +133,7 @@ def test_a_failing_kernel_is_sticky_and_reported_on_synchronize():
     s = rt.create_stream(0, "s")
     mod = rt.compile([_kernel("bad", ("w",), lambda a: 1 / 0)])
     buf = rt.alloc(0, 8, s)
-    rt.launch(mod["bad"], (1,), (1,), [rt.kernel_arg(buf, np.float64, (1,))], s)
+    _launch1(rt, mod["bad"], buf, s)
     e = rt.create_event(0)
     rt.record(e, s)
     with pytest.raises(CudaError, match=r"CUDA_ERROR_LAUNCH_FAILED.*ZeroDivisionError"):
@@ -147,7 +152,7 @@ def test_graph_capture_records_work_and_launches_replay_it():
     rt.begin_capture(s1)
     scratch = rt.alloc(0, 8, s1)                     # graph-owned scratch, freed in the graph
     rt.launch(mod["inc"], (1,), (1,), [view], s1)
-    rt.launch(mod["inc"], (1,), (1,), [rt.kernel_arg(scratch, np.float64, (1,))], s1)
+    _launch1(rt, mod["inc"], scratch, s1)
     rt.free(scratch, s1)
     with pytest.raises(CudaError, match="STREAM_CAPTURE_UNSUPPORTED"):
         rt.record(rt.create_event(0), s1)
