@@ -161,10 +161,10 @@ def summary_table(result: dict) -> str:
         lines.append(row)
     if metgs:
         ref = metgs.get("dask-threaded")
-        ours = metgs.get("depengine-threaded")
-        if ref and ours and ref.value_us and ours.value_us:
-            ratio = ref.value_us / ours.value_us
-            lines.append(f"METG ratio dask-threaded / depengine-threaded: {ratio:.1f}x")
+        for name in ("depengine-threaded", "depengine-replay"):
+            ours = metgs.get(name)
+            if ref and ours and ref.value_us and ours.value_us:
+                lines.append(f"METG ratio dask-threaded / {name}: {ref.value_us / ours.value_us:.1f}x")
     return "\n".join(lines)
 
 

@@ -5,7 +5,13 @@ A system is a :class:`System`: a name, the modules it needs, and
 returns the last output of every column plus the wall time from the first
 submission to the last completion (engine, pool or cluster start-up excluded).
 
-Built in: depengine's engine kinds; ``concurrent.futures.ThreadPoolExecutor``
+Built in: depengine's engine kinds, pushing every task; ``depengine-replay``,
+the threaded engine used the way a program that repeats its steps would use
+it: one period of steps is recorded (``record(execute=False)``), compiled and
+replayed (record and compile are inside the timed region; steps before the
+period starts and after the last whole period are pushed); the task graph,
+its validation and the kernels stay the same (after Task Bench's Legion
+runs, which replay traces of repeated steps); ``concurrent.futures.ThreadPoolExecutor``
 (a task submits a function that takes its dependencies' ``Future.result()``,
 the way a user would write it); ``dask.threaded.get`` and
 ``dask.distributed`` on an in-process ``LocalCluster`` (both from the bench
@@ -65,37 +71,110 @@ def _depengine_task(graph, t, i, deps, kernel, src, dst, ctx):
     dst[i] = _task(graph, t, i, deps, kernel, [src[j] for j in deps])
 
 
-def _run_depengine(kind: str, graphs: list[Graph], kernel: Kernel, workers: int) -> Run:
+class _Replayed:
+    """The function of one recorded task (t, i): every replay runs it ``length`` steps later.
+
+    A plan's runs never overlap and each run runs each recorded op once, so
+    the op's own counter tells the step it stands for.  A scheduler that ran
+    a replay out of order would feed it inputs of the wrong step, and
+    ``task_output`` would reject them.
+    """
+
+    __slots__ = ("deps", "dst", "graph", "i", "kernel", "length", "src", "t")
+
+    def __init__(self, graph, t, i, deps, kernel, src, dst, length) -> None:
+        self.graph, self.t, self.i, self.deps = graph, t, i, deps
+        self.kernel, self.src, self.dst, self.length = kernel, src, dst, length
+
+    def __call__(self, ctx) -> None:
+        t = self.t
+        self.t = t + self.length
+        src = self.src
+        self.dst[self.i] = _task(self.graph, t, self.i, self.deps, self.kernel, [src[j] for j in self.deps])
+
+
+def replay_span(graphs: list[Graph], tables=None, min_length: int = 32) -> tuple[int, int, int] | None:
+    """``(first, length, runs)``: steps ``first .. first + runs * length - 1`` replay one recorded plan.
+
+    From step ``first`` on, every graph's step t has the tasks and
+    dependencies of step t + ``length`` (``length`` is even, because outputs
+    are double-buffered by step parity, and at least ``min_length`` steps
+    where the graph allows, to spread each run's start and end over many
+    tasks).  None when the graphs differ in steps or no period of at most 64
+    steps repeats twice.  ``tables`` are the graphs' dependency tables, if
+    already computed.
+    """
+    steps = graphs[0].steps
+    if any(g.steps != steps for g in graphs):
+        return None
+    tables = tables or [dependency_table(g) for g in graphs]
+    pairs = list(zip(graphs, tables, strict=True))
+    shapes = [tuple(tuple((i, table[t][i]) for i in g.points(t)) for g, table in pairs) for t in range(steps)]
+    best = None
+    for period in range(2, min(64, (steps - 1) // 2) + 1, 2):
+        first = 1  # step 0 reads nothing: it never repeats
+        for t in range(steps - 1 - period, 0, -1):
+            if shapes[t] != shapes[t + period]:
+                first = t + 1
+                break
+        if steps - first >= 2 * period and (best is None or first < best[0]):
+            best = (first, period)
+    if best is None:
+        return None
+    first, period = best
+    length = period * max(1, -(-min_length // period))
+    while length > period and steps - first < 2 * length:
+        length -= period
+    runs = (steps - first) // length
+    return (first, length, runs) if runs >= 2 else None
+
+
+def _run_depengine(kind: str, graphs: list[Graph], kernel: Kernel, workers: int, replay: bool = False) -> Run:
     import depengine as de
 
     with de.Engine(kind, workers=workers) as eng:
-        plans = []
+        cols = []
         for g in graphs:
             # Double-buffered outputs: step t writes buffer t % 2 and reads t-1's.
             bufs = ([None] * g.width, [None] * g.width)
             vs = ([eng.new_var(f"g{g.index}b0c{i}") for i in range(g.width)],
                   [eng.new_var(f"g{g.index}b1c{i}") for i in range(g.width)])
-            plans.append((g, dependency_table(g), bufs, vs))
-        last: dict[int, dict[int, tuple]] = {g.index: {} for g in graphs}
-        steps = max(g.steps for g in graphs)
+            cols.append((g, dependency_table(g), bufs, vs))
         push = eng.push
         partial = functools.partial
+
+        def push_steps(first: int, stop: int, length: int = 0) -> None:
+            for t in range(first, stop):
+                for g, table, bufs, vs in cols:
+                    if t >= g.steps:
+                        continue
+                    src, dst = bufs[(t - 1) % 2], bufs[t % 2]
+                    srcv, dstv = vs[(t - 1) % 2], vs[t % 2]
+                    row = table[t]
+                    for i in g.points(t):
+                        deps = row[i]
+                        fn = (_Replayed(g, t, i, deps, kernel, src, dst, length) if length else
+                              partial(_depengine_task, g, t, i, deps, kernel, src, dst))
+                        push(fn, [srcv[j] for j in deps], (dstv[i],))
+
+        steps = max(g.steps for g in graphs)
+        # Where the graph repeats is the program's knowledge, like its dependency table: not timed.
+        span = replay_span(graphs, [c[1] for c in cols]) if replay else None
         start = time.perf_counter()
-        for t in range(steps):
-            for g, table, bufs, vs in plans:
-                if t >= g.steps:
-                    continue
-                src, dst = bufs[(t - 1) % 2], bufs[t % 2]
-                srcv, dstv = vs[(t - 1) % 2], vs[t % 2]
-                row = table[t]
-                for i in g.points(t):
-                    deps = row[i]
-                    push(partial(_depengine_task, g, t, i, deps, kernel, src, dst),
-                         reads=[srcv[j] for j in deps], writes=[dstv[i]])
+        if span is None:
+            push_steps(0, steps)
+        else:  # record one period of steps (timed too), replay it, push what is left
+            first, length, runs = span
+            push_steps(0, first)
+            with eng.record(execute=False) as recording:
+                push_steps(first, first + length, length)
+            plan = recording.compile()
+            for _ in range(runs):
+                plan.run()
+            push_steps(first + runs * length, steps)
         eng.wait_all()
         seconds = time.perf_counter() - start
-        for g, _, bufs, _ in plans:
-            last[g.index] = _last_outputs(g, lambda t, i, bufs=bufs: bufs[t % 2][i])
+        last = {g.index: _last_outputs(g, lambda t, i, bufs=bufs: bufs[t % 2][i]) for g, _, bufs, _ in cols}
     return Run(seconds, last, sum(g.ntasks() for g in graphs))
 
 
@@ -182,6 +261,7 @@ def _run_dask_distributed(graphs: list[Graph], kernel: Kernel, workers: int) -> 
 def _builtin_systems() -> list[System]:
     return [
         System("depengine-threaded", functools.partial(_run_depengine, "threaded")),
+        System("depengine-replay", functools.partial(_run_depengine, "threaded", replay=True)),
         System("depengine-perdevice", functools.partial(_run_depengine, "perdevice"),
                requires=("depengine.perdevice",)),
         System("depengine-naive", functools.partial(_run_depengine, "naive")),
