@@ -33,7 +33,7 @@ from .capture import Capturing, _PerThread
 from .composite import Composite
 from .device import cpu
 from .errors import DeadlockError, EngineClosedError, VarDeletedError
-from .op import Op, RunContext, _Epoch
+from .op import Op, RunContext, _BulkMember, _Epoch
 from .options import EngineOptions
 from .var import NEVER_CLEARED, Var
 from .waits import Waits
@@ -43,9 +43,10 @@ __all__ = ["Engine"]
 _log = logging.getLogger("depengine")
 
 _live_engines: weakref.WeakSet = weakref.WeakSet()
-_CPU = cpu()
+_CPU = _BulkMember.device = cpu()
 _sleep = time.sleep
 _new_op = object.__new__
+_PENDING = _op.PENDING
 # pending ops past which a pushing thread yields the GIL to the workers once per push
 _BACKLOG = 2048
 
@@ -220,9 +221,12 @@ class Engine(Waits, Capturing):
         if name is not None and name.__class__ is not str:
             raise TypeError(f"name={name!r} must be a str or None")
         if reads.__class__ is not tuple:
-            reads = tuple(reads) if reads.__class__ is list else self._as_vars(reads, "reads")
-        if writes.__class__ is not tuple:
-            writes = tuple(writes) if writes.__class__ is list else self._as_vars(writes, "writes")
+            reads = self._as_vars(reads, "reads")
+        if writes.__class__ is not tuple:  # [var] is the common case: its tuple is made once
+            if writes.__class__ is list and len(writes) == 1 and writes[0].__class__ is Var:
+                writes = writes[0]._solo
+            else:
+                writes = self._as_vars(writes, "writes")
         for v in reads:
             if v.__class__ is not Var or v._engine is not self:
                 self._check_var(v, "reads")
@@ -242,6 +246,24 @@ class Engine(Waits, Capturing):
         n = len(reads)
         if n > 1 and (reads[0] is reads[1] if n == 2 else len(set(reads)) != n):
             reads = tuple(dict.fromkeys(reads))
+        if self._capturing and _deleting is None and device is None and kind == "normal" and not _async:
+            bulk = self._bulks.bulk
+            if bulk is not None and _wcounts is None and self._graph is None and self._prof is None:
+                # the common case of capturing: a plain CPU op joins this thread's bulk
+                op = _new_op(_BulkMember)
+                op.fn = fn
+                op._name = name
+                op.reads = reads
+                op.writes = writes
+                op.priority = priority
+                op.always_run = always_run
+                op.error = None
+                op._state = _PENDING
+                ops = bulk.ops
+                ops.append(op)
+                if len(ops) >= bulk.size:
+                    self._flush_bulk()
+                return op
         if device is None and kind == ("async" if _async else "normal"):
             device = _CPU
         else:
@@ -261,14 +283,6 @@ class Engine(Waits, Capturing):
         op._state = _op.PENDING
         op._wcounts = _wcounts
         if self._capturing and _deleting is None:
-            bulk = self._bulks.bulk
-            if (bulk is not None and device is _CPU and kind == "normal" and not _async and _wcounts is None
-                    and self._graph is None and self._prof is None):
-                ops = bulk.ops  # the common case of capturing: a plain op joins this thread's bulk
-                ops.append(op)
-                if len(ops) >= bulk.size:
-                    self._flush_bulk()
-                return op
             taken = self._capture(op)  # by a bulk or a recording of this thread
             if pure:
                 self._mark_pure(op)
@@ -334,8 +348,12 @@ class Engine(Waits, Capturing):
         return cpu(), kind
 
     def _as_vars(self, vs, role: str) -> tuple:
+        if vs.__class__ is list:
+            if len(vs) == 1 and vs[0].__class__ is Var:
+                return vs[0]._solo  # one tuple per var, not one per push
+            return tuple(vs)
         if vs.__class__ is Var:
-            return (vs,)
+            return vs._solo
         if isinstance(vs, (list, tuple, set, frozenset)):
             return tuple(vs)
         raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")

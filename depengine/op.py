@@ -88,6 +88,21 @@ class Op(RunContext):
         return f"<Op #{op_id} {self.name!r} {self.state} reads=[{reads}] writes=[{writes}]>"
 
 
+class _BulkMember(Op):
+    """An op pushed inside ``Engine.bulk()``: a plain synchronous CPU op.
+
+    What every such op shares is read from the class, so a bulked push
+    stores five fewer fields.  Nothing writes these on a member.
+    """
+
+    __slots__ = ()
+    is_async = False
+    kind = "normal"
+    stream = None
+    _wcounts = None
+    device = None  # set to cpu() by the engine module (op.py imports no device code)
+
+
 def name_of(fn) -> str:
     """The name an unnamed op takes from its function."""
     name = getattr(fn, "__qualname__", None)

@@ -28,6 +28,7 @@ class Var:
         "_nread",
         "_pending_writes",
         "_queue",
+        "_solo",
         "_waiters",
         "_writing",
         "name",
@@ -65,6 +66,8 @@ class Var:
         v._waiters = None
         # GPU completion state, used by the per-device engine only
         v._gpu = None
+        # (v,): what a push naming just this var as a list stores, made once
+        v._solo = (v,)
         return v
 
     @property
