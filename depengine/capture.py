@@ -126,19 +126,30 @@ class Capturing:
         with self._guard:  # the members' ids, in push order, before the bulk's own
             k = self._seq
             self._seq = k + n
-        # One plain loop: on this path it beats Counter, chain and attrgetter.
+        # One plain loop (here it beats Counter, chain and attrgetter).  Members
+        # that name the same writes tuple in a row (pushes of [v] share v's)
+        # are counted as a run.
         counts: dict = {}  # var -> members writing it
         read = set()
         top = members[0].priority
+        last = members[0].writes
+        run = 0
         for m in members:
             m.id = k
             k += 1
-            for v in m.writes:
-                counts[v] = counts.get(v, 0) + 1
+            w = m.writes
+            if w is last:
+                run += 1
+            else:
+                for v in last:
+                    counts[v] = counts.get(v, 0) + run
+                last, run = w, 1
             if m.reads:
                 read.update(m.reads)
             if m.priority > top:
                 top = m.priority
+        for v in last:
+            counts[v] = counts.get(v, 0) + run
         reads = tuple(read.difference(counts)) if read else ()
         prof = self._prof
 

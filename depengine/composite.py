@@ -39,22 +39,23 @@ def run_members(members, failures: dict, outcome: Composite, prof=None, versions
     """Run ``members`` (Op objects) in order; ``failures`` maps vars to the failure they carry."""
     if not failures and prof is None:  # the common case: nothing failed, nothing recorded
         done = _op.DONE
-        for k, m in enumerate(members):
-            try:
+        m = None
+        try:
+            for m in members:
                 m.fn(m)
-            except BaseException:
-                _run_careful(members[k:], failures, outcome, None, None)
-                return
-            m._state = done
+                m._state = done
+        except BaseException as exc:  # m raised (once: it is not run again); the rest run carefully
+            _run_careful(members[members.index(m):], failures, outcome, None, None, exc)
         return
     _run_careful(members, failures, outcome, prof, versions)
 
 
-def _run_careful(members, failures, outcome, prof, versions) -> None:
+def _run_careful(members, failures, outcome, prof, versions, raised=None) -> None:
+    """Run ``members`` one by one; ``raised`` is what the first of them already raised."""
     for m in members:
         err = None
         origin = False
-        if failures and not m.always_run:
+        if failures and not m.always_run and raised is None:
             for v in m.reads + m.writes:
                 err = failures.get(v)
                 if err is not None:
@@ -63,10 +64,14 @@ def _run_careful(members, failures, outcome, prof, versions) -> None:
             m._t_start = perf_counter_ns()
             m._t_thread = get_ident()
         if err is None:
-            m._state = _op.RUNNING
-            try:
-                m.fn(m)
-            except BaseException as exc:
+            exc, raised = raised, None
+            if exc is None:
+                m._state = _op.RUNNING
+                try:
+                    m.fn(m)
+                except BaseException as e:
+                    exc = e
+            if exc is not None:
                 exc.add_note(f"depengine: raised by op {m.name!r} (#{m.id})")
                 outcome.origins.append(exc)
                 err, origin = exc, True

@@ -250,7 +250,7 @@ class Engine(Waits, Capturing):
             bulk = self._bulks.bulk
             if bulk is not None and _wcounts is None and self._graph is None and self._prof is None:
                 # the common case of capturing: a plain CPU op joins this thread's bulk
-                op = _new_op(_BulkMember)
+                op = _BulkMember()
                 op.fn = fn
                 op._name = name
                 op.reads = reads

@@ -46,7 +46,6 @@ class Op(RunContext):
         "meta",
         "_lane",
         "_t_push",
-        "_t_ready",
         "_t_start",
         "_t_thread",
         "_name",
@@ -96,6 +95,7 @@ class _BulkMember(Op):
     """
 
     __slots__ = ()
+    __init__ = object.__init__  # the engine calls _BulkMember(): cheaper than object.__new__(cls)
     is_async = False
     kind = "normal"
     stream = None

@@ -317,6 +317,38 @@ def test_bulk_gives_the_same_results_and_versions(config):
         assert [v.version for v in vs] == [20] * 5
 
 
+@pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("how", ["bulk", "plan"])
+def test_an_op_that_raises_inside_a_bulk_or_plan_runs_once(config, how):
+    kind, workers = config
+    with de.Engine(kind, workers=workers) as eng:
+        a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
+        calls = []
+
+        def boom(ctx):
+            calls.append("boom")
+            raise KeyError("boom")
+
+        def program():
+            eng.push(lambda ctx: calls.append("first"), writes=[a])
+            eng.push(boom, reads=[a], writes=[b], name="boom")
+            eng.push(lambda ctx: calls.append("skipped"), reads=[b], writes=[c])
+            eng.push(lambda ctx: calls.append("last"), writes=[a])
+
+        if how == "bulk":
+            with eng.bulk(64):
+                program()
+        else:
+            with eng.record(execute=False) as g:
+                program()
+            g.compile().run()
+        with pytest.raises(KeyError) as info:
+            eng.wait_all()
+        assert calls == ["first", "boom", "last"]
+        assert sum("raised by op 'boom'" in n for n in info.value.__notes__) == 1
+        assert (a.version, b.version, c.version) == (2, 1, 1)
+
+
 def test_waits_flush_the_bulk_and_failures_stay_exact():
     with de.Engine("threaded", workers=2) as eng:
         a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
