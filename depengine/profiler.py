@@ -51,9 +51,8 @@ class Recorder:
     # objects): no new container per op, and the op itself is not kept, so
     # recording adds nothing for the garbage collector to walk.
     #
-    # Record layout: _HEAD fields (see _FIELDS), then the op's tuple of vars
-    # read and its tuple of vars written (kept, not copied), then the
-    # versions read and the versions before each write.
+    # Record layout: _HEAD fields (see _FIELDS), then the vars read, the vars
+    # written, the versions read and the versions before each write.
     def ended(self, op, error, origin: bool) -> None:
         """``op`` finished: ``error`` is None (done), what it raised (``origin``) or what it
         inherited from a failed var (skipped)."""
@@ -72,7 +71,7 @@ class Recorder:
         writes = op.writes
         flat = self.ops
         flat += [rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
-                 end, state, error, reads, writes]
+                 end, state, error, len(reads), len(writes), *reads, *writes]
         for v in reads:
             flat.append(v.version)
         for v in writes:
@@ -90,7 +89,7 @@ class Recorder:
         ran = state != "skipped"
         self.ops += [rec, op.id, op.name, op.device, op.kind, op.priority, op._lane, op._t_push,
                      op._t_start if ran else end, op._t_thread if ran else None, end, state, op.error,
-                     op.reads, op.writes, *read_versions, *write_versions]
+                     len(op.reads), len(op.writes), *op.reads, *op.writes, *read_versions, *write_versions]
 
     def records(self) -> list[tuple]:
         """One tuple per finished op: the _FIELDS, then ``reads`` and ``writes`` as lists of
@@ -101,9 +100,10 @@ class Recorder:
         n = len(flat)
         while i < n:
             head = flat[i:i + _HEAD]
-            vars_r, vars_w = flat[i + _HEAD], flat[i + _HEAD + 1]
-            nr, nw = len(vars_r), len(vars_w)
-            k = i + _HEAD + 2
+            nr, nw = flat[i + _HEAD], flat[i + _HEAD + 1]
+            j = i + _HEAD + 2
+            vars_r, vars_w = flat[j:j + nr], flat[j + nr:j + nr + nw]
+            k = j + nr + nw
             out.append((*head, list(zip(vars_r, flat[k:k + nr], strict=True)),
                         [(v, ver + 1) for v, ver in zip(vars_w, flat[k + nr:k + nr + nw], strict=True)]))
             i = k + nr + nw
