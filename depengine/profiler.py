@@ -70,8 +70,10 @@ class Recorder:
         reads = op.reads
         writes = op.writes
         flat = self.ops
-        flat += [rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
-                 end, state, error, len(reads), len(writes), *reads, *writes]
+        flat += (rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
+                 end, state, error, len(reads), len(writes))  # a tuple display: no list made and freed
+        flat += reads
+        flat += writes
         for v in reads:
             flat.append(v.version)
         for v in writes:
