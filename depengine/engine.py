@@ -220,11 +220,14 @@ class Engine(Waits, Capturing):
             raise TypeError(f"priority={priority!r} must be an int")
         if name is not None and name.__class__ is not str:
             raise TypeError(f"name={name!r} must be a str or None")
-        if reads.__class__ is not tuple:
-            reads = self._as_vars(reads, "reads")
-        if writes.__class__ is not tuple:  # [var] is the common case: its tuple is made once
-            if writes.__class__ is list and len(writes) == 1 and writes[0].__class__ is Var:
-                writes = writes[0]._solo
+        if reads.__class__ is not tuple:  # a list of one var takes the var's own 1-tuple
+            if reads.__class__ is list:
+                reads = reads[0]._solo if len(reads) == 1 and reads[0].__class__ is Var else tuple(reads)
+            else:
+                reads = self._as_vars(reads, "reads")
+        if writes.__class__ is not tuple:
+            if writes.__class__ is list:
+                writes = writes[0]._solo if len(writes) == 1 and writes[0].__class__ is Var else tuple(writes)
             else:
                 writes = self._as_vars(writes, "writes")
         for v in reads:
@@ -348,10 +351,6 @@ class Engine(Waits, Capturing):
         return cpu(), kind
 
     def _as_vars(self, vs, role: str) -> tuple:
-        if vs.__class__ is list:
-            if len(vs) == 1 and vs[0].__class__ is Var:
-                return vs[0]._solo  # one tuple per var, not one per push
-            return tuple(vs)
         if vs.__class__ is Var:
             return vs._solo
         if isinstance(vs, (list, tuple, set, frozenset)):
