@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 
 import depengine as de
 from depengine import engine as engine_module
 from depengine.threaded import ThreadedEngine
+
+from . import callgrind
 
 
 class _StripHooks(ast.NodeTransformer):
@@ -80,14 +79,7 @@ def _child(name: str, steps: int) -> None:
 
 def instructions_per_op(name: str) -> float:
     """Instructions per op under callgrind (deterministic, unlike wall time here)."""
-    counts = []
-    for steps in (100, 600):
-        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-                              sys.executable, "-m", "bench.profiler_overhead", "--child", name,
-                              "--steps", str(steps)], capture_output=True, text=True, check=True)
-        line = next(ln for ln in out.stderr.splitlines() if "Collected" in ln)
-        counts.append(int(line.split()[-1]))
-    return (counts[1] - counts[0]) / (16 * 500)
+    return callgrind.instructions_per_op("bench.profiler_overhead", ["--child", name], 100, 600, 16)
 
 
 def stencil_us_per_op(make_engine, width: int, steps: int) -> float:
@@ -121,7 +113,7 @@ def main(argv=None) -> int:
         _child(args.child, args.steps)
         return 0
     if args.instructions:
-        if shutil.which("valgrind") is None:
+        if not callgrind.available():
             p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
         counts = {n: instructions_per_op(n) for n in ("without-hooks", "profiling-off", "profiling-on")}
         print("stencil_1d 16 wide, threaded engine, 1 worker: instructions per op "

@@ -1,6 +1,7 @@
 """Recorded-plan replay and imperative bulking against plain pushes, in one run.
 
     python -m bench.replay [--width 16] [--steps 200] [--runs 10] [--chain 20000] [--repeats 5]
+    python -m bench.replay --instructions   # the chain under callgrind (needs valgrind)
 
 Replay: the stencil_1d program (op (t, i) reads columns i-1 and i+1 and
 writes column i; empty op bodies) is recorded once with
@@ -19,6 +20,8 @@ import statistics
 import time
 
 import depengine as de
+
+from . import callgrind
 
 
 def _empty(ctx):
@@ -79,6 +82,21 @@ def measure(kind: str, workers: int, width: int, steps: int, runs: int, chain: i
                 "spread": {k: (min(x), max(x)) for k, x in found.items()}}
 
 
+def _chain_child(mode: str, steps: int, workers: int) -> None:
+    """``steps`` x 100 empty ops on one var, bulked or not (run under callgrind)."""
+    with de.Engine("threaded", workers=workers) as eng:
+        v = eng.new_var("chain")
+        push = eng.push
+        if mode == "bulk64":
+            with eng.bulk(64):
+                for _ in range(steps * 100):
+                    push(_empty, writes=[v])
+        else:
+            for _ in range(steps * 100):
+                push(_empty, writes=[v])
+        eng.wait_all()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", default="threaded")
@@ -88,7 +106,25 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--chain", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--instructions", action="store_true",
+                    help="instructions per op of the chain, unbulked and bulk(64), under callgrind")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        _chain_child(args.child, args.steps, args.workers)
+        return 0
+    if args.instructions:
+        if not callgrind.available():
+            ap.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
+        counts = {mode: callgrind.instructions_per_op("bench.replay", ["--child", mode, "--workers",
+                                                                       str(args.workers)], 200, 1000, 100)
+                  for mode in ("unbulked", "bulk64")}
+        print(f"chain of empty ops, threaded engine, {args.workers} workers: instructions per op "
+              "(callgrind, 100 000 - 20 000 ops)")
+        for mode, c in counts.items():
+            print(f"  {mode:9s} {c:9.0f}")
+        print(f"  unbulked / bulk64: {counts['unbulked'] / counts['bulk64']:.2f}")
+        return 0
     r = measure(args.kind, args.workers, args.width, args.steps, args.runs, args.chain, args.repeats)
     print(f"engine {args.kind}, {args.workers} workers; plan: {r['plan']}")
     for key in ("imperative", "replay", "unbulked", "bulk64"):
