@@ -410,3 +410,24 @@ def test_bulk_is_per_thread():
             assert other_done.is_set()
         eng.wait_all()
         assert v.version == 1
+
+
+def test_bulked_ops_look_like_any_op():
+    with de.Engine("threaded", workers=2) as eng:
+        v, w = eng.new_var("v"), eng.new_var("w")
+        seen = []
+        with eng.bulk(8):
+            ops = [eng.push(lambda ctx: seen.append((ctx.op_name, ctx.op_id, ctx.device)),
+                            reads=[w], writes=[v], name=f"m{k}", priority=k) for k in range(3)]
+            assert [op.state for op in ops] == ["pending"] * 3
+            assert all(isinstance(op, de.Op) for op in ops)
+        eng.wait_all()
+        assert [op.state for op in ops] == ["done"] * 3 and all(op.error is None for op in ops)
+        assert all(op.device == de.cpu() and op.kind == "normal" and op.stream is None and not op.is_async
+                   for op in ops)
+        assert all(op.reads == (w,) and op.writes == (v,) for op in ops)
+        ids = [op.id for op in ops]
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        assert seen == [(f"m{k}", ids[k], de.cpu()) for k in range(3)]
+        assert "m1" in repr(ops[1]) and "done" in repr(ops[1])
+        assert (v.version, w.version) == (3, 0)
