@@ -249,7 +249,8 @@ class Engine(Waits, Capturing):
         n = len(reads)
         if n > 1 and (reads[0] is reads[1] if n == 2 else len(set(reads)) != n):
             reads = tuple(dict.fromkeys(reads))
-        if self._capturing and _deleting is None and device is None and kind == "normal" and not _async:
+        capturing = self._capturing
+        if capturing and _deleting is None and device is None and kind == "normal" and not _async:
             bulk = self._bulks.bulk
             if bulk is not None and _wcounts is None and self._graph is None and self._prof is None:
                 # the common case of capturing: a plain CPU op joins this thread's bulk
@@ -285,7 +286,7 @@ class Engine(Waits, Capturing):
         op.error = None
         op._state = _op.PENDING
         op._wcounts = _wcounts
-        if self._capturing and _deleting is None:
+        if capturing and _deleting is None:
             taken = self._capture(op)  # by a bulk or a recording of this thread
             if pure:
                 self._mark_pure(op)
