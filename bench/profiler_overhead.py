@@ -20,6 +20,7 @@ import time
 
 import depengine as de
 from depengine import engine as engine_module
+from depengine import profiler
 from depengine.threaded import ThreadedEngine
 
 from . import callgrind
@@ -61,19 +62,21 @@ def engine_without_hooks(kind: type = ThreadedEngine) -> type:
 
 
 def _variant(name: str):
-    """An engine factory and whether to profile, by variant name (one worker thread)."""
+    """An engine factory and the profiler hooks to record with (None: no profile), by variant name."""
     if name == "without-hooks":
         bare = engine_without_hooks()
-        return (lambda: bare(workers=1)), False
-    return (lambda: de.Engine("threaded", workers=1)), name == "profiling-on"
+        return (lambda: bare(workers=1)), None
+    hooks = {"profiling-on": profiler.IMPLEMENTATION, "profiling-on-python": "Python"}.get(name)
+    return (lambda: de.Engine("threaded", workers=1)), hooks
 
 
 def _child(name: str, steps: int) -> None:
-    make, on = _variant(name)
-    if on:
-        with de.profile():
-            stencil_us_per_op(make, 16, steps)
-    else:
+    make, hooks = _variant(name)
+    if hooks is None:
+        stencil_us_per_op(make, 16, steps)
+        return
+    profiler.use_implementation(hooks)
+    with de.profile():
         stencil_us_per_op(make, 16, steps)
 
 
@@ -115,34 +118,45 @@ def main(argv=None) -> int:
     if args.instructions:
         if not callgrind.available():
             p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
-        counts = {n: instructions_per_op(n) for n in ("without-hooks", "profiling-off", "profiling-on")}
+        names = ["without-hooks", "profiling-off", "profiling-on"]
+        if profiler.IMPLEMENTATION != "Python":
+            names.append("profiling-on-python")
+        counts = {n: instructions_per_op(n) for n in names}
         print("stencil_1d 16 wide, threaded engine, 1 worker: instructions per op "
-              "(callgrind, 600 - 100 steps)")
+              f"(callgrind, 600 - 100 steps; profiling-on uses the {profiler.IMPLEMENTATION} hooks)")
         for n, c in counts.items():
-            print(f"  {n:15s} {c:9.0f}")
+            print(f"  {n:19s} {c:9.0f}")
         print(f"  profiling off / without hooks: {counts['profiling-off'] / counts['without-hooks']:.4f}")
-        print(f"  profiling on / off: {counts['profiling-on'] / counts['profiling-off']:.3f}")
+        for n in names[2:]:
+            print(f"  {n} adds {counts[n] - counts['profiling-off']:.0f} "
+                  f"({counts[n] / counts['profiling-off']:.3f} x off)")
         return 0
     bare = engine_without_hooks()
     variants = {
         "without hooks": lambda: bare(workers=args.workers),
         "hooks, profiling off": lambda: de.Engine("threaded", workers=args.workers),
     }
-    times: dict[str, list[float]] = {name: [] for name in [*variants, "profiling on"]}
+    hooks = sorted(profiler.IMPLEMENTATIONS, key=lambda h: h != profiler.IMPLEMENTATION)  # the default first
+    profiled = {f"profiling on, {h} hooks": h for h in hooks}
+    times: dict[str, list[float]] = {name: [] for name in [*variants, *profiled]}
     for _ in range(args.rounds):
         for name, make in variants.items():
             times[name].append(stencil_us_per_op(make, args.width, args.steps))
-        with de.profile():
-            times["profiling on"].append(stencil_us_per_op(
-                lambda: de.Engine("threaded", workers=args.workers), args.width, args.steps))
+        for name, h in profiled.items():
+            previous = profiler.use_implementation(h)
+            with de.profile():
+                times[name].append(stencil_us_per_op(
+                    lambda: de.Engine("threaded", workers=args.workers), args.width, args.steps))
+            profiler.use_implementation(previous)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"stencil_1d {args.width}x{args.steps} empty ops, {args.workers} workers, "
           f"median of {args.rounds} interleaved rounds (us/op end-to-end)")
     for name, v in times.items():
-        print(f"  {name:22s} {med[name]:7.2f}   [{min(v):.2f}-{max(v):.2f}]")
+        print(f"  {name:26s} {med[name]:7.2f}   [{min(v):.2f}-{max(v):.2f}]")
     off = med["hooks, profiling off"] / med["without hooks"]
     print(f"  profiling off / without hooks: {off:.3f} ({(off - 1) * 100:+.1f}%)")
-    print(f"  profiling on adds {med['profiling on'] - med['hooks, profiling off']:.2f} us/op")
+    for name in profiled:
+        print(f"  {name} adds {med[name] - med['hooks, profiling off']:.2f} us/op")
     return 0
 
 

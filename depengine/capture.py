@@ -12,8 +12,8 @@ import threading
 import time
 from contextlib import contextmanager
 from threading import get_ident
-from time import perf_counter_ns
 
+from . import profiler
 from .device import cpu
 from .errors import DepengineError
 from .op import Op
@@ -85,9 +85,7 @@ class Capturing:
                 self._flush_bulk()
                 return False
             if self._prof is not None:
-                op._rec = self
-                op._lane = None
-                op._t_push = perf_counter_ns()
+                profiler.stamp_pushed(op, self)
             ops = bulk.ops
             ops.append(op)
             if len(ops) >= bulk.size:

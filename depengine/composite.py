@@ -12,10 +12,8 @@ var by var, which failure each written var carries.
 
 from __future__ import annotations
 
-from threading import get_ident
-from time import perf_counter_ns
-
 from . import op as _op
+from . import profiler
 
 __all__ = ["Composite", "run_members", "seed_failures"]
 
@@ -61,8 +59,7 @@ def _run_careful(members, failures, outcome, prof, versions, raised=None) -> Non
                 if err is not None:
                     break
         if prof is not None:
-            m._t_start = perf_counter_ns()
-            m._t_thread = get_ident()
+            profiler.stamp_started(m)
         if err is None:
             exc, raised = raised, None
             if exc is None:

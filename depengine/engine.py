@@ -22,8 +22,6 @@ import os
 import threading
 import time
 import weakref
-from threading import get_ident
-from time import perf_counter_ns
 
 from scheduler.locks import YieldingLock, acquire_yielding
 
@@ -293,6 +291,8 @@ class Engine(Waits, Capturing):
             if taken:
                 return op
 
+        if self._prof is not None:  # the op carries its own record while profiling (stamped unlocked)
+            profiler.stamp_pushed(op, self)
         lock = self._lock
         if not lock.acquire(False):
             acquire_yielding(lock)
@@ -327,10 +327,6 @@ class Engine(Waits, Capturing):
             if _deleting is not None:
                 _deleting._deleted_at = seq
                 self._any_deleted = True
-            if self._prof is not None:  # the op carries its own record while profiling
-                op._rec = self
-                op._lane = None
-                op._t_push = perf_counter_ns()
         finally:
             lock.release()
         if not wait:
@@ -388,8 +384,7 @@ class Engine(Waits, Capturing):
                 return self._complete(op, error, False)
         op._state = _op.RUNNING
         if self._prof is not None:
-            op._t_start = perf_counter_ns()
-            op._t_thread = get_ident()
+            profiler.stamp_started(op)
         if op.is_async:
             return self._execute_async(op)
         try:
@@ -444,9 +439,9 @@ class Engine(Waits, Capturing):
         prof = self._prof
         if prof is not None:  # the op holds its vars: their versions are the ones it saw
             if comp is None:
-                prof.ended(op, error, origin)
+                profiler.record_ended(prof.ops, op, error, origin)
             else:
-                prof.ended(op, comp.origins[0] if comp.origins else None, True)
+                profiler.record_ended(prof.ops, op, comp.origins[0] if comp.origins else None, True)
         op.fn = None  # what the function holds is released before any waiter wakes
         ready = []
         lock = self._lock

@@ -1,22 +1,26 @@
 """Recording what engines do: ``with de.profile() as prof:``.
 
 While a profile records, every engine (existing and new) calls a
-:class:`Recorder` at push, ready, start and end of each op and around each
-wait.  Off, the engine pays one ``is not None`` test per hook.  On, each hook
-is a timestamp and a list append: no lock, so recording never serialises the
-workers.  ``DEPENGINE_PROFILE=trace.json`` records a whole run and writes the
-trace when the interpreter exits.
+:class:`Recorder` at push, start and end of each op and around each wait.
+Off, the engine pays one ``is not None`` test per hook.  On, each hook is a
+timestamp and a list append: no lock, so recording never serialises the
+workers.  The per-op hooks are in C (``depengine/_speedups.c``, built at
+install when a compiler is present) with the same functions in Python as the
+fallback; ``DEPENGINE_PURE_PYTHON=1`` picks the Python ones.
+``DEPENGINE_PROFILE=trace.json`` records a whole run and writes the trace when
+the interpreter exits.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from threading import get_ident
 from time import perf_counter_ns
 
 from .op import _STATE_NAMES
 
-__all__ = ["Profile", "Recorder", "active_recorder", "profile"]
+__all__ = ["IMPLEMENTATION", "Profile", "Recorder", "active_recorder", "profile", "use_implementation"]
 
 _active: Recorder | None = None
 # The fixed fields of each record, in order (then the var counts and the vars; see Recorder).
@@ -32,52 +36,122 @@ def active_recorder() -> Recorder | None:
     return _active
 
 
-class Recorder:
-    """Raw, append-only records; turned into a :class:`~depengine.trace.Trace` at the end."""
+# The per-op hooks.  While profiling, an engine calls stamp_pushed(op, engine)
+# as it registers an op (op._rec = the engine, op._lane = None, op._t_push; a
+# GPU engine then sets op._lane to the stream), stamp_started(op) when the op
+# starts (op._t_start, op._t_thread) and record_ended(recorder.ops, op, error,
+# origin) once it is finished: ``error`` is None (done), what it raised
+# (``origin``) or what it inherited from a failed var (skipped).
+# record_ended copies what a trace needs onto the end of one flat list of
+# plain values (ints, strs, and the long-lived engine, device and var
+# objects): no container per op survives and the op itself is not kept.
+#
+# Record layout: _HEAD fields (see _FIELDS), then the number of vars read and
+# written, the vars read, the vars written, the versions read and the
+# versions before each write.
+def _pushed(op, engine) -> None:
+    op._rec = engine
+    op._lane = None
+    op._t_push = perf_counter_ns()
 
-    __slots__ = ("ops", "waits", "gpu", "threads")
+
+def _started(op) -> None:
+    op._t_start = perf_counter_ns()
+    op._t_thread = get_ident()
+
+
+def _ended(flat: list, op, error, origin: bool) -> None:
+    end = perf_counter_ns()
+    try:
+        rec = op._rec
+    except AttributeError:  # pushed before recording began
+        return
+    if error is None:
+        state, start, thread = "done", op._t_start, op._t_thread
+    elif origin:
+        state, start, thread = "failed", op._t_start, op._t_thread
+    else:  # skipped ops never started
+        state, start, thread = "skipped", end, None
+    reads = op.reads
+    writes = op.writes
+    record = [rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
+              end, state, error, len(reads), len(writes)]
+    record += reads
+    record += writes
+    for v in reads:
+        record.append(v.version)
+    for v in writes:
+        record.append(v.version)
+    flat += record  # one extend: records of ops ending on two workers at once never interleave
+
+
+def _available() -> dict[str, tuple]:
+    """The hook sets there are: "Python" always, "C" when depengine._speedups is built."""
+    found = {"Python": (_pushed, _started, _ended, None)}
+    try:
+        from . import _speedups
+    except ImportError:
+        return found
+    from .op import Op
+    from .var import Var
+
+    try:
+        _speedups.bind(Op, Var)  # learns the slots' offsets; fails if the classes lost a field
+    except TypeError:
+        return found
+    found["C"] = (_speedups.pushed, _speedups.started, _speedups.ended, _speedups.set_gc_tracked)
+    return found
+
+
+IMPLEMENTATIONS = _available()
+
+
+def use_implementation(name: str) -> str:
+    """Make engines call the "C" or "Python" hooks from now on; returns the previous choice.
+    For tests and benchmarks: switch only while nothing records."""
+    global IMPLEMENTATION, stamp_pushed, stamp_started, record_ended, _set_gc_tracked
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"profiler implementation {name!r} is not available here; "
+                         f"choose from {sorted(IMPLEMENTATIONS)}")
+    if _active is not None:
+        raise RuntimeError("a profile is recording; stop it before switching implementations")
+    previous = IMPLEMENTATION
+    IMPLEMENTATION = name
+    stamp_pushed, stamp_started, record_ended, _set_gc_tracked = IMPLEMENTATIONS[name]
+    return previous
+
+
+# IMPLEMENTATION: "C" or "Python", the hooks engines call (DEPENGINE_PURE_PYTHON=1: Python).
+IMPLEMENTATION = "Python"
+stamp_pushed, stamp_started, record_ended, _set_gc_tracked = IMPLEMENTATIONS["Python"]
+use_implementation("Python" if os.environ.get("DEPENGINE_PURE_PYTHON") or "C" not in IMPLEMENTATIONS
+                   else "C")
+
+
+class Recorder:
+    """Raw, append-only records; turned into a :class:`~depengine.trace.Trace` at the end.
+
+    While it records, its flat list of records is hidden from the garbage
+    collector (with the C hooks), which would otherwise walk every record
+    again at each full collection: nothing in it can be garbage then, since
+    the recorder is reachable from this module.  ``Profile.stop`` shows it again.
+    """
+
+    __slots__ = ("gpu", "ops", "threads", "waits")
 
     def __init__(self) -> None:
-        self.ops: list = []  # flat records of finished ops, see ended()
+        self.ops: list = []  # flat records of finished ops, see record_ended
         self.waits: list = []    # (thread_ident, what, start_ns, end_ns, outcome)
         self.gpu: list = []      # (engine id, op id, finished_ns): when enqueued GPU work ended
         self.threads: dict[int, str] = {}  # thread ident -> name, for waits
 
-    # While profiling, an engine stamps each op itself (op._rec = the engine,
-    # op._t_push, op._lane = None; op._t_start and op._t_thread when it
-    # starts; op._lane for GPU streams) and calls ended() once the op is
-    # finished.  ended() copies what a trace needs into one flat list of
-    # plain values (ints, strs, and the long-lived engine, device and var
-    # objects): no new container per op, and the op itself is not kept, so
-    # recording adds nothing for the garbage collector to walk.
-    #
-    # Record layout: _HEAD fields (see _FIELDS), then the vars read, the vars
-    # written, the versions read and the versions before each write.
     def ended(self, op, error, origin: bool) -> None:
-        """``op`` finished: ``error`` is None (done), what it raised (``origin``) or what it
-        inherited from a failed var (skipped)."""
-        end = perf_counter_ns()
-        try:
-            rec = op._rec
-        except AttributeError:  # pushed before recording began
-            return
-        if error is None:
-            state, start, thread = "done", op._t_start, op._t_thread
-        elif origin:
-            state, start, thread = "failed", op._t_start, op._t_thread
-        else:  # skipped ops never started
-            state, start, thread = "skipped", end, None
-        reads = op.reads
-        writes = op.writes
-        flat = self.ops
-        flat += (rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
-                 end, state, error, len(reads), len(writes))  # a tuple display: no list made and freed
-        flat += reads
-        flat += writes
-        for v in reads:
-            flat.append(v.version)
-        for v in writes:
-            flat.append(v.version)
+        """``op`` finished (engines call record_ended with ``self.ops`` directly)."""
+        record_ended(self.ops, op, error, origin)
+
+    def _collector_sees_records(self, visible: bool) -> None:
+        if _set_gc_tracked is not None:
+            _set_gc_tracked(self.ops, visible)
 
     def member_ended(self, op, read_versions: list, write_versions: list) -> None:
         """A member of a bulk or plan run finished (its state is set); the versions are
@@ -141,6 +215,7 @@ class Profile:
             if self._recorder is not None:
                 raise RuntimeError("this profile was already used; create a new one with de.profile()")
             rec = self._recorder = Recorder()
+            rec._collector_sees_records(False)
             _active = rec
             for engine in list(_live_engines):
                 engine._prof = rec
@@ -157,6 +232,7 @@ class Profile:
             for engine in list(_live_engines):
                 if engine._prof is self._recorder:
                     engine._prof = None
+            self._recorder._collector_sees_records(True)
 
     @property
     def recording(self) -> bool:

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 import depengine as de
+from depengine import profiler
 from depengine.trace import OpRecord, Trace, TraceError
+
+
+@pytest.fixture(autouse=True, params=sorted(profiler.IMPLEMENTATIONS))
+def hooks(request):
+    """Every test here runs with each set of per-op hooks there is: C (when built) and Python."""
+    previous = profiler.use_implementation(request.param)
+    yield request.param
+    profiler.use_implementation(previous)
 
 
 def diamond(eng):
@@ -241,3 +250,134 @@ def test_stats_queueing_delay_and_percentiles():
     assert s.queue_delay["mean"] == 5 and s.queue_delay["max"] == 5
     assert s.per_name["op"]["min"] == 10 and s.per_name["op"]["max"] == 1000
     assert s.per_name["op"]["p50"] in (500, 510) and s.per_name["op"]["p99"] in (990, 1000)
+
+
+# ---------------------------------------------------------------- the two implementations of the hooks
+def test_the_c_hooks_are_built_where_a_compiler_is():
+    if os.environ.get("DEPENGINE_PURE_PYTHON"):
+        pytest.skip("DEPENGINE_PURE_PYTHON is set")
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the install builds only the Python hooks")
+    assert "C" in profiler.IMPLEMENTATIONS, "depengine/_speedups.c was not built: run pip install -e ."
+
+
+def _finished_ops():
+    """Ops of every outcome and shape, finished and stamped as a profile would have them."""
+    with de.profile(), de.Engine("threaded", workers=1) as eng:
+        a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
+        ops = [eng.push(lambda ctx: None, writes=[a, b], name="two writes"),
+               eng.push(lambda ctx: None, reads=[a, b], writes=[c], name="two reads", priority=3),
+               eng.push(lambda ctx: None, name="no vars"),
+               eng.push(lambda ctx: 1 / 0, writes=[c], name="raises"),
+               eng.push(lambda ctx: None, reads=[c], writes=[a], name="skipped")]
+        with pytest.raises(ZeroDivisionError):
+            eng.wait_all()
+    return ops
+
+
+def _record_all(record_ended, ops, error) -> list:
+    flat = []
+    for op, (err, origin) in zip(ops, [(None, False)] * 3 + [(error, True), (error, False)], strict=True):
+        record_ended(flat, op, err, origin)
+    return flat
+
+
+def test_c_and_python_hooks_make_the_same_records():
+    if "C" not in profiler.IMPLEMENTATIONS:
+        pytest.skip("depengine._speedups is not built")
+    ops = _finished_ops()
+    records = {}
+    error = ZeroDivisionError("x")
+    for name, (_, _, record_ended, _) in profiler.IMPLEMENTATIONS.items():
+        flat = _record_all(record_ended, ops, error)
+        # the end time differs (the clock moved on), and with it a skipped op's start
+        records[name] = [tuple(None if i == 10 or (i == 8 and r[11] == "skipped") else x
+                               for i, x in enumerate(r)) for r in _parse(flat)]
+        assert [r[2] for r in records[name]] == [op.name for op in ops]
+        assert [r[11] for r in records[name]] == ["done"] * 3 + ["failed", "skipped"]
+        assert records[name][1][5] == 3  # the priority
+        assert records[name][1][13] == [(v, v.version) for v in ops[1].reads]  # read now: their versions now
+    assert records["C"] == records["Python"]
+
+
+def test_the_c_hooks_read_any_object_with_the_fields_generically():
+    if "C" not in profiler.IMPLEMENTATIONS:
+        pytest.skip("depengine._speedups is not built")
+    pushed, started, record_ended, _ = profiler.IMPLEMENTATIONS["C"]
+    (op, *_rest) = _finished_ops()
+
+    class Lookalike:  # not an Op: the slots' offsets do not apply
+        pass
+
+    fake = Lookalike()
+    for field in ("id", "_name", "device", "kind", "priority", "reads", "writes"):
+        setattr(fake, field, getattr(op, field))
+    fake.reads = list(op.writes)  # a list, not a tuple
+    pushed(fake, "engine")
+    started(fake)
+    assert fake._rec == "engine" and fake._lane is None and fake._t_push <= fake._t_start
+    assert fake._t_thread == threading.get_ident()
+    flat = []
+    record_ended(flat, fake, None, False)
+    (rec,) = _parse(flat)
+    assert rec[0] == "engine" and rec[2] == op.name and rec[11] == "done"
+    assert rec[13] == [(v, v.version) for v in op.writes]
+    del fake.writes
+    with pytest.raises(AttributeError):
+        record_ended(flat, fake, None, False)
+    assert len(_parse(flat)) == 1  # nothing half-written
+    record_ended(flat, Lookalike(), None, False)  # never stamped: pushed before recording
+    assert len(_parse(flat)) == 1
+
+
+def _parse(flat) -> list:
+    recorder = profiler.Recorder()
+    recorder.ops = flat
+    return recorder.records()
+
+
+def test_records_of_ops_ending_on_two_threads_at_once_never_interleave(hooks):
+    # The GIL may pass between any two bytecodes; switch it as often as CPython allows.
+    ops = _finished_ops()[:2]
+    flat = []
+    record_ended = profiler.record_ended
+    start = threading.Barrier(2)
+
+    def end_many(op):
+        start.wait()
+        for _ in range(20_000):
+            record_ended(flat, op, None, False)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=end_many, args=(op,)) for op in ops]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    records = _parse(flat)
+    assert len(records) == 40_000
+    assert sorted({r[2] for r in records}) == sorted(op.name for op in ops)
+    for r in records:
+        op = ops[0] if r[2] == ops[0].name else ops[1]
+        assert [v for v, _ in r[13]] == list(op.reads) and [v for v, _ in r[14]] == list(op.writes)
+
+
+def test_the_collector_skips_the_records_while_recording(hooks):
+    import gc
+
+    with de.profile() as prof:
+        assert gc.is_tracked(prof._recorder.ops) == (hooks == "Python")
+    assert gc.is_tracked(prof._recorder.ops)  # afterwards a list like any other
+
+
+def test_switching_implementations():
+    with pytest.raises(ValueError, match="'Fortran' is not available"):
+        profiler.use_implementation("Fortran")
+    with de.profile(), pytest.raises(RuntimeError, match="recording"):
+        profiler.use_implementation("Python")
