@@ -165,6 +165,9 @@ def summary_table(result: dict) -> str:
             ours = metgs.get(name)
             if ref and ours and ref.value_us and ours.value_us:
                 lines.append(f"METG ratio dask-threaded / {name}: {ref.value_us / ours.value_us:.1f}x")
+        floor = metgs.get("static-threads")
+        if floor and floor.value_us:  # what no Python scheduler on this machine can beat
+            lines.append(f"METG of static-threads (no scheduler: the floor here): {floor.value_us:.1f} us")
     return "\n".join(lines)
 
 

@@ -13,7 +13,9 @@ period starts and after the last whole period are pushed); the task graph,
 its validation and the kernels stay the same (after Task Bench's Legion
 runs, which replay traces of repeated steps); ``concurrent.futures.ThreadPoolExecutor``
 (a task submits a function that takes its dependencies' ``Future.result()``,
-the way a user would write it); ``dask.threaded.get`` and
+the way a user would write it); ``static-threads``, no scheduler at all
+(see bench/static_threads.py: the floor for a Python scheduler here);
+``dask.threaded.get`` and
 ``dask.distributed`` on an in-process ``LocalCluster`` (both from the bench
 extra).  More peers plug in through the ``depengine.bench_systems`` entry
 point group: each entry point names a callable returning a ``System``; they
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .kernels import Kernel
+from .static_threads import run_static_threads
 from .taskbench import Graph, ValidationError, dependency_table, expected_outputs, task_output
 
 __all__ = ["Run", "System", "available_systems", "get_system", "validate"]
@@ -266,6 +269,7 @@ def _builtin_systems() -> list[System]:
                requires=("depengine.perdevice",)),
         System("depengine-naive", functools.partial(_run_depengine, "naive")),
         System("futures", _run_futures),
+        System("static-threads", run_static_threads),
         System("dask-threaded", _run_dask_threaded, requires=("dask",)),
         System("dask-distributed", _run_dask_distributed, requires=("dask", "distributed")),
     ]

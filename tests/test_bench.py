@@ -245,7 +245,20 @@ def test_quick_suite_runs_every_installed_system(system, tmp_path, capsys):
 def test_quick_suite_several_graphs_and_patterns(tmp_path):
     for pattern in PATTERNS:
         assert suite.main(["--quick", "--no-sweep", "--systems", "depengine-threaded", "depengine-replay",
-                           "--no-progress", "--pattern", pattern, "--graphs", "2", "--steps", "9"]) == 0
+                           "static-threads", "--no-progress", "--pattern", pattern, "--graphs", "2",
+                           "--steps", "9"]) == 0
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("workers", [1, 2, 3, 40])
+def test_static_threads_waits_for_what_each_task_reads_and_overwrites(pattern, workers):
+    # graphs of other widths and lengths side by side; more threads than columns too
+    from bench.static_threads import run_static_threads
+
+    graphs = [Graph(pattern, 7, 23), Graph(pattern, 16, 9, index=1), Graph(pattern, 1, 5, index=2)]
+    run = run_static_threads(graphs, Kernel("busy_wait", 50), workers)
+    validate(graphs, run)  # raises on any output from a wrong step or column
+    assert run.ntasks == sum(g.ntasks() for g in graphs)
 
 
 def test_suite_bad_arguments():
