@@ -157,11 +157,33 @@ pushed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* The calling thread's ident as an int (new reference); the ints of the last few
+ * threads are kept, so a worker does not make a new one for every op. */
+#define IDENTS 8
+static unsigned long ident_keys[IDENTS];
+static PyObject *ident_values[IDENTS];
+static int ident_next;
+
+static PyObject *
+thread_ident(void)
+{
+    unsigned long ident = PyThread_get_thread_ident();
+    for (int i = 0; i < IDENTS; i++)
+        if (ident_values[i] != NULL && ident_keys[i] == ident)
+            return Py_NewRef(ident_values[i]);
+    PyObject *v = PyLong_FromUnsignedLong(ident);
+    if (v == NULL)
+        return NULL;
+    Py_XSETREF(ident_values[ident_next], Py_NewRef(v));
+    ident_keys[ident_next] = ident;
+    ident_next = (ident_next + 1) % IDENTS;
+    return v;
+}
+
 static PyObject *
 started(PyObject *module, PyObject *op)
 {
-    if (set_field(op, F_START, now_ns()) < 0 ||
-        set_field(op, F_THREAD, PyLong_FromUnsignedLong(PyThread_get_thread_ident())) < 0)
+    if (set_field(op, F_START, now_ns()) < 0 || set_field(op, F_THREAD, thread_ident()) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -184,6 +206,39 @@ var_tuple(PyObject *op, int i)
 }
 
 #define SMALL 32 /* records with at most this many vars are built on the stack */
+#define MAX_NONES (HEAD + 2 + 2 * SMALL)
+static PyObject *nones[MAX_NONES + 1]; /* nones[k]: a tuple of k Nones, made when first needed */
+
+/* Append a[0..na) then b[0..nb) to list (borrowed references; the list takes
+ * its own).  Small records grow the list once, by a slice of Nones that are
+ * then replaced, rather than by one append per item.  Runs no Python code. */
+static int
+append_all(PyObject *list, PyObject *const *a, Py_ssize_t na, PyObject *const *b, Py_ssize_t nb)
+{
+    Py_ssize_t k = na + nb, n = PyList_GET_SIZE(list);
+    if (k > MAX_NONES) {
+        for (Py_ssize_t j = 0; j < k; j++)
+            if (PyList_Append(list, j < na ? a[j] : b[j - na]) < 0)
+                return -1;
+        return 0;
+    }
+    if (nones[k] == NULL) {
+        PyObject *t = PyTuple_New(k);
+        if (t == NULL)
+            return -1;
+        for (Py_ssize_t j = 0; j < k; j++)
+            PyTuple_SET_ITEM(t, j, Py_NewRef(Py_None));
+        nones[k] = t;
+    }
+    if (PyList_SetSlice(list, n, n, nones[k]) < 0)
+        return -1;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *item = j < na ? a[j] : b[j - na];
+        Py_DECREF(Py_None);  /* the slot's reference, which SET_ITEM does not drop */
+        PyList_SET_ITEM(list, n + j, Py_NewRef(item));
+    }
+    return 0;
+}
 
 static PyObject *
 ended(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -254,12 +309,8 @@ ended(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         items[nvars + nver] = ver;
     }
-    for (int i = 0; i < HEAD + 2; i++)
-        if (PyList_Append(flat, head[i]) < 0)
-            goto done;
-    for (Py_ssize_t j = 0; j < 2 * nvars; j++)
-        if (PyList_Append(flat, items[j]) < 0)
-            goto done;
+    if (append_all(flat, head, HEAD + 2, items, 2 * nvars) < 0)
+        goto done;
     result = Py_NewRef(Py_None);
     goto done;
 missing:

@@ -267,8 +267,10 @@ def _finished_ops():
     """Ops of every outcome and shape, finished and stamped as a profile would have them."""
     with de.profile(), de.Engine("threaded", workers=1) as eng:
         a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
+        many = [eng.new_var(f"m{k}") for k in range(40)]  # a record longer than the C hooks' stack buffer
         ops = [eng.push(lambda ctx: None, writes=[a, b], name="two writes"),
                eng.push(lambda ctx: None, reads=[a, b], writes=[c], name="two reads", priority=3),
+               eng.push(lambda ctx: None, reads=many[:25], writes=many[25:], name="40 vars"),
                eng.push(lambda ctx: None, name="no vars"),
                eng.push(lambda ctx: 1 / 0, writes=[c], name="raises"),
                eng.push(lambda ctx: None, reads=[c], writes=[a], name="skipped")]
@@ -279,7 +281,7 @@ def _finished_ops():
 
 def _record_all(record_ended, ops, error) -> list:
     flat = []
-    for op, (err, origin) in zip(ops, [(None, False)] * 3 + [(error, True), (error, False)], strict=True):
+    for op, (err, origin) in zip(ops, [(None, False)] * 4 + [(error, True), (error, False)], strict=True):
         record_ended(flat, op, err, origin)
     return flat
 
@@ -296,7 +298,7 @@ def test_c_and_python_hooks_make_the_same_records():
         records[name] = [tuple(None if i == 10 or (i == 8 and r[11] == "skipped") else x
                                for i, x in enumerate(r)) for r in _parse(flat)]
         assert [r[2] for r in records[name]] == [op.name for op in ops]
-        assert [r[11] for r in records[name]] == ["done"] * 3 + ["failed", "skipped"]
+        assert [r[11] for r in records[name]] == ["done"] * 4 + ["failed", "skipped"]
         assert records[name][1][5] == 3  # the priority
         assert records[name][1][13] == [(v, v.version) for v in ops[1].reads]  # read now: their versions now
     assert records["C"] == records["Python"]
