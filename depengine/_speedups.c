@@ -1,18 +1,19 @@
-/* depengine._speedups: the profiler's per-op hooks in C.
+/* depengine._speedups: the profiler's per-op hooks in C, and a packed store for records.
  *
- * Optional: depengine/profiler.py has the first three functions in Python and
- * uses them when this module is missing (no compiler at install time, another
- * Python than the one it was built for) or DEPENGINE_PURE_PYTHON is set.
+ * Optional: depengine/profiler.py has the same hooks in Python (recording into
+ * a list) and uses them when this module is missing (no compiler at install
+ * time, another Python than the one it was built for) or DEPENGINE_PURE_PYTHON
+ * is set.
  *
- *   pushed(op, engine)               op._rec = engine, op._lane = None, op._t_push = now
- *   started(op)                      op._t_start = now, op._t_thread = the thread's ident
- *   ended(flat, op, error, origin)   append op's record to the list ``flat``
- *   set_gc_tracked(list, visible)    hide a list from the cycle collector, or show it
+ *   pushed(op, engine)                  op._rec = engine, op._lane = None, op._t_push = now
+ *   started(op)                         op._t_start = now, op._t_thread = the thread's ident
+ *   ended(records, op, error, origin)   store op's record in a Records
+ *   Records()                           the packed records of one profile; tolist() gives
+ *                                       them in profiler.py's flat layout
+ *   set_gc_tracked(obj, visible)        hide a container from the cycle collector, or show it
  *
- * The record layout is the one documented in profiler.py (Recorder).  A
- * record is gathered before anything goes into ``flat``, and the appends run
- * no Python code, so records of ops that end on two workers at once never
- * interleave.
+ * A record is gathered before anything is stored, and storing runs no Python
+ * code, so records of ops that end on two workers at once never interleave.
  *
  * Fields of an object whose type is exactly depengine.op.Op (or Var) are
  * read and written through the slot offsets found once by bind() from the
@@ -37,19 +38,24 @@ static Py_ssize_t offsets[N_FIELDS];  /* slot offsets in Op */
 static PyTypeObject *op_type;         /* NULL until bind() */
 static PyTypeObject *var_type;
 static Py_ssize_t version_offset;
-static PyObject *s_version, *s_done, *s_failed, *s_skipped;
+static PyObject *s_version;
+
+static long long
+now_raw(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyTime_t t;
+    (void)PyTime_PerfCounterRaw(&t);  /* cannot fail once the clock was read at start-up */
+    return (long long)t;
+#else
+    return (long long)_PyTime_GetPerfCounter();
+#endif
+}
 
 static PyObject *
 now_ns(void)
 {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyTime_t t;
-    if (PyTime_PerfCounter(&t) < 0)
-        return NULL;
-    return PyLong_FromLongLong((long long)t);
-#else
-    return PyLong_FromLongLong((long long)_PyTime_GetPerfCounter());
-#endif
+    return PyLong_FromLongLong(now_raw());
 }
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
@@ -205,136 +211,350 @@ var_tuple(PyObject *op, int i)
     return t;
 }
 
-#define SMALL 32 /* records with at most this many vars are built on the stack */
-#define MAX_NONES (HEAD + 2 + 2 * SMALL)
-static PyObject *nones[MAX_NONES + 1]; /* nones[k]: a tuple of k Nones, made when first needed */
+#define SMALL 32 /* records with at most this many vars are gathered on the stack */
 
-/* Append a[0..na) then b[0..nb) to list (borrowed references; the list takes
- * its own).  Small records grow the list once, by a slice of Nones that are
- * then replaced, rather than by one append per item.  Runs no Python code. */
+/* ------------------------------------------------------------------ Records
+ * The records of one profile, packed: per record 8 numbers and 7 + 2n object
+ * references (n = vars read + written), in two growable arrays.  Numbers are
+ * stored raw, so a record makes no int objects: a recording grows by about
+ * 8 * (15 + 2n) bytes per op, against about 320 for a list of Python values
+ * (page faults cost ~5 us each on the project's VM).
+ *
+ * nums: id, push, start, end, thread, flags (bit 0: has a thread; bits 1-2:
+ *       state, 0 done, 1 failed, 2 skipped), nreads, nwrites
+ * objs: engine, name, device, kind, priority, lane, error, the vars read,
+ *       the vars written, their versions (profiler.py documents the meaning)
+ */
+#define NUMS 8
+#define OBJS 7
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t nrec;
+    Py_ssize_t nnum, cap_num;
+    long long *num;
+    Py_ssize_t nobj, cap_obj;
+    PyObject **obj;
+} RecordsObject;
+
+static PyTypeObject RecordsType;
+
 static int
-append_all(PyObject *list, PyObject *const *a, Py_ssize_t na, PyObject *const *b, Py_ssize_t nb)
+grow(void **buf, Py_ssize_t *cap, Py_ssize_t need, size_t item)
 {
-    Py_ssize_t k = na + nb, n = PyList_GET_SIZE(list);
-    if (k > MAX_NONES) {
-        for (Py_ssize_t j = 0; j < k; j++)
-            if (PyList_Append(list, j < na ? a[j] : b[j - na]) < 0)
-                return -1;
+    if (need <= *cap)
         return 0;
-    }
-    if (nones[k] == NULL) {
-        PyObject *t = PyTuple_New(k);
-        if (t == NULL)
-            return -1;
-        for (Py_ssize_t j = 0; j < k; j++)
-            PyTuple_SET_ITEM(t, j, Py_NewRef(Py_None));
-        nones[k] = t;
-    }
-    if (PyList_SetSlice(list, n, n, nones[k]) < 0)
+    Py_ssize_t cap2 = *cap ? *cap : 1024;
+    while (cap2 < need)
+        cap2 += cap2 / 2;
+    void *b = PyMem_Realloc(*buf, (size_t)cap2 * item);
+    if (b == NULL) {
+        PyErr_NoMemory();
         return -1;
-    for (Py_ssize_t j = 0; j < k; j++) {
-        PyObject *item = j < na ? a[j] : b[j - na];
-        Py_DECREF(Py_None);  /* the slot's reference, which SET_ITEM does not drop */
-        PyList_SET_ITEM(list, n + j, Py_NewRef(item));
     }
+    *buf = b;
+    *cap = cap2;
     return 0;
+}
+
+/* Append one record: nums[NUMS] and objs[nobj] (borrowed; the store takes its own). */
+static int
+records_add(RecordsObject *r, const long long *nums, PyObject *const *objs, Py_ssize_t nobj)
+{
+    if (grow((void **)&r->num, &r->cap_num, r->nnum + NUMS, sizeof(long long)) < 0 ||
+        grow((void **)&r->obj, &r->cap_obj, r->nobj + nobj, sizeof(PyObject *)) < 0)
+        return -1;
+    memcpy(r->num + r->nnum, nums, NUMS * sizeof(long long));
+    r->nnum += NUMS;
+    for (Py_ssize_t j = 0; j < nobj; j++)
+        r->obj[r->nobj + j] = Py_NewRef(objs[j]);
+    r->nobj += nobj;
+    r->nrec++;
+    return 0;
+}
+
+static int
+records_traverse(RecordsObject *r, visitproc visit, void *arg)
+{
+    for (Py_ssize_t j = 0; j < r->nobj; j++)
+        Py_VISIT(r->obj[j]);
+    return 0;
+}
+
+static int
+records_clear(RecordsObject *r)
+{
+    Py_ssize_t n = r->nobj;
+    r->nobj = r->nnum = r->nrec = 0;
+    for (Py_ssize_t j = 0; j < n; j++)
+        Py_CLEAR(r->obj[j]);
+    return 0;
+}
+
+static void
+records_dealloc(RecordsObject *r)
+{
+    PyObject_GC_UnTrack(r);
+    records_clear(r);
+    PyMem_Free(r->num);
+    PyMem_Free(r->obj);
+    Py_TYPE(r)->tp_free((PyObject *)r);
+}
+
+static Py_ssize_t
+records_len(RecordsObject *r)
+{
+    return r->nrec;
+}
+
+static PyObject *state_names[3];
+
+/* tolist(): the records in profiler.py's flat layout (a list of plain values). */
+static PyObject *
+records_tolist(RecordsObject *r, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t io = 0;
+    for (Py_ssize_t k = 0; k < r->nrec; k++) {
+        const long long *n = r->num + k * NUMS;
+        PyObject *const *o = r->obj + io;
+        Py_ssize_t nv = n[6] + n[7];
+        PyObject *thread = (n[5] & 1) ? PyLong_FromUnsignedLongLong((unsigned long long)n[4])
+                                      : Py_NewRef(Py_None);
+        PyObject *rec = Py_BuildValue("(OLOOOOOLLNLOOLL)", o[0], n[0], o[1], o[2], o[3], o[4], o[5], n[1],
+                                      n[2], thread, n[3], state_names[(n[5] >> 1) & 3], o[6], n[6], n[7]);
+        if (rec == NULL || PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, rec) < 0)
+            goto fail;
+        Py_DECREF(rec);
+        for (Py_ssize_t j = 0; j < 2 * nv; j++)
+            if (PyList_Append(out, o[OBJS + j]) < 0)
+                goto fail;
+        io += OBJS + 2 * nv;
+        continue;
+    fail:
+        Py_XDECREF(rec);
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static int
+state_code(PyObject *state)
+{
+    for (int c = 0; c < 3; c++) {
+        int eq = PyObject_RichCompareBool(state, state_names[c], Py_EQ);
+        if (eq != 0)
+            return eq < 0 ? -1 : c;
+    }
+    PyErr_Format(PyExc_ValueError, "state %R is not done, failed or skipped", state);
+    return -1;
+}
+
+/* append(record): add one record given in the flat layout (what the Python hooks make). */
+static PyObject *
+records_append(RecordsObject *r, PyObject *arg)
+{
+    PyObject *seq = PySequence_Fast(arg, "a record is a list or tuple");
+    if (seq == NULL)
+        return NULL;
+    PyObject *const *it = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(seq), nr = -1, nw = -1;
+    if (len >= HEAD + 2) {
+        nr = PyLong_AsSsize_t(it[HEAD]);
+        nw = PyLong_AsSsize_t(it[HEAD + 1]);
+    }
+    if (PyErr_Occurred() || nr < 0 || nw < 0 || len != HEAD + 2 + 2 * (nr + nw)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "a record of %zd items does not have the profiler's layout", len);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    long long nums[NUMS] = {0};
+    int state = state_code(it[11]);
+    nums[0] = PyLong_AsLongLong(it[1]);
+    nums[1] = PyLong_AsLongLong(it[7]);
+    nums[2] = PyLong_AsLongLong(it[8]);
+    if (it[9] != Py_None) {
+        nums[4] = (long long)PyLong_AsUnsignedLongLong(it[9]);
+        nums[5] = 1;
+    }
+    nums[3] = PyLong_AsLongLong(it[10]);
+    nums[5] |= (long long)state << 1;
+    nums[6] = nr;
+    nums[7] = nw;
+    PyObject *small[OBJS + 4 * SMALL], **objs = small;
+    Py_ssize_t nobj = OBJS + 2 * (nr + nw);
+    if (!PyErr_Occurred() && nobj > OBJS + 4 * SMALL && (objs = PyMem_Malloc(nobj * sizeof(PyObject *))) == NULL)
+        PyErr_NoMemory();
+    if (PyErr_Occurred() || state < 0) {
+        if (objs != NULL && objs != small)
+            PyMem_Free(objs);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    const int fields[OBJS] = {0, 2, 3, 4, 5, 6, 12};
+    for (int j = 0; j < OBJS; j++)
+        objs[j] = it[fields[j]];
+    for (Py_ssize_t j = 0; j < 2 * (nr + nw); j++)
+        objs[OBJS + j] = it[HEAD + 2 + j];
+    int rc = records_add(r, nums, objs, nobj);
+    if (objs != small)
+        PyMem_Free(objs);
+    Py_DECREF(seq);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+records_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "Records() takes no arguments");
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
+}
+
+static PySequenceMethods records_as_sequence = {.sq_length = (lenfunc)records_len};
+
+static PyMethodDef records_methods[] = {
+    {"tolist", (PyCFunction)records_tolist, METH_NOARGS, "The records in the flat layout, as a list."},
+    {"append", (PyCFunction)records_append, METH_O, "Add one record given in the flat layout."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RecordsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "depengine._speedups.Records",
+    .tp_basicsize = sizeof(RecordsObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The records of one profile, packed (see profiler.py for the layout tolist() gives).",
+    .tp_new = records_new,
+    .tp_dealloc = (destructor)records_dealloc,
+    .tp_traverse = (traverseproc)records_traverse,
+    .tp_clear = (inquiry)records_clear,
+    .tp_as_sequence = &records_as_sequence,
+    .tp_methods = records_methods,
+};
+
+/* A field holding an int, as a C long long; -1 with an exception if it is missing or not one. */
+static int
+int_field(PyObject *op, int i, long long *out)
+{
+    PyObject *v = get_field(op, i);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_AttributeError, "op has no %s", field_names[i]);
+        return -1;
+    }
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static PyObject *
 ended(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyList_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "ended(flat: list, op, error, origin) takes four arguments");
+    if (nargs != 4 || !Py_IS_TYPE(args[0], &RecordsType)) {
+        PyErr_SetString(PyExc_TypeError, "ended(records: Records, op, error, origin) takes four arguments");
         return NULL;
     }
-    PyObject *flat = args[0], *op = args[1], *error = args[2];
+    RecordsObject *store = (RecordsObject *)args[0];
+    PyObject *op = args[1], *error = args[2];
     int origin = PyObject_IsTrue(args[3]);
     if (origin < 0)
         return NULL;
-    PyObject *end = now_ns();
-    if (end == NULL)
-        return NULL;
+    long long end = now_raw();
     /* Everything is gathered first (a generic attribute read may run Python
-     * code, and so let another thread in), then appended in one go. */
-    PyObject *head[HEAD + 2] = {NULL};
-    PyObject *small[2 * SMALL], **items = small;
+     * code, and so let another thread in), then stored in one go. */
+    PyObject *head[OBJS] = {NULL};
+    PyObject *small[OBJS + 2 * SMALL], **objs = small;
     PyObject *reads = NULL, *writes = NULL, *result = NULL;
     Py_ssize_t nvars = 0, nver = 0;
+    long long nums[NUMS] = {0};
     head[0] = get_field(op, F_REC);
     if (head[0] == NULL) {  /* pushed before recording began */
-        Py_DECREF(end);
         if (PyErr_Occurred())
             return NULL;
         Py_RETURN_NONE;
     }
-    for (int i = F_ID; i <= F_PUSH; i++) {
-        head[i] = get_field(op, i);
-        if (head[i] == NULL)
+    const int obj_fields[5] = {F_NAME, F_DEVICE, F_KIND, F_PRIORITY, F_LANE};
+    for (int j = 0; j < 5; j++)
+        if ((head[1 + j] = get_field(op, obj_fields[j])) == NULL)
             goto missing;
-    }
+    head[6] = Py_NewRef(error);
+    if (int_field(op, F_ID, &nums[0]) < 0 || int_field(op, F_PUSH, &nums[1]) < 0)
+        goto done;
+    nums[3] = end;
     if (error == Py_None || origin) {
-        head[8] = get_field(op, F_START);
-        head[9] = get_field(op, F_THREAD);
-        if (head[8] == NULL || head[9] == NULL)
+        long long thread;
+        if (int_field(op, F_START, &nums[2]) < 0)
+            goto done;
+        PyObject *t = get_field(op, F_THREAD);
+        if (t == NULL)
             goto missing;
-        head[11] = Py_NewRef(error == Py_None ? s_done : s_failed);
+        thread = (long long)PyLong_AsUnsignedLongLong(t);
+        Py_DECREF(t);
+        if (PyErr_Occurred())
+            goto done;
+        nums[4] = thread;
+        nums[5] = 1 | ((error == Py_None ? 0LL : 1LL) << 1);
     }
     else {  /* skipped ops never started */
-        head[8] = Py_NewRef(end);
-        head[9] = Py_NewRef(Py_None);
-        head[11] = Py_NewRef(s_skipped);
+        nums[2] = end;
+        nums[5] = 2LL << 1;
     }
-    head[10] = Py_NewRef(end);
-    head[12] = Py_NewRef(error);
     reads = var_tuple(op, F_READS);
     writes = reads ? var_tuple(op, F_WRITES) : NULL;
     if (writes == NULL)
         goto done;
     Py_ssize_t nr = PyTuple_GET_SIZE(reads), nw = PyTuple_GET_SIZE(writes);
-    head[HEAD] = PyLong_FromSsize_t(nr);
-    head[HEAD + 1] = PyLong_FromSsize_t(nw);
-    if (head[HEAD] == NULL || head[HEAD + 1] == NULL)
-        goto done;
+    nums[6] = nr;
+    nums[7] = nw;
     nvars = nr + nw;
-    if (nvars > SMALL && (items = PyMem_Malloc(2 * nvars * sizeof(PyObject *))) == NULL) {
-        items = small;
+    if (nvars > SMALL && (objs = PyMem_Malloc((OBJS + 2 * nvars) * sizeof(PyObject *))) == NULL) {
+        objs = small;
         PyErr_NoMemory();
         goto done;
     }
+    for (int j = 0; j < OBJS; j++)
+        objs[j] = head[j];
     for (Py_ssize_t j = 0; j < nvars; j++)  /* borrowed: the tuples hold them */
-        items[j] = j < nr ? PyTuple_GET_ITEM(reads, j) : PyTuple_GET_ITEM(writes, j - nr);
+        objs[OBJS + j] = j < nr ? PyTuple_GET_ITEM(reads, j) : PyTuple_GET_ITEM(writes, j - nr);
     for (; nver < nvars; nver++) {
-        PyObject *ver = version_of(items[nver]);
+        PyObject *ver = version_of(objs[OBJS + nver]);
         if (ver == NULL)
             goto done;
-        items[nvars + nver] = ver;
+        objs[OBJS + nvars + nver] = ver;
     }
-    if (append_all(flat, head, HEAD + 2, items, 2 * nvars) < 0)
-        goto done;
-    result = Py_NewRef(Py_None);
+    if (records_add(store, nums, objs, OBJS + 2 * nvars) == 0)
+        result = Py_NewRef(Py_None);
     goto done;
 missing:
     if (!PyErr_Occurred())
         PyErr_SetString(PyExc_AttributeError, "op lacks the fields the profiler stamped at push and start");
 done:
     for (Py_ssize_t j = 0; j < nver; j++)
-        Py_DECREF(items[nvars + j]);
-    if (items != small)
-        PyMem_Free(items);
-    for (int i = 0; i < HEAD + 2; i++)
+        Py_DECREF(objs[OBJS + nvars + j]);
+    if (objs != small)
+        PyMem_Free(objs);
+    for (int i = 0; i < OBJS; i++)
         Py_XDECREF(head[i]);
     Py_XDECREF(reads);
     Py_XDECREF(writes);
-    Py_DECREF(end);
     return result;
 }
 
-/* set_gc_tracked(list, visible): hide a list from the cycle collector, or show it again. */
+/* set_gc_tracked(obj, visible): hide a container from the cycle collector, or show it again. */
 static PyObject *
 set_gc_tracked(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "set_gc_tracked(list, visible: bool) takes a list and a bool");
+    if (nargs != 2 || !PyObject_IS_GC(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "set_gc_tracked(container, visible: bool) takes a container and a bool");
         return NULL;
     }
     int visible = PyObject_IsTrue(args[1]);
@@ -351,9 +571,9 @@ static PyMethodDef methods[] = {
     {"bind", (PyCFunction)(void (*)(void))bind, METH_FASTCALL, "bind(Op, Var): learn their slot offsets."},
     {"pushed", (PyCFunction)(void (*)(void))pushed, METH_FASTCALL, "Stamp an op at push."},
     {"started", started, METH_O, "Stamp an op when it starts."},
-    {"ended", (PyCFunction)(void (*)(void))ended, METH_FASTCALL, "Append an ended op's record to a list."},
+    {"ended", (PyCFunction)(void (*)(void))ended, METH_FASTCALL, "Store an ended op's record in a Records."},
     {"set_gc_tracked", (PyCFunction)(void (*)(void))set_gc_tracked, METH_FASTCALL,
-     "Hide a list from the cycle collector (False) or show it again (True)."},
+     "Hide a container from the cycle collector (False) or show it again (True)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -368,9 +588,18 @@ PyInit__speedups(void)
         if ((names[i] = PyUnicode_InternFromString(field_names[i])) == NULL)
             return NULL;
     if ((s_version = PyUnicode_InternFromString("version")) == NULL ||
-        (s_done = PyUnicode_InternFromString("done")) == NULL ||
-        (s_failed = PyUnicode_InternFromString("failed")) == NULL ||
-        (s_skipped = PyUnicode_InternFromString("skipped")) == NULL)
+        (state_names[0] = PyUnicode_InternFromString("done")) == NULL ||
+        (state_names[1] = PyUnicode_InternFromString("failed")) == NULL ||
+        (state_names[2] = PyUnicode_InternFromString("skipped")) == NULL)
         return NULL;
-    return PyModule_Create(&module_def);
+    if (PyType_Ready(&RecordsType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

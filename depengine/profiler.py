@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from threading import get_ident
 from time import perf_counter_ns
+from typing import NamedTuple
 
 from .op import _STATE_NAMES
 
@@ -85,9 +87,17 @@ def _ended(flat: list, op, error, origin: bool) -> None:
     flat += record  # one extend: records of ops ending on two workers at once never interleave
 
 
-def _available() -> dict[str, tuple]:
+class _Hooks(NamedTuple):
+    pushed: Callable      # (op, engine)
+    started: Callable     # (op)
+    ended: Callable       # (store, op, error, origin)
+    new_store: Callable   # () -> where ended() puts records
+    set_gc_tracked: Callable | None  # (store, visible)
+
+
+def _available() -> dict[str, _Hooks]:
     """The hook sets there are: "Python" always, "C" when depengine._speedups is built."""
-    found = {"Python": (_pushed, _started, _ended, None)}
+    found = {"Python": _Hooks(_pushed, _started, _ended, list, None)}
     try:
         from . import _speedups
     except ImportError:
@@ -99,7 +109,8 @@ def _available() -> dict[str, tuple]:
         _speedups.bind(Op, Var)  # learns the slots' offsets; fails if the classes lost a field
     except TypeError:
         return found
-    found["C"] = (_speedups.pushed, _speedups.started, _speedups.ended, _speedups.set_gc_tracked)
+    found["C"] = _Hooks(_speedups.pushed, _speedups.started, _speedups.ended, _speedups.Records,
+                        _speedups.set_gc_tracked)
     return found
 
 
@@ -109,7 +120,7 @@ IMPLEMENTATIONS = _available()
 def use_implementation(name: str) -> str:
     """Make engines call the "C" or "Python" hooks from now on; returns the previous choice.
     For tests and benchmarks: switch only while nothing records."""
-    global IMPLEMENTATION, stamp_pushed, stamp_started, record_ended, _set_gc_tracked
+    global IMPLEMENTATION, stamp_pushed, stamp_started, record_ended, _new_store, _set_gc_tracked
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"profiler implementation {name!r} is not available here; "
                          f"choose from {sorted(IMPLEMENTATIONS)}")
@@ -117,13 +128,13 @@ def use_implementation(name: str) -> str:
         raise RuntimeError("a profile is recording; stop it before switching implementations")
     previous = IMPLEMENTATION
     IMPLEMENTATION = name
-    stamp_pushed, stamp_started, record_ended, _set_gc_tracked = IMPLEMENTATIONS[name]
+    stamp_pushed, stamp_started, record_ended, _new_store, _set_gc_tracked = IMPLEMENTATIONS[name]
     return previous
 
 
 # IMPLEMENTATION: "C" or "Python", the hooks engines call (DEPENGINE_PURE_PYTHON=1: Python).
 IMPLEMENTATION = "Python"
-stamp_pushed, stamp_started, record_ended, _set_gc_tracked = IMPLEMENTATIONS["Python"]
+stamp_pushed, stamp_started, record_ended, _new_store, _set_gc_tracked = IMPLEMENTATIONS["Python"]
 use_implementation("Python" if os.environ.get("DEPENGINE_PURE_PYTHON") or "C" not in IMPLEMENTATIONS
                    else "C")
 
@@ -140,7 +151,7 @@ class Recorder:
     __slots__ = ("gpu", "ops", "threads", "waits")
 
     def __init__(self) -> None:
-        self.ops: list = []  # flat records of finished ops, see record_ended
+        self.ops = _new_store()  # records of finished ops: a list (flat layout) or a packed Records
         self.waits: list = []    # (thread_ident, what, start_ns, end_ns, outcome)
         self.gpu: list = []      # (engine id, op id, finished_ns): when enqueued GPU work ended
         self.threads: dict[int, str] = {}  # thread ident -> name, for waits
@@ -163,14 +174,22 @@ class Recorder:
             return
         state = _STATE_NAMES[op._state]
         ran = state != "skipped"
-        self.ops += [rec, op.id, op.name, op.device, op.kind, op.priority, op._lane, op._t_push,
-                     op._t_start if ran else end, op._t_thread if ran else None, end, state, op.error,
-                     len(op.reads), len(op.writes), *op.reads, *op.writes, *read_versions, *write_versions]
+        record = [rec, op.id, op.name, op.device, op.kind, op.priority, op._lane, op._t_push,
+                  op._t_start if ran else end, op._t_thread if ran else None, end, state, op.error,
+                  len(op.reads), len(op.writes), *op.reads, *op.writes, *read_versions, *write_versions]
+        if self.ops.__class__ is list:
+            self.ops += record
+        else:
+            self.ops.append(record)
+
+    def flat(self) -> list:
+        """The records in the flat layout (see record_ended), whichever store holds them."""
+        return self.ops if self.ops.__class__ is list else self.ops.tolist()
 
     def records(self) -> list[tuple]:
         """One tuple per finished op: the _FIELDS, then ``reads`` and ``writes`` as lists of
         ``(var, version)`` (for a write, the version it made)."""
-        flat = self.ops
+        flat = self.flat()
         out = []
         i = 0
         n = len(flat)

@@ -76,7 +76,7 @@ def test_recording_keeps_no_op_alive():
     with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
         diamond(eng)
         eng.wait_all()
-    flat = prof._recorder.ops
+    flat = prof._recorder.flat()
     assert flat and not any(isinstance(x, de.Op) for x in flat)
     assert len(prof.trace()) == 4
 
@@ -279,11 +279,11 @@ def _finished_ops():
     return ops
 
 
-def _record_all(record_ended, ops, error) -> list:
-    flat = []
+def _record_all(hooks, ops, error):
+    store = hooks.new_store()
     for op, (err, origin) in zip(ops, [(None, False)] * 4 + [(error, True), (error, False)], strict=True):
-        record_ended(flat, op, err, origin)
-    return flat
+        hooks.ended(store, op, err, origin)
+    return store
 
 
 def test_c_and_python_hooks_make_the_same_records():
@@ -292,11 +292,11 @@ def test_c_and_python_hooks_make_the_same_records():
     ops = _finished_ops()
     records = {}
     error = ZeroDivisionError("x")
-    for name, (_, _, record_ended, _) in profiler.IMPLEMENTATIONS.items():
-        flat = _record_all(record_ended, ops, error)
+    for name, hooks in profiler.IMPLEMENTATIONS.items():
+        store = _record_all(hooks, ops, error)
         # the end time differs (the clock moved on), and with it a skipped op's start
         records[name] = [tuple(None if i == 10 or (i == 8 and r[11] == "skipped") else x
-                               for i, x in enumerate(r)) for r in _parse(flat)]
+                               for i, x in enumerate(r)) for r in _parse(store)]
         assert [r[2] for r in records[name]] == [op.name for op in ops]
         assert [r[11] for r in records[name]] == ["done"] * 4 + ["failed", "skipped"]
         assert records[name][1][5] == 3  # the priority
@@ -307,7 +307,7 @@ def test_c_and_python_hooks_make_the_same_records():
 def test_the_c_hooks_read_any_object_with_the_fields_generically():
     if "C" not in profiler.IMPLEMENTATIONS:
         pytest.skip("depengine._speedups is not built")
-    pushed, started, record_ended, _ = profiler.IMPLEMENTATIONS["C"]
+    pushed, started, record_ended, new_store, _ = profiler.IMPLEMENTATIONS["C"]
     (op, *_rest) = _finished_ops()
 
     class Lookalike:  # not an Op: the slots' offsets do not apply
@@ -321,7 +321,7 @@ def test_the_c_hooks_read_any_object_with_the_fields_generically():
     started(fake)
     assert fake._rec == "engine" and fake._lane is None and fake._t_push <= fake._t_start
     assert fake._t_thread == threading.get_ident()
-    flat = []
+    flat = new_store()
     record_ended(flat, fake, None, False)
     (rec,) = _parse(flat)
     assert rec[0] == "engine" and rec[2] == op.name and rec[11] == "done"
@@ -334,16 +334,16 @@ def test_the_c_hooks_read_any_object_with_the_fields_generically():
     assert len(_parse(flat)) == 1
 
 
-def _parse(flat) -> list:
+def _parse(store) -> list:
     recorder = profiler.Recorder()
-    recorder.ops = flat
+    recorder.ops = store
     return recorder.records()
 
 
 def test_records_of_ops_ending_on_two_threads_at_once_never_interleave(hooks):
     # The GIL may pass between any two bytecodes; switch it as often as CPython allows.
     ops = _finished_ops()[:2]
-    flat = []
+    flat = profiler._new_store()
     record_ended = profiler.record_ended
     start = threading.Barrier(2)
 
@@ -375,7 +375,7 @@ def test_the_collector_skips_the_records_while_recording(hooks):
 
     with de.profile() as prof:
         assert gc.is_tracked(prof._recorder.ops) == (hooks == "Python")
-    assert gc.is_tracked(prof._recorder.ops)  # afterwards a list like any other
+    assert gc.is_tracked(prof._recorder.ops)  # afterwards a container like any other
 
 
 def test_switching_implementations():
@@ -383,3 +383,35 @@ def test_switching_implementations():
         profiler.use_implementation("Fortran")
     with de.profile(), pytest.raises(RuntimeError, match="recording"):
         profiler.use_implementation("Python")
+
+
+def test_the_packed_store_round_trips_records_and_rejects_others():
+    if "C" not in profiler.IMPLEMENTATIONS:
+        pytest.skip("depengine._speedups is not built")
+    import gc
+    import weakref
+
+    store = profiler.IMPLEMENTATIONS["C"].new_store()
+    big = 2**63 + 5  # a thread ident above the signed range
+    record = ["engine", 7, "name", "cpu(0)", "normal", -3, None, 10, 11, big, 12, "failed", ValueError("x"),
+              2, 1, "r1", "r2", "w", 4, 5, 6]
+    skipped = ["engine", 8, "n2", "cpu(0)", "normal", 0, "lane", 13, 14, None, 14, "skipped", None, 0, 0]
+    store.append(record)
+    store.append(tuple(skipped))
+    assert len(store) == 2 and store.tolist() == record + skipped
+    for bad, match in [(record[:-1], "layout"), ([*record[:11], "lost", *record[12:]], "not done"),
+                       ([*record[:1], "7", *record[2:]], "integer"), (42, "list or tuple")]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            store.append(bad)
+    assert len(store) == 2  # nothing half-added
+
+    class Holder:  # a cycle through the store: the collector must see into it
+        pass
+
+    holder = Holder()
+    holder.store = profiler.IMPLEMENTATIONS["C"].new_store()
+    holder.store.append(["engine", 1, "n", "cpu(0)", "normal", 0, None, 1, 1, None, 1, "done", holder, 0, 0])
+    alive = weakref.ref(holder)
+    del holder
+    gc.collect()
+    assert alive() is None
