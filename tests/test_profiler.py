@@ -415,3 +415,24 @@ def test_the_packed_store_round_trips_records_and_rejects_others():
     del holder
     gc.collect()
     assert alive() is None
+
+
+def test_a_dropped_profile_lets_go_of_what_its_records_held():
+    import gc
+    import weakref
+
+    with de.profile() as prof, de.Engine("threaded", workers=2) as eng:
+        vs = [eng.new_var(f"v{k}") for k in range(4)]
+        for k in range(500):
+            eng.push(lambda ctx: None, reads=[vs[(k + 1) % 4]], writes=[vs[k % 4]])
+        eng.push(lambda ctx: 1 / 0, writes=[vs[0]], name="raises")
+        with pytest.raises(ZeroDivisionError):
+            eng.wait_all()
+    assert len(prof.trace()) == 501
+    gone = [weakref.ref(x) for x in (eng, *vs)]
+    del eng, vs
+    gc.collect()
+    assert any(r() is not None for r in gone)  # the records still hold them
+    del prof
+    gc.collect()
+    assert all(r() is None for r in gone)
