@@ -3,8 +3,8 @@
 While a profile records, every engine (existing and new) calls a
 :class:`Recorder` at push, start and end of each op and around each wait.
 Off, the engine pays one ``is not None`` test per hook.  On, each hook is a
-timestamp and a list append: no lock, so recording never serialises the
-workers.  The per-op hooks are in C (``depengine/_speedups.c``, built at
+timestamp or an append to the recorder's store: no lock, so recording never
+serialises the workers.  The per-op hooks are in C (``depengine/_speedups.c``, built at
 install when a compiler is present) with the same functions in Python as the
 fallback; ``DEPENGINE_PURE_PYTHON=1`` picks the Python ones.
 ``DEPENGINE_PROFILE=trace.json`` records a whole run and writes the trace when
@@ -44,9 +44,11 @@ def active_recorder() -> Recorder | None:
 # starts (op._t_start, op._t_thread) and record_ended(recorder.ops, op, error,
 # origin) once it is finished: ``error`` is None (done), what it raised
 # (``origin``) or what it inherited from a failed var (skipped).
-# record_ended copies what a trace needs onto the end of one flat list of
-# plain values (ints, strs, and the long-lived engine, device and var
-# objects): no container per op survives and the op itself is not kept.
+# record_ended copies what a trace needs into the recorder's store: with the
+# Python hooks the end of one flat list of plain values (ints, strs, and the
+# long-lived engine, device and var objects), with the C hooks a packed
+# _speedups.Records (raw numbers, the same objects); either way no container
+# per op survives and the op itself is not kept.
 #
 # Record layout: _HEAD fields (see _FIELDS), then the number of vars read and
 # written, the vars read, the vars written, the versions read and the
@@ -142,7 +144,7 @@ use_implementation("Python" if os.environ.get("DEPENGINE_PURE_PYTHON") or "C" no
 class Recorder:
     """Raw, append-only records; turned into a :class:`~depengine.trace.Trace` at the end.
 
-    While it records, its flat list of records is hidden from the garbage
+    While it records, its store of records is hidden from the garbage
     collector (with the C hooks), which would otherwise walk every record
     again at each full collection: nothing in it can be garbage then, since
     the recorder is reachable from this module.  ``Profile.stop`` shows it again.
@@ -155,10 +157,6 @@ class Recorder:
         self.waits: list = []    # (thread_ident, what, start_ns, end_ns, outcome)
         self.gpu: list = []      # (engine id, op id, finished_ns): when enqueued GPU work ended
         self.threads: dict[int, str] = {}  # thread ident -> name, for waits
-
-    def ended(self, op, error, origin: bool) -> None:
-        """``op`` finished (engines call record_ended with ``self.ops`` directly)."""
-        record_ended(self.ops, op, error, origin)
 
     def _collector_sees_records(self, visible: bool) -> None:
         if _set_gc_tracked is not None:
