@@ -387,7 +387,8 @@ records_append(RecordsObject *r, PyObject *arg)
     nums[7] = nw;
     PyObject *small[OBJS + 4 * SMALL], **objs = small;
     Py_ssize_t nobj = OBJS + 2 * (nr + nw);
-    if (!PyErr_Occurred() && nobj > OBJS + 4 * SMALL && (objs = PyMem_Malloc(nobj * sizeof(PyObject *))) == NULL)
+    if (!PyErr_Occurred() && nobj > OBJS + 4 * SMALL &&
+        (objs = PyMem_Malloc(nobj * sizeof(PyObject *))) == NULL)
         PyErr_NoMemory();
     if (PyErr_Occurred() || state < 0) {
         if (objs != NULL && objs != small)
@@ -554,7 +555,8 @@ static PyObject *
 set_gc_tracked(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyObject_IS_GC(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "set_gc_tracked(container, visible: bool) takes a container and a bool");
+        PyErr_SetString(PyExc_TypeError,
+                        "set_gc_tracked(container, visible: bool) takes a container and a bool");
         return NULL;
     }
     int visible = PyObject_IsTrue(args[1]);
