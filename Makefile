@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) dot
 
-$(STAMP): pyproject.toml setup.py depengine/_speedups.c
+$(STAMP): pyproject.toml setup.py $(wildcard depengine/*.c depengine/*.h)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench,gpu]'
@@ -30,9 +30,11 @@ dot:
 demo: setup
 	$(VENV)/bin/depengine demo
 
+# The suite runs twice: on the compiled hot path, then on the pure-Python reference.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+	DEPENGINE_PURE_PYTHON=1 $(PY) -m pytest -q
 
 bench: setup
 	$(VENV)/bin/depengine bench

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 import depengine as de
 import ops as nd
-from depengine.options import usable_cores
+from scheduler import usable_cores
 
 __all__ = ["cholesky_demo"]
 

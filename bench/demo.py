@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 import depengine as de
-from depengine.options import usable_cores
+from scheduler import usable_cores
 
 __all__ = ["main", "parallel_demo"]
 

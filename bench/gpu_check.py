@@ -86,7 +86,7 @@ def cross_stream_dependencies(de, nd, eng):
             v = v * 1.0001 + 0.5
         want += v
     np.testing.assert_allclose(total.asnumpy(), want, rtol=1e-12)
-    lanes = {lane.name for gpu in eng._gpus.values() for lane in gpu.compute}
+    lanes = {t.name.removeprefix("depengine-") for t in eng.threads() if t.name.startswith("depengine-gpu")}
     return f"8 chains x 20 ops joined; compute lanes {sorted(lanes)}"
 
 
@@ -171,7 +171,9 @@ def dlpack_and_cuda_array_interface(de, nd, eng):
 
 
 def _simulated(eng) -> bool:
-    return eng._rt.name == "sim"
+    import depengine as de
+
+    return eng.gpu_runtime(de.gpu(0)).name == "sim"
 
 
 def _run_checks() -> list[tuple[str, bool, float, str]]:

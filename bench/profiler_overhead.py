@@ -21,9 +21,9 @@ import statistics
 import time
 
 import depengine as de
-from depengine import engine as engine_module
+from depengine import _engine as engine_module
 from depengine import profiler
-from depengine.threaded import ThreadedEngine
+from depengine._threaded import ThreadedEngine
 
 from . import callgrind
 
@@ -57,7 +57,7 @@ def engine_without_hooks(kind: type = ThreadedEngine) -> type:
     tree = _StripHooks().visit(ast.parse(inspect.getsource(engine_module)))
     ast.fix_missing_locations(tree)
     namespace = {"__name__": "depengine._engine_without_hooks", "__package__": "depengine"}
-    exec(compile(tree, "<depengine.engine without profiler hooks>", "exec"), namespace)
+    exec(compile(tree, "<depengine._engine without profiler hooks>", "exec"), namespace)
     base = namespace["Engine"]
     methods = {k: v for k, v in vars(kind).items() if not k.startswith("__")}
     return type(f"{kind.__name__}WithoutHooks", (base,), methods)

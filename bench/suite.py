@@ -16,7 +16,7 @@ import sys
 import time
 from importlib import metadata
 
-from depengine.options import usable_cores
+from scheduler import usable_cores
 
 from .kernels import KERNELS, Kernel
 from .metg import Measurement, Metg, efficiencies, metg

@@ -265,8 +265,7 @@ def _builtin_systems() -> list[System]:
     return [
         System("depengine-threaded", functools.partial(_run_depengine, "threaded")),
         System("depengine-replay", functools.partial(_run_depengine, "threaded", replay=True)),
-        System("depengine-perdevice", functools.partial(_run_depengine, "perdevice"),
-               requires=("depengine.perdevice",)),
+        System("depengine-perdevice", functools.partial(_run_depengine, "perdevice")),
         System("depengine-naive", functools.partial(_run_depengine, "naive")),
         System("futures", _run_futures),
         System("static-threads", run_static_threads),

@@ -2,22 +2,28 @@
 
 Push operations with the vars they read and write; the engine infers every
 dependency and runs each op as soon as it may, in parallel where it can.
+
+The public names are those of ``__all__``: the classes and functions below
+and three public submodules, ``plan`` (recorded graphs and plans),
+``profiler`` and ``trace``.  Every other module is private (its name starts
+with an underscore).
 """
 
-from .default import default_engine
-from .device import Device, cpu, devices, gpu
-from .engine import Engine
-from .errors import (
+from . import plan, profiler, trace
+from ._default import default_engine
+from ._device import Device, cpu, devices, gpu
+from ._engine import Engine
+from ._errors import (
     DeadlockError,
     DepengineError,
     DeviceUnavailableError,
     EngineClosedError,
     VarDeletedError,
 )
-from .op import Op, RunContext
+from ._op import Op, RunContext
+from ._var import Var
 from .profiler import profile
 from .trace import Trace, TraceError
-from .var import Var
 
 __version__ = "0.1.0"
 
@@ -38,5 +44,9 @@ __all__ = [
     "default_engine",
     "devices",
     "gpu",
+    "plan",
     "profile",
+    "profiler",
+    "trace",
 ]
+

@@ -1,12 +1,13 @@
-/* depengine._speedups: the profiler's per-op hooks in C, and a packed store for records.
+/* depengine._speedups: the profiler's per-op hooks in C, and a packed store for records
+ * (this file), and the engine's op factory and var transitions (_hotpath.c).
  *
  * Optional: depengine/profiler.py has the same hooks in Python (recording into
  * a list) and uses them when this module is missing (no compiler at install
  * time, another Python than the one it was built for) or DEPENGINE_PURE_PYTHON
  * is set.
  *
- *   pushed(op, engine)                  op._rec = engine, op._lane = None, op._t_push = now
- *   started(op)                         op._t_start = now, op._t_thread = the thread's ident
+ *   pushed(op, engine)                  op._p_engine = engine, op._p_lane = None, op._p_push = now
+ *   started(op)                         op._p_start = now, op._p_thread = the thread's ident
  *   ended(records, op, error, origin)   store op's record in a Records
  *   Records()                           the packed records of one profile; tolist() gives
  *                                       them in profiler.py's flat layout
@@ -22,16 +23,20 @@
  * protocol.
  * Clocks: the same as time.perf_counter_ns() and threading.get_ident().
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_speedups.h"
 #include <structmember.h>
 
-enum { F_REC, F_ID, F_NAME, F_DEVICE, F_KIND, F_PRIORITY, F_LANE, F_PUSH, F_START, F_THREAD,
+enum { F_ENGINE, F_ID, F_NAME, F_DEVICE, F_KIND, F_PRIORITY, F_LANE, F_PUSH, F_START, F_THREAD,
        F_READS, F_WRITES, N_FIELDS };
 static const char *const field_names[N_FIELDS] = {
-    "_rec", "id", "_name", "device", "kind", "priority", "_lane", "_t_push", "_t_start", "_t_thread",
+    "_p_engine", "id", "_name", "device", "kind", "priority", "_p_lane", "_p_push", "_p_start", "_p_thread",
     "reads", "writes"};
-#define HEAD 13 /* fixed fields of a record before the two var counts (profiler._HEAD) */
+/* The fixed fields of a record, before the two var counts, in the order tolist() and append()
+ * use: exported as RECORD_HEAD, which profiler.py checks against its Record layout. */
+static const char *const record_head[] = {
+    "engine", "id", "name", "device", "kind", "priority", "lane", "push", "start", "thread", "end",
+    "state", "error"};
+#define HEAD ((Py_ssize_t)(sizeof record_head / sizeof record_head[0]))
 
 static PyObject *names[N_FIELDS];     /* interned field names, for other types */
 static Py_ssize_t offsets[N_FIELDS];  /* slot offsets in Op */
@@ -57,8 +62,6 @@ now_ns(void)
 {
     return PyLong_FromLongLong(now_raw());
 }
-
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 /* A new reference to field i of op, or NULL without an exception when unset. */
 static PyObject *
@@ -105,8 +108,8 @@ version_of(PyObject *var)
     return PyObject_GetAttr(var, s_version);
 }
 
-static Py_ssize_t
-slot_offset(PyTypeObject *type, const char *name)
+Py_ssize_t
+ds_slot_offset(PyTypeObject *type, const char *name)
 {
     PyObject *d = PyDict_GetItemString(type->tp_dict, name);  /* borrowed */
     if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type)) {
@@ -131,12 +134,14 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t offs[N_FIELDS];
     for (int i = 0; i < N_FIELDS; i++) {
-        offs[i] = slot_offset((PyTypeObject *)args[0], field_names[i]);
+        offs[i] = ds_slot_offset((PyTypeObject *)args[0], field_names[i]);
         if (offs[i] < 0)
             return NULL;
     }
-    Py_ssize_t voff = slot_offset((PyTypeObject *)args[1], "version");
+    Py_ssize_t voff = ds_slot_offset((PyTypeObject *)args[1], "version");
     if (voff < 0)
+        return NULL;
+    if (ds_bind_hotpath((PyTypeObject *)args[0], (PyTypeObject *)args[1]) < 0)
         return NULL;
     memcpy(offsets, offs, sizeof offs);
     version_offset = voff;
@@ -155,7 +160,7 @@ pushed(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Py_INCREF(args[1]);
-    if (set_field(args[0], F_REC, args[1]) < 0)
+    if (set_field(args[0], F_ENGINE, args[1]) < 0)
         return NULL;
     Py_INCREF(Py_None);
     if (set_field(args[0], F_LANE, Py_None) < 0 || set_field(args[0], F_PUSH, now_ns()) < 0)
@@ -477,7 +482,7 @@ ended(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *reads = NULL, *writes = NULL, *result = NULL;
     Py_ssize_t nvars = 0, nver = 0;
     long long nums[NUMS] = {0};
-    head[0] = get_field(op, F_REC);
+    head[0] = get_field(op, F_ENGINE);
     if (head[0] == NULL) {  /* pushed before recording began */
         if (PyErr_Occurred())
             return NULL;
@@ -599,7 +604,27 @@ PyInit__speedups(void)
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType) < 0) {
+    PyObject *head = PyTuple_New(HEAD);
+    if (head == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < HEAD; i++) {
+        PyObject *name = PyUnicode_InternFromString(record_head[i]);
+        if (name == NULL) {
+            Py_DECREF(head);
+            Py_DECREF(m);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(head, i, name);
+    }
+    if (PyModule_AddObject(m, "RECORD_HEAD", head) < 0) {
+        Py_DECREF(head);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddFunctions(m, ds_hotpath_methods) < 0 ||
+        PyModule_AddObjectRef(m, "Records", (PyObject *)&RecordsType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -20,16 +20,46 @@ from threading import get_ident
 from time import perf_counter_ns
 from typing import NamedTuple
 
-from .op import _STATE_NAMES
+from ._compiled import speedups
+from ._op import STATE_NAMES
 
-__all__ = ["IMPLEMENTATION", "Profile", "Recorder", "active_recorder", "profile", "use_implementation"]
+__all__ = ["IMPLEMENTATION", "Profile", "Record", "Recorder", "active_recorder", "profile",
+           "use_implementation"]
 
 _active: Recorder | None = None
-# The fixed fields of each record, in order (then the var counts and the vars; see Recorder).
-_FIELDS = ("engine", "id", "name", "device", "kind", "priority", "lane", "push", "start", "thread", "end",
-           "state", "error")
-_HEAD = len(_FIELDS)
 _switch = threading.Lock()
+
+
+class Record(NamedTuple):
+    """One finished op as the hooks recorded it: the record layout, in its one place.
+
+    The hooks store records flat: the fields up to ``error`` (``HEAD``, the
+    same order in ``_speedups.c``, checked when its hooks are bound), then
+    the number of vars read and written, the vars read, the vars written,
+    the versions read and the versions before each write.
+    :meth:`Recorder.records` gives them back as ``Record`` tuples, where
+    ``reads`` and ``writes`` are lists of ``(var, version)``, a write's
+    version being the one it made.
+    """
+
+    engine: object        # the engine that ran it
+    id: int
+    name: str | None
+    device: object
+    kind: str
+    priority: int
+    lane: str | None      # GPU stream name; None for CPU ops (the thread names the lane)
+    push: int             # perf_counter_ns() stamps
+    start: int
+    thread: int | None    # ident of the thread that ran it; None if skipped
+    end: int
+    state: str            # "done", "failed" or "skipped"
+    error: BaseException | None
+    reads: list
+    writes: list
+
+
+HEAD = Record._fields[:Record._fields.index("reads")]
 _env_profile: Profile | None = None
 
 
@@ -39,47 +69,44 @@ def active_recorder() -> Recorder | None:
 
 
 # The per-op hooks.  While profiling, an engine calls stamp_pushed(op, engine)
-# as it registers an op (op._rec = the engine, op._lane = None, op._t_push; a
-# GPU engine then sets op._lane to the stream), stamp_started(op) when the op
-# starts (op._t_start, op._t_thread) and record_ended(recorder.ops, op, error,
-# origin) once it is finished: ``error`` is None (done), what it raised
-# (``origin``) or what it inherited from a failed var (skipped).
-# record_ended copies what a trace needs into the recorder's store: with the
-# Python hooks the end of one flat list of plain values (ints, strs, and the
-# long-lived engine, device and var objects), with the C hooks a packed
-# _speedups.Records (raw numbers, the same objects); either way no container
-# per op survives and the op itself is not kept.
-#
-# Record layout: _HEAD fields (see _FIELDS), then the number of vars read and
-# written, the vars read, the vars written, the versions read and the
-# versions before each write.
+# as it registers an op (op._p_engine = the engine, op._p_lane = None,
+# op._p_push; a GPU engine then sets op._p_lane to the stream),
+# stamp_started(op) when the op starts (op._p_start, op._p_thread) and
+# record_ended(recorder.ops, op, error, origin) once it is finished: ``error``
+# is None (done), what it raised (``origin``) or what it inherited from a
+# failed var (skipped).  record_ended copies what a trace needs into the
+# recorder's store (see Record): with the Python hooks the end of one flat
+# list of plain values (ints, strs, and the long-lived engine, device and var
+# objects), with the C hooks a packed _speedups.Records (raw numbers, the same
+# objects); either way no container per op survives and the op itself is not
+# kept.
 def _pushed(op, engine) -> None:
-    op._rec = engine
-    op._lane = None
-    op._t_push = perf_counter_ns()
+    op._p_engine = engine
+    op._p_lane = None
+    op._p_push = perf_counter_ns()
 
 
 def _started(op) -> None:
-    op._t_start = perf_counter_ns()
-    op._t_thread = get_ident()
+    op._p_start = perf_counter_ns()
+    op._p_thread = get_ident()
 
 
 def _ended(flat: list, op, error, origin: bool) -> None:
     end = perf_counter_ns()
     try:
-        rec = op._rec
+        engine = op._p_engine
     except AttributeError:  # pushed before recording began
         return
     if error is None:
-        state, start, thread = "done", op._t_start, op._t_thread
+        state, start, thread = "done", op._p_start, op._p_thread
     elif origin:
-        state, start, thread = "failed", op._t_start, op._t_thread
+        state, start, thread = "failed", op._p_start, op._p_thread
     else:  # skipped ops never started
         state, start, thread = "skipped", end, None
     reads = op.reads
     writes = op.writes
-    record = [rec, op.id, op._name, op.device, op.kind, op.priority, op._lane, op._t_push, start, thread,
-              end, state, error, len(reads), len(writes)]
+    record = [engine, op.id, op._name, op.device, op.kind, op.priority, op._p_lane, op._p_push, start,
+              thread, end, state, error, len(reads), len(writes)]
     record += reads
     record += writes
     for v in reads:
@@ -100,19 +127,9 @@ class _Hooks(NamedTuple):
 def _available() -> dict[str, _Hooks]:
     """The hook sets there are: "Python" always, "C" when depengine._speedups is built."""
     found = {"Python": _Hooks(_pushed, _started, _ended, list, None)}
-    try:
-        from . import _speedups
-    except ImportError:
-        return found
-    from .op import Op
-    from .var import Var
-
-    try:
-        _speedups.bind(Op, Var)  # learns the slots' offsets; fails if the classes lost a field
-    except TypeError:
-        return found
-    found["C"] = _Hooks(_speedups.pushed, _speedups.started, _speedups.ended, _speedups.Records,
-                        _speedups.set_gc_tracked)
+    c = speedups
+    if c is not None and tuple(c.RECORD_HEAD) == HEAD:  # a build of another layout is not ours
+        found["C"] = _Hooks(c.pushed, c.started, c.ended, c.Records, c.set_gc_tracked)
     return found
 
 
@@ -167,13 +184,13 @@ class Recorder:
         the ones it saw, which the vars do not show while the composite runs."""
         end = perf_counter_ns()
         try:
-            rec = op._rec
+            engine = op._p_engine
         except AttributeError:  # pushed before recording began
             return
-        state = _STATE_NAMES[op._state]
+        state = STATE_NAMES[op._state]
         ran = state != "skipped"
-        record = [rec, op.id, op.name, op.device, op.kind, op.priority, op._lane, op._t_push,
-                  op._t_start if ran else end, op._t_thread if ran else None, end, state, op.error,
+        record = [engine, op.id, op.name, op.device, op.kind, op.priority, op._p_lane, op._p_push,
+                  op._p_start if ran else end, op._p_thread if ran else None, end, state, op.error,
                   len(op.reads), len(op.writes), *op.reads, *op.writes, *read_versions, *write_versions]
         if self.ops.__class__ is list:
             self.ops += record
@@ -181,29 +198,30 @@ class Recorder:
             self.ops.append(record)
 
     def flat(self) -> list:
-        """The records in the flat layout (see record_ended), whichever store holds them."""
+        """The records in the flat layout (see :class:`Record`), whichever store holds them."""
         return self.ops if self.ops.__class__ is list else self.ops.tolist()
 
-    def records(self) -> list[tuple]:
-        """One tuple per finished op: the _FIELDS, then ``reads`` and ``writes`` as lists of
-        ``(var, version)`` (for a write, the version it made)."""
+    def records(self) -> list[Record]:
+        """One :class:`Record` per finished op, in the order they finished."""
         flat = self.flat()
         out = []
         i = 0
         n = len(flat)
+        h = len(HEAD)
         while i < n:
-            head = flat[i:i + _HEAD]
-            nr, nw = flat[i + _HEAD], flat[i + _HEAD + 1]
-            j = i + _HEAD + 2
+            head = flat[i:i + h]
+            nr, nw = flat[i + h], flat[i + h + 1]
+            j = i + h + 2
             vars_r, vars_w = flat[j:j + nr], flat[j + nr:j + nr + nw]
             k = j + nr + nw
-            out.append((*head, list(zip(vars_r, flat[k:k + nr], strict=True)),
-                        [(v, ver + 1) for v, ver in zip(vars_w, flat[k + nr:k + nr + nw], strict=True)]))
+            reads = list(zip(vars_r, flat[k:k + nr], strict=True))
+            writes = [(v, ver + 1) for v, ver in zip(vars_w, flat[k + nr:k + nr + nw], strict=True)]
+            out.append(Record(*head, reads, writes))
             i = k + nr + nw
         return out
 
     def gpu_finished(self, op, finished_ns: int) -> None:
-        engine = getattr(op, "_rec", None)
+        engine = getattr(op, "_p_engine", None)
         if engine is not None:
             self.gpu.append((engine, op.id, finished_ns))
 
@@ -224,7 +242,7 @@ class Profile:
 
     def start(self) -> Profile:
         global _active
-        from .engine import _live_engines
+        from ._engine import live_engines
 
         with _switch:
             if _active is not None:
@@ -234,19 +252,19 @@ class Profile:
             rec = self._recorder = Recorder()
             rec._collector_sees_records(False)
             _active = rec
-            for engine in list(_live_engines):
+            for engine in live_engines():
                 engine._prof = rec
         return self
 
     def stop(self) -> None:
         global _active
-        from .engine import _live_engines
+        from ._engine import live_engines
 
         with _switch:
             if _active is not self._recorder:
                 return
             _active = None
-            for engine in list(_live_engines):
+            for engine in live_engines():
                 if engine._prof is self._recorder:
                     engine._prof = None
             self._recorder._collector_sees_records(True)

@@ -6,11 +6,11 @@ process per device, one thread per worker or stream, a complete event per op,
 flow events from producers to consumers) with depengine's own records in a
 ``"depengine"`` section, so a saved trace loads back exactly.
 
-Dependencies are rebuilt from the var versions each op saw: the op that
-wrote version k of a var precedes every op that read version k
-(read-after-write); each of those reads precedes the write of version k+1
-(write-after-read); and when nobody read version k, its writer precedes the
-next writer directly (write-after-write).
+Dependencies are rebuilt from the var versions each op saw, by the walker
+recorded plans use too (``_edges.py``): the op that wrote version k of a var
+precedes every op that read version k (read-after-write); each of those reads
+precedes the write of version k+1 (write-after-read); and when nobody read
+version k, its writer precedes the next writer directly (write-after-write).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import statistics
 import threading
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+
+from ._edges import dependency_edges
 
 __all__ = ["Edge", "OpRecord", "Stats", "Trace", "TraceError", "WaitRecord"]
 
@@ -75,7 +77,7 @@ class Edge:
     dst: tuple[int, int]
     var: str
     version: int
-    kind: str  # RAW, WAR or WAW
+    hazard: str  # what it orders: RAW, WAR or WAW
 
 
 @dataclass
@@ -141,22 +143,22 @@ class Trace:
         records = rec.records()
         engines: dict[int, int] = {}
         for r in records:
-            engines.setdefault(id(r[0]), len(engines))
+            engines.setdefault(id(r.engine), len(engines))
         gpu_end = {(id(engine), op_id): ns for engine, op_id, ns in rec.gpu}
-        t0 = min([r[7] for r in records] + [w[2] for w in rec.waits], default=0)
+        t0 = min([r.push for r in records] + [w[2] for w in rec.waits], default=0)
         threads = _thread_names(rec, records)
         ops = []
-        for (engine, op_id, name, device, kind, priority, lane, push, start, thread, end, state, error,
-             reads, writes) in records:
-            gpu = gpu_end.get((id(engine), op_id))
+        for r in records:
+            gpu = gpu_end.get((id(r.engine), r.id))
+            skipped = r.state == "skipped"
             ops.append(OpRecord(
-                id=op_id, name=name, engine=engines[id(engine)], device=repr(device), kind=kind,
-                priority=priority, lane=lane or (threads.get(thread) if state != "skipped" else "(skipped)"),
-                reads=[(v.serial, v.name, ver) for v, ver in reads],
-                writes=[(v.serial, v.name, ver) for v, ver in writes],
-                push=push - t0, ready=start - t0, start=start - t0, end=end - t0,
-                state=state if state in ("failed", "skipped") else "done",
-                error=None if error is None else f"{type(error).__name__}: {error}",
+                id=r.id, name=r.name, engine=engines[id(r.engine)], device=repr(r.device), kind=r.kind,
+                priority=r.priority, lane=r.lane or ("(skipped)" if skipped else threads.get(r.thread)),
+                reads=[(v.serial, v.name, ver) for v, ver in r.reads],
+                writes=[(v.serial, v.name, ver) for v, ver in r.writes],
+                push=r.push - t0, ready=r.start - t0, start=r.start - t0, end=r.end - t0,
+                state=r.state if r.state in ("failed", "skipped") else "done",
+                error=None if r.error is None else f"{type(r.error).__name__}: {r.error}",
                 gpu_end=None if gpu is None else gpu - t0,
             ))
         waits = [WaitRecord(rec.threads.get(ident, f"thread-{ident}"), what, s - t0, e - t0, outcome)
@@ -184,29 +186,11 @@ class Trace:
         """Dependency edges rebuilt from var versions (see the module docstring)."""
         if self._edges is not None:
             return self._edges
-        writers: dict[tuple, tuple[int, int]] = {}       # (engine, var, version) -> writer key
-        readers: dict[tuple, list] = defaultdict(list)    # (engine, var, version) -> reader keys
-        names: dict[tuple, str] = {}
-        for r in self.ops:
-            for serial, name, ver in r.writes:
-                writers[(r.engine, serial, ver)] = r.key
-                names[(r.engine, serial)] = name
-            for serial, name, ver in r.reads:
-                readers[(r.engine, serial, ver)].append(r.key)
-                names[(r.engine, serial)] = name
-        edges = []
-        for (eng, serial, ver), w in writers.items():
-            name = names[(eng, serial)]
-            for rd in readers.get((eng, serial, ver), ()):
-                edges.append(Edge(w, rd, name, ver, "RAW"))
-            nxt = writers.get((eng, serial, ver + 1))
-            if nxt is not None and not readers.get((eng, serial, ver)):
-                edges.append(Edge(w, nxt, name, ver + 1, "WAW"))
-        for (eng, serial, ver), rds in readers.items():
-            nxt = writers.get((eng, serial, ver + 1))
-            if nxt is not None:
-                for rd in rds:
-                    edges.append(Edge(rd, nxt, names[(eng, serial)], ver + 1, "WAR"))
+        names = {(r.engine, serial): name for r in self.ops for serial, name, _ in (*r.reads, *r.writes)}
+        accesses = ((r.key, [((r.engine, serial), ver) for serial, _, ver in r.reads],
+                     [((r.engine, serial), ver) for serial, _, ver in r.writes]) for r in self.ops)
+        edges = [Edge(src, dst, names[var], version, hazard)
+                 for src, dst, var, version, hazard in dependency_edges(accesses)]
         edges.sort(key=lambda e: (e.dst, e.src, e.var))
         self._edges = edges
         return edges
@@ -326,7 +310,7 @@ class Trace:
                 continue
             src, dst = self._by_key[e.src], self._by_key[e.dst]
             (spid, stid), (dpid, dtid) = where[e.src], where[e.dst]
-            name = f"{e.var}@v{e.version} {e.kind}"
+            name = f"{e.var}@v{e.version} {e.hazard}"
             events.append({"ph": "s", "id": n, "name": name, "cat": "dependency", "pid": spid, "tid": stid,
                            "ts": (src.gpu_end or src.end) / 1e3 - 0.001})
             events.append({"ph": "f", "bp": "e", "id": n, "name": name, "cat": "dependency",
@@ -418,14 +402,12 @@ class Trace:
 def _thread_names(rec, records) -> dict[int, str]:
     """Thread ident -> name for every thread that ran a recorded op."""
     names = {t.ident: t.name for t in threading.enumerate()}
-    for engine in {id(r[0]): r[0] for r in records}.values():  # engines keep their worker threads
-        for pool in getattr(engine, "_pools", lambda: ())():
-            names.update((t.ident, t.name) for t in pool._threads)
+    for engine in {id(r.engine): r.engine for r in records}.values():  # engines keep their threads
+        names.update((t.ident, t.name) for t in engine.threads())
     names.update(rec.threads)
     for r in records:
-        ident = r[9]
-        if ident is not None and ident not in names:
-            names[ident] = f"thread-{ident}"
+        if r.thread is not None and r.thread not in names:
+            names[r.thread] = f"thread-{r.thread}"
     return names
 
 

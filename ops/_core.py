@@ -42,9 +42,9 @@ def set_engine(eng: de.Engine | None) -> None:
     _engine = eng
 
 
-def runtime(eng: de.Engine):
-    """The GPU runtime behind ``eng`` (it has one once a GPU op was placed)."""
-    return eng._rt
+def runtime(eng: de.Engine, device: de.Device):
+    """The GPU runtime that runs ``device``'s ops on ``eng``."""
+    return eng.gpu_runtime(device)
 
 
 def check_dtype(dtype, device) -> np.dtype:
@@ -92,7 +92,7 @@ def flush_releases() -> None:
             continue
         free = None
         if store is not None and not store.borrowed:
-            rt = runtime(eng)
+            rt = runtime(eng, de.Device("gpu", store.device))
 
             def free(store=store, rt=rt):
                 if store.buf is not None:
@@ -115,6 +115,6 @@ def push(fn, reads, writes, name: str, device, kind: str = "normal", priority: i
     op = eng.push(fn, reads=[a._var for a in reads], writes=[a._var for a in writes], name=name,
                   device=None if device.type == "cpu" else device, kind=kind, priority=priority,
                   pure=meta is not None)
-    if meta is not None and eng._capturing:  # only recordings use it; it holds the arrays
+    if meta is not None:  # what a recorded plan's fuser reads (op.meta is released with the op)
         op.meta = meta
     return op

@@ -58,8 +58,8 @@ class NDArray:
         var = eng.new_var(name)
         if device.type == "cpu":
             return cls._new(eng, var, shape, dt, device, data=np.empty(shape, dt))
-        if eng.kind != "perdevice":
-            raise ValueError(f"GPU arrays need Engine('perdevice'); ops/ uses a {eng.kind!r} engine "
+        if eng.type != "perdevice":
+            raise ValueError(f"GPU arrays need Engine('perdevice'); ops/ uses a {eng.type!r} engine "
                              "(set DEPENGINE_ENGINE=perdevice or ops.set_engine)")
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
         return cls._new(eng, var, shape, dt, device, store=_core.DeviceStore(device.index, nbytes))

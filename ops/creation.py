@@ -42,7 +42,7 @@ def empty(shape, dtype=np.float64, device=None) -> NDArray:
     out = NDArray._empty(_shape(shape), dtype, device, name="empty")
     if device.type == "gpu":  # allocate on the GPU, in stream order
         def alloc(ctx):
-            out._store.ensure(runtime(out._engine), ctx.stream)
+            out._store.ensure(runtime(out._engine, out.device), ctx.stream)
         push(alloc, [], [out], "empty", device)
     return out
 
@@ -63,7 +63,7 @@ def full(shape, fill_value, dtype=None, device=None) -> NDArray:
         n = out.size
 
         def fn(ctx):
-            rt = runtime(out._engine)
+            rt = runtime(out._engine, out.device)
             buf = out._store.ensure(rt, ctx.stream)
             _gpu.launch_1d(rt, device.index, f"fill_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
                            [rt.kernel_arg(buf, out.dtype, (n,)), value, np.int64(n)], ctx.stream)
@@ -96,7 +96,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> NDArray:
             out._data[...] = np.arange(start, start + n * step, step, dtype=out.dtype)[:n]
     else:
         def fn(ctx):
-            rt = runtime(out._engine)
+            rt = runtime(out._engine, out.device)
             buf = out._store.ensure(rt, ctx.stream)
             _gpu.launch_1d(rt, device.index, f"arange_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
                            [rt.kernel_arg(buf, out.dtype, (n,)), out.dtype.type(start), out.dtype.type(step),

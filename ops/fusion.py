@@ -15,7 +15,7 @@ import hashlib
 import numba
 import numpy as np
 
-from depengine.record import register_fuser
+from depengine.plan import register_fuser
 
 from . import _cpu
 from .array import NDArray

@@ -97,7 +97,7 @@ def to_dlpack(x: NDArray, stream=None, max_version=None):
     x.wait_to_read()
     if x.device.type == "cpu":
         return x._data.__dlpack__(stream=stream)
-    rt = runtime(x._engine)
+    rt = runtime(x._engine, x.device)
     if rt.name != "cuda":
         raise BufferError("simulated GPU memory has no device address: DLPack export needs a real GPU")
     base = int(x._store.buf.handle) + x._offset * x.dtype.itemsize
@@ -108,7 +108,7 @@ def cuda_array_interface(x: NDArray) -> dict:
     """``__cuda_array_interface__`` (version 3) of a GPU array on a real GPU."""
     if x.device.type != "gpu":
         raise AttributeError("a CPU array has no __cuda_array_interface__ (use __array__ or DLPack)")
-    rt = runtime(x._engine)
+    rt = runtime(x._engine, x.device)
     if rt.name != "cuda":
         raise AttributeError("simulated GPU memory has no __cuda_array_interface__")
     x.wait_to_read()
@@ -151,7 +151,7 @@ def from_dlpack(obj) -> NDArray:
     if int(dev_type) != KDL_CUDA:
         raise TypeError(f"from_dlpack: device type {dev_type} is neither CPU (1) nor CUDA (2)")
     device = de.gpu(int(dev_id))
-    rt = runtime(eng) or _runtime_for(eng, device)
+    rt = runtime(eng, device)
     if rt.name != "cuda":
         raise BufferError("from_dlpack of CUDA memory needs a real GPU (this is the simulated runtime)")
     capsule = obj.__dlpack__(stream=None)
@@ -165,11 +165,6 @@ def from_dlpack(obj) -> NDArray:
                                    owner=_ConsumedTensor(managed))
     arr = NDArray._new(eng, eng.new_var("from_dlpack"), shape, dtype, device, store=store, strides=strides)
     return arr
-
-
-def _runtime_for(eng, device):
-    eng._place(device, "normal", False)  # starts the device's streams, sets eng._rt
-    return eng._rt
 
 
 class _ConsumedTensor:

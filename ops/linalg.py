@@ -117,9 +117,10 @@ class _GpuTiles:
 
     def _launch(self, name, grid, block, args_of, reads, writes, prio):
         dev = self.dev
+        device = writes[0].device
 
         def fn(ctx):
-            rt = runtime(self.eng)
+            rt = runtime(self.eng, device)
             rt.launch(_gpu.kernel(rt, dev, name), grid, block, args_of(rt, ctx.stream), ctx.stream)
         push(fn, reads, writes, name.split("_")[1], writes[0].device, priority=prio)
 

@@ -198,7 +198,7 @@ def _gpu_op(out: NDArray, body):
     eng = out._engine
 
     def fn(ctx):
-        scratch = _Scratch(runtime(eng), out.device.index, ctx.stream)
+        scratch = _Scratch(runtime(eng, out.device), out.device.index, ctx.stream)
         try:
             body(scratch)
         finally:

@@ -58,7 +58,7 @@ class Generator:
                 _cpu.fill_random(out._data, np.uint64(seed), np.uint64(counter), normal, a, b)
         else:
             def fn(ctx):
-                rt = runtime(out._engine)
+                rt = runtime(out._engine, device)
                 buf = out._store.ensure(rt, ctx.stream)
                 _gpu.launch_1d(rt, device.index, f"random_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
                                [rt.kernel_arg(buf, out.dtype, (n,)), np.uint64(seed), np.uint64(counter),

@@ -29,14 +29,14 @@ def copyto(a: NDArray, target) -> NDArray:
     out = NDArray._empty(a.shape, a.dtype, target, name=f"copy to {target}")
     if target.type == "gpu":
         def h2d(ctx):
-            rt = runtime(out._engine)
+            rt = runtime(out._engine, target)
             rt.copy_htod(out._store.ensure(rt, ctx.stream), np.ascontiguousarray(a._data), ctx.stream)
         push(h2d, [a], [out], f"h2d {a.device}->{target}", target, kind="copy")
     else:
         def d2h(ctx):
             from .math import _Scratch
 
-            rt = runtime(a._engine)
+            rt = runtime(a._engine, a.device)
             sc = _Scratch(rt, a.device.index, ctx.stream)
             try:  # a strided view is gathered into contiguous scratch on the copy stream first
                 buf, offset = sc.contiguous_buffer(a, a.shape, a.dtype)

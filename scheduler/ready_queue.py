@@ -21,7 +21,7 @@ __all__ = ["ReadyQueue"]
 class ReadyQueue:
     """Multi-producer, multi-consumer priority queue with a FIFO fast path."""
 
-    __slots__ = ("_fifo", "_heap", "_lock", "_tiebreak", "_tokens")
+    __slots__ = ("_fifo", "_heap", "_lock", "_tiebreak", "_tokens", "empty")
 
     def __init__(self) -> None:
         # invariant: self._tokens.qsize() == len(self._fifo) + len(self._heap)
@@ -31,6 +31,9 @@ class ReadyQueue:
         self._heap: list = []
         self._lock = threading.Lock()
         self._tokens: SimpleQueue = SimpleQueue()
+        # empty(): True when no item is waiting (a hint: other threads may change it).
+        # The token queue's own method: a worker asks it after every item it runs.
+        self.empty = self._tokens.empty
         self._tiebreak = itertools.count()
 
     def put(self, item, priority: int = 0) -> None:
@@ -83,10 +86,6 @@ class ReadyQueue:
             # Another consumer took the FIFO item we saw; ours is in the heap.
             with self._lock:
                 return heapq.heappop(self._heap)[2]
-
-    def empty(self) -> bool:
-        """True when no item is waiting (a hint: other threads may change it)."""
-        return self._tokens.empty()
 
     def __len__(self) -> int:
         return self._tokens.qsize()

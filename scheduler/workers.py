@@ -1,8 +1,9 @@
 """Worker threads that run items taken from a ready queue.
 
 The pool knows nothing of what an item is beyond its integer ``priority``.
-It calls ``run(item)``, which returns the list of items that finishing
-``item`` made ready for this pool.  When nothing queued was ready earlier,
+It calls ``run(item, pool)``, which returns the list of items that finishing
+``item`` made ready for this pool (``pool`` is the pool itself, so one
+callback can serve several pools).  When nothing queued was ready earlier,
 the worker runs the best of them itself instead of waking a sleeping thread,
 which costs more than a small item does.
 """
@@ -33,12 +34,11 @@ class WorkerPool:
 
     def __init__(
         self,
-        run: Callable[[object], list],
+        run: Callable[[object, WorkerPool], list],
         size: int,
         *,
         name: str = "depengine-worker",
         initializer: Callable[[], None] | None = None,
-        start: bool = True,
     ) -> None:
         if type(size) is not int or size < 1:
             raise ValueError(f"worker pool size={size!r} must be an int >= 1")
@@ -47,20 +47,14 @@ class WorkerPool:
         self.queue = ReadyQueue()
         self._run = run
         self._initializer = initializer
-        self._threads = [
+        self.threads: tuple[threading.Thread, ...] = tuple(
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
             for i in range(size)
-        ]
-        self.thread_ids: frozenset[int] = frozenset()
+        )
         self._closed = False
-        if start:
-            self.start()
-
-    def start(self) -> None:
-        """Start the threads (once; the constructor does it unless ``start=False``)."""
-        for t in self._threads:
+        for t in self.threads:
             t.start()
-        self.thread_ids = frozenset(t.ident for t in self._threads)
+        self.thread_ids: frozenset[int] = frozenset(t.ident for t in self.threads)
 
     def submit(self, item) -> None:
         """Queue ``item`` for any idle worker of this pool."""
@@ -113,7 +107,7 @@ class WorkerPool:
                 return
             while True:
                 try:
-                    ready = run(item)
+                    ready = run(item, self)
                 except Exception:  # an engine bug; keep the worker alive
                     _log.exception("worker %s: internal error running %r", self.name, item)
                     break
@@ -131,10 +125,10 @@ class WorkerPool:
         if self._closed:
             return
         self._closed = True
-        for _ in self._threads:
+        for _ in self.threads:
             self.queue.put(None, _SENTINEL_PRIORITY)
         me = threading.get_ident()
-        for t in self._threads:
+        for t in self.threads:
             if t.ident != me:
                 t.join()
 

@@ -4,7 +4,7 @@ A program is a list of :class:`Step`.  Each step reads some vars and writes
 one or two; a written var becomes a deterministic mix of its old value, the
 values read and the step's index.  Some steps raise.  ``run_serial`` is the
 reference: plain Python, in push order, with the failure rules of
-shared/SEMANTICS.md.  ``run_on_engine`` pushes the same steps to an engine.
+docs/SEMANTICS.md.  ``run_on_engine`` pushes the same steps to an engine.
 """
 
 from __future__ import annotations

@@ -48,13 +48,13 @@ def test_bad_input_pushes_nothing_and_keeps_earlier_ops(engine):
 @pytest.mark.parametrize(
     "kwargs, exc_type, pattern",
     [
-        ({"kind": "fast"}, ValueError, r"kind='fast' is not an engine kind"),
-        ({"kind": "threaded", "workers": 0}, ValueError, r"workers=0 must be >= 1"),
-        ({"kind": "threaded", "workers": -2}, ValueError, r"workers=-2 must be >= 1"),
-        ({"kind": "threaded", "workers": 1.5}, TypeError, r"workers=1.5 must be an int"),
-        ({"kind": "threaded", "workers": True}, TypeError, r"workers=True must be an int"),
-        ({"kind": "threaded", "gpu_streams": 2}, TypeError, r"only applies to Engine\('perdevice'\)"),
-        ({"kind": "naive", "wrokers": 2}, TypeError, r"unknown option 'wrokers'"),
+        ({"type": "fast"}, ValueError, r"type='fast' is not an engine type"),
+        ({"type": "threaded", "workers": 0}, ValueError, r"workers=0 must be >= 1"),
+        ({"type": "threaded", "workers": -2}, ValueError, r"workers=-2 must be >= 1"),
+        ({"type": "threaded", "workers": 1.5}, TypeError, r"workers=1.5 must be an int"),
+        ({"type": "threaded", "workers": True}, TypeError, r"workers=True must be an int"),
+        ({"type": "threaded", "gpu_streams": 2}, TypeError, r"only applies to Engine\('perdevice'\)"),
+        ({"type": "naive", "wrokers": 2}, TypeError, r"unknown option 'wrokers'"),
     ],
 )
 def test_bad_engine_options(kwargs, exc_type, pattern):

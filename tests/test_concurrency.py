@@ -122,7 +122,7 @@ def test_ops_may_push_while_the_engine_closes():
 
 def test_default_engine_is_shared_and_recreated_after_close(monkeypatch):
     monkeypatch.setenv("DEPENGINE_ENGINE", "threaded")
-    import depengine.default as default
+    import depengine._default as default
 
     monkeypatch.setattr(default, "_default", None)
     eng = de.default_engine()
@@ -147,7 +147,7 @@ def _child(conn):
 
 def test_default_engine_is_recreated_in_a_forked_child(monkeypatch):
     monkeypatch.setenv("DEPENGINE_ENGINE", "threaded")
-    import depengine.default as default
+    import depengine._default as default
 
     monkeypatch.setattr(default, "_default", None)
     parent = de.default_engine()

@@ -1,4 +1,4 @@
-"""The semantics contract (shared/SEMANTICS.md), checked on every engine kind."""
+"""The semantics contract (docs/SEMANTICS.md), checked on every engine kind."""
 
 from __future__ import annotations
 
@@ -295,17 +295,17 @@ def test_delete_var_in_naive_runs_on_delete_at_once():
         assert calls == [1]
 
 
-def test_engine_kind_from_environment(monkeypatch):
+def test_engine_type_from_environment(monkeypatch):
     monkeypatch.setenv("DEPENGINE_ENGINE", "naive")
     with de.Engine() as eng:
-        assert eng.kind == "naive"
+        assert eng.type == "naive"
     monkeypatch.setenv("DEPENGINE_ENGINE", "bogus")
     with pytest.raises(ValueError, match="DEPENGINE_ENGINE='bogus'"):
         de.Engine()
 
 
 def test_workers_default_and_environment(monkeypatch):
-    from depengine.options import usable_cores
+    from scheduler import usable_cores
 
     monkeypatch.delenv("DEPENGINE_CPU_WORKERS", raising=False)
     with de.Engine("threaded") as eng:

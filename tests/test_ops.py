@@ -174,6 +174,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@pytest.mark.timeout(180)  # 100 000 temporaries through the engine: ~20 s on 2 loaded cores
 def test_temporaries_are_released(eng):
     keep = nd.ones((1000,))
     tmp = (keep + 1).wait_to_read()

@@ -224,7 +224,7 @@ def test_critical_path_and_parallelism_on_a_known_program():
     assert s.per_lane["w0"]["busy"] == 50 and s.per_lane["w1"]["busy"] == 15
     assert s.per_lane["w1"]["utilisation"] == pytest.approx(0.3)
     assert s.per_name["b"]["total"] == 30 and s.per_name["b"]["count"] == 1
-    kinds = {(e.src[1], e.dst[1], e.var): e.kind for e in trace.edges()}
+    kinds = {(e.src[1], e.dst[1], e.var): e.hazard for e in trace.edges()}
     assert kinds == {(0, 1, "x"): "RAW", (0, 2, "x"): "RAW", (1, 3, "y"): "RAW",
                      (2, 3, "z"): "RAW", (2, 4, "z"): "RAW"}
     text = str(s)
@@ -238,7 +238,7 @@ def test_write_after_read_and_write_after_write_edges():
         _rec(2, "r", 2, 3, reads=[(0, "v", 2)]),
         _rec(3, "w3", 3, 4, writes=[(0, "v", 3)]),        # r read v2: WAR r -> w3
     ]
-    edges = {(e.src[1], e.dst[1]): (e.kind, e.version) for e in Trace(ops).edges()}
+    edges = {(e.src[1], e.dst[1]): (e.hazard, e.version) for e in Trace(ops).edges()}
     assert edges == {(0, 1): ("WAW", 2), (1, 2): ("RAW", 2), (2, 3): ("WAR", 3)}
 
 
@@ -319,8 +319,8 @@ def test_the_c_hooks_read_any_object_with_the_fields_generically():
     fake.reads = list(op.writes)  # a list, not a tuple
     pushed(fake, "engine")
     started(fake)
-    assert fake._rec == "engine" and fake._lane is None and fake._t_push <= fake._t_start
-    assert fake._t_thread == threading.get_ident()
+    assert fake._p_engine == "engine" and fake._p_lane is None and fake._p_push <= fake._p_start
+    assert fake._p_thread == threading.get_ident()
     flat = new_store()
     record_ended(flat, fake, None, False)
     (rec,) = _parse(flat)

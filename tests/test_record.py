@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import depengine as de
 import ops as nd
-from depengine.errors import DepengineError
+from depengine import DepengineError
 from tests.conftest import ENGINE_CONFIGS, REAL_GPU, config_id
 from tests.programs import Step, StepFailed, mix
 from tests.test_differential import programs
@@ -229,7 +229,7 @@ def test_gpu_plans_are_captured_once_and_launched_as_a_graph(nd_engine):
 def test_a_gpu_plan_whose_capture_fails_replays_eagerly(nd_engine):
     x = nd.array(np.zeros(8), device=de.gpu(0))
     v = nd_engine.new_var("v")
-    rt = nd.engine()._rt
+    rt = nd.engine().gpu_runtime(de.gpu(0))
 
     def syncs(ctx):  # synchronising a capturing stream is not allowed in CUDA graphs
         rt.synchronize_stream(ctx.stream)
@@ -278,14 +278,16 @@ def test_mixed_device_plans_replay_imperatively(nd_engine):
     assert (v.version, w.version) == (2, 2)
 
 
-def test_plan_to_graphviz():
+def test_plan_graph_draws_the_plan():
+    from viz import plan_graph
+
     with de.Engine("threaded", workers=2) as eng:
         a, b = eng.new_var("a"), eng.new_var("b")
         with eng.record(execute=False) as g:
             eng.push(lambda ctx: None, writes=[a], name="produce")
             eng.push(lambda ctx: None, reads=[a], writes=[b], name="consume")
             eng.push(lambda ctx: None, writes=[a], name="overwrite")
-        src = g.compile().to_graphviz().source
+        src = plan_graph(g.compile()).source
         assert 'label="produce\n#0"' in src and 'label="consume\n#1"' in src
         assert 't0 -> t1 [label="a\nRAW" style=solid]' in src
         assert 't1 -> t2 [label="a\nWAR" style=dashed]' in src

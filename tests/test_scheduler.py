@@ -67,7 +67,7 @@ def test_worker_pool_runs_successors_inline_and_in_priority_order():
     gate = threading.Event()
     all_ran = threading.Event()
 
-    def run(item):
+    def run(item, pool):
         if item.name == "gate":
             gate.wait(10)
         with lock:
@@ -86,13 +86,13 @@ def test_worker_pool_runs_successors_inline_and_in_priority_order():
         assert ran == ["gate", "high", "mid", "low"]
     finally:
         pool.close()
-    assert all(not t.is_alive() for t in pool._threads)
+    assert all(not t.is_alive() for t in pool.threads)
 
 
 def test_worker_pool_survives_an_exception_in_run(caplog):
     done = threading.Event()
 
-    def run(item):
+    def run(item, pool):
         if item.name == "bad":
             raise RuntimeError("engine bug")
         done.set()
@@ -111,4 +111,4 @@ def test_worker_pool_survives_an_exception_in_run(caplog):
 @pytest.mark.parametrize("size", [0, -1, 1.5, True])
 def test_worker_pool_rejects_bad_sizes(size):
     with pytest.raises(ValueError, match="size"):
-        WorkerPool(lambda item: [], size)
+        WorkerPool(lambda item, pool: [], size)

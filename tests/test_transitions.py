@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import depengine as de
+from depengine import Var, _compiled
 from tests.conftest import Gate
 
 
@@ -69,3 +72,160 @@ def test_check_invariants_catches_a_broken_state(eng):
         v._check_invariants()
     v._pending_writes = 0
     v._check_invariants()
+
+
+# ------------------------------------------------ each transition, both implementations
+IMPLS = ["Python"] + (["C"] if _compiled.speedups is not None else [])
+
+
+def transitions(impl):
+    """(new_op, append_read, append_write, complete_read, complete_write) of one implementation."""
+    from depengine import _op, _var
+
+    src = _compiled.speedups if impl == "C" else None
+    if src is None:
+        return _op.new_op, _var.append_read, _var.append_write, _var.complete_read, _var.complete_write
+    return src.new_op, src.append_read, src.append_write, src.complete_read, src.complete_write
+
+
+def var(name="v"):
+    return Var._create(None, name, 0)
+
+
+def full_state(v):
+    return {"nread": v._nread, "writing": v._writing, "queue": [op._name for op in v._queue],
+            "pending_writes": v._pending_writes, "version": v.version}
+
+
+def make_op(new_op, name, reads=(), writes=(), wait=None):
+    op = new_op(None, tuple(reads), tuple(writes), name, 0, False, False, de.cpu(), "normal", None)
+    op._wait = len(reads) + len(writes) if wait is None else wait
+    return op
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_new_op_sets_every_field(impl):
+    new_op = transitions(impl)[0]
+    v = var()
+    op = new_op(print, (), (v,), "w", 3, True, False, de.cpu(), "copy", {v: 2})
+    assert type(op) is de.Op
+    assert (op.fn, op.reads, op.writes, op._name, op.priority, op.always_run, op.is_async, op.device,
+            op.kind, op._wcounts, op.stream, op.error, op.state) == (
+        print, (), (v,), "w", 3, True, False, de.cpu(), "copy", {v: 2}, None, None, "pending")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_append_read_grants_an_idle_var_and_queues_behind_a_write(impl):
+    new_op, append_read, append_write, *_ = transitions(impl)
+    v = var()
+    r1, w, r2 = make_op(new_op, "r1", reads=[v]), make_op(new_op, "w", writes=[v]), make_op(new_op, "r2", [v])
+    assert append_read(v, r1) is True
+    assert full_state(v) == {"nread": 1, "writing": False, "queue": [], "pending_writes": 0, "version": 0}
+    assert append_write(v, w, 1) is False
+    assert full_state(v) == {"nread": 1, "writing": False, "queue": ["w"], "pending_writes": 1, "version": 0}
+    assert append_read(v, r2) is False  # behind the queued write, though a read is running
+    assert full_state(v) == {"nread": 1, "writing": False, "queue": ["w", "r2"], "pending_writes": 1,
+                             "version": 0}
+    v._check_invariants()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_append_write_grants_an_idle_var_and_counts_composite_writes(impl):
+    new_op, append_read, append_write, *_ = transitions(impl)
+    v = var()
+    w1, w2 = make_op(new_op, "w1", writes=[v]), make_op(new_op, "w2", writes=[v])
+    assert append_write(v, w1, 3) is True
+    assert full_state(v) == {"nread": 0, "writing": True, "queue": [], "pending_writes": 3, "version": 0}
+    assert append_write(v, w2, 1) is False
+    assert full_state(v) == {"nread": 0, "writing": True, "queue": ["w2"], "pending_writes": 4, "version": 0}
+    assert append_read(v, make_op(new_op, "r", reads=[v])) is False
+    assert full_state(v)["queue"] == ["w2", "r"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_complete_read_grants_the_queued_write_after_the_last_reader(impl):
+    new_op, append_read, append_write, complete_read, _ = transitions(impl)
+    v = var()
+    append_read(v, make_op(new_op, "r1", reads=[v]))
+    append_read(v, make_op(new_op, "r2", reads=[v]))
+    w = make_op(new_op, "w", writes=[v], wait=2)  # waits for one more var besides v
+    append_write(v, w, 1)
+    ready = []
+    complete_read(v, ready)
+    assert full_state(v) == {"nread": 1, "writing": False, "queue": ["w"], "pending_writes": 1, "version": 0}
+    assert ready == [] and w._wait == 2
+    complete_read(v, ready)
+    assert full_state(v) == {"nread": 0, "writing": True, "queue": [], "pending_writes": 1, "version": 0}
+    assert ready == [] and w._wait == 1  # granted v, still waits for its other var
+    v._check_invariants()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_complete_write_grants_every_read_up_to_the_next_write(impl):
+    new_op, append_read, append_write, _, complete_write = transitions(impl)
+    v = var()
+    append_write(v, make_op(new_op, "w1", writes=[v]), 2)
+    r1, r2 = make_op(new_op, "r1", reads=[v]), make_op(new_op, "r2", reads=[v])
+    w2, r3 = make_op(new_op, "w2", writes=[v]), make_op(new_op, "r3", reads=[v])
+    for op in (r1, r2):
+        append_read(v, op)
+    append_write(v, w2, 1)
+    append_read(v, r3)
+    ready = []
+    complete_write(v, 2, ready)
+    assert full_state(v) == {"nread": 2, "writing": False, "queue": ["w2", "r3"], "pending_writes": 1,
+                             "version": 2}
+    assert ready == [r1, r2] and r1._wait == r2._wait == 0
+    v._check_invariants()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_complete_write_grants_one_queued_write(impl):
+    new_op, _, append_write, _, complete_write = transitions(impl)
+    v = var()
+    append_write(v, make_op(new_op, "w1", writes=[v]), 1)
+    w2, w3 = make_op(new_op, "w2", writes=[v]), make_op(new_op, "w3", writes=[v])
+    append_write(v, w2, 1)
+    append_write(v, w3, 1)
+    ready = []
+    complete_write(v, 1, ready)
+    assert full_state(v) == {"nread": 0, "writing": True, "queue": ["w3"], "pending_writes": 2, "version": 1}
+    assert ready == [w2]
+    complete_write(v, 1, ready)
+    complete_write(v, 1, ready)
+    assert full_state(v) == {"nread": 0, "writing": False, "queue": [], "pending_writes": 0, "version": 3}
+    assert ready == [w2, w3]
+
+
+@pytest.mark.skipif(len(IMPLS) < 2, reason="depengine._speedups is not built")
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["r", "w", "done"]), st.integers(1, 3)), max_size=40))
+def test_the_c_transitions_behave_exactly_like_the_python_ones(script):
+    """A random script of pushes and completions on one var, run by both: the same states throughout."""
+    runs = {}
+    for impl in IMPLS:
+        new_op, append_read, append_write, complete_read, complete_write = transitions(impl)
+        v = var()
+        running = []  # ops holding v, in grant order
+        trail = []
+        n = 0
+        for action, count in script:
+            ready = []
+            if action == "done" and running:
+                op = running.pop(0)
+                if op.writes:
+                    complete_write(v, op._wcounts[v], ready)
+                else:
+                    complete_read(v, ready)
+            elif action != "done":
+                n += 1
+                op = make_op(new_op, f"{action}{n}", **{"reads" if action == "r" else "writes": [v]})
+                op._wcounts = {v: count}
+                granted = (append_read(v, op) if action == "r" else append_write(v, op, count))
+                if granted:
+                    ready.append(op)
+            running.extend(ready)
+            v._check_invariants()
+            trail.append((full_state(v), [op._name for op in ready]))
+        runs[impl] = trail
+    assert runs["C"] == runs["Python"]

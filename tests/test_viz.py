@@ -131,7 +131,7 @@ def test_stats_function_accepts_paths(diamond_trace, tmp_path):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "depengine", *args], capture_output=True, text=True,
                           timeout=300, cwd=cwd)
 
 

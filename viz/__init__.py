@@ -7,6 +7,7 @@ path of a saved trace file.
 from depengine.trace import Stats, Trace, TraceError
 
 from .graph import dependency_graph
+from .plan_graph import plan_graph
 from .render import DOT_MISSING, GraphvizMissingError, render
 from .timeline import timeline
 
@@ -17,6 +18,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "dependency_graph",
+    "plan_graph",
     "render",
     "stats",
     "timeline",

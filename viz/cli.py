@@ -13,7 +13,7 @@ from .graph import dependency_graph
 from .render import GraphvizMissingError, render
 from .timeline import timeline
 
-__all__ = ["main"]
+__all__ = ["stats_main", "trace_main", "viz_main"]
 
 
 def _trace(argv: list[str]) -> int:
@@ -73,10 +73,24 @@ def _stats(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    command, rest = argv[0], argv[1:]
+def _run(command: str, function, argv: list[str]) -> int:
     try:
-        return {"trace": _trace, "viz": _viz, "stats": _stats}[command](rest)
+        return function(argv)
     except (TraceError, GraphvizMissingError, ValueError) as exc:
         print(f"depengine {command}: {exc}", file=sys.stderr)
         return 2
+
+
+def trace_main(argv: list[str]) -> int:
+    """``depengine trace``."""
+    return _run("trace", _trace, argv)
+
+
+def viz_main(argv: list[str]) -> int:
+    """``depengine viz``."""
+    return _run("viz", _viz, argv)
+
+
+def stats_main(argv: list[str]) -> int:
+    """``depengine stats``."""
+    return _run("stats", _stats, argv)

@@ -17,8 +17,9 @@ from collections import Counter, defaultdict
 
 import graphviz
 
-from depengine.graph_style import CRITICAL, EDGE_STYLE, KIND_FILL, node_shape
 from depengine.trace import Trace
+
+from .style import CRITICAL, EDGE_STYLE, KIND_FILL, node_shape
 
 __all__ = ["dependency_graph"]
 
@@ -61,7 +62,7 @@ def _full(g, trace: Trace, path) -> None:
             label += f"\n{r.state}"
         g.node(_nid(r.key), label, **_node_attrs(r.kind, r.device, r.state, r.key in on_path))
     for e in trace.edges():
-        attrs = {"label": f"{e.var} v{e.version}\n{e.kind}", "style": EDGE_STYLE[e.kind]}
+        attrs = {"label": f"{e.var} v{e.version}\n{e.hazard}", "style": EDGE_STYLE[e.hazard]}
         if (e.src, e.dst) in path_edges:
             attrs.update(color=CRITICAL, penwidth="3", fontcolor=CRITICAL)
         g.edge(_nid(e.src), _nid(e.dst), **attrs)
@@ -90,7 +91,7 @@ def _collapsed(g, trace: Trace, path) -> None:
     var_names: dict[tuple, set] = defaultdict(set)
     for e in trace.edges():
         key = (group_of[e.src], group_of[e.dst])
-        agg[key][e.kind] += 1
+        agg[key][e.hazard] += 1
         var_names[key].add(e.var)
     for (src, dst), kinds in agg.items():
         names = sorted(var_names[(src, dst)])

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from depengine.graph_style import CRITICAL
 from depengine.trace import Trace
 
+from .style import CRITICAL
 from .svg import Svg, color_for
 
 __all__ = ["timeline"]

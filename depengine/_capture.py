@@ -1,6 +1,6 @@
 """Capturing pushes: ``Engine.record()`` (recorded plans) and ``Engine.bulk()``.
 
-A mixin of :class:`~depengine.engine.Engine`.  While a record or bulk block
+A mixin of :class:`~depengine._engine.Engine`.  While a record or bulk block
 is active anywhere, ``_capturing`` is non-zero and every push asks
 ``_capture`` whether a recording or bulk of the pushing thread takes the op;
 otherwise pushes pay one attribute test.
@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from threading import get_ident
 
 from . import profiler
-from .device import cpu
-from .errors import DepengineError
-from .op import Op
+from ._composite import Composite, run_members, seed_failures
+from ._device import cpu
+from ._errors import DepengineError
+from ._op import Op
 
-__all__ = ["Capturing"]
+__all__ = ["Bulk", "Capturing", "PerThread"]
 
 _CPU = cpu()
 _sleep = time.sleep
@@ -31,11 +32,11 @@ class Capturing:
 
     @contextmanager
     def record(self, execute: bool = True):
-        """Capture the ops this thread pushes into a :class:`~depengine.record.Graph`.
+        """Capture the ops this thread pushes into a :class:`~depengine.plan.Graph`.
 
         ``execute=False`` only captures.  ``graph.compile()`` makes a plan to replay.
         """
-        from .record import Graph
+        from .plan import Graph
 
         if execute.__class__ is not bool:
             raise TypeError(f"execute={execute!r} must be a bool")
@@ -58,8 +59,6 @@ class Capturing:
 
         Any wait, and the end of the block, hands the group to the engine.
         """
-        from .record import Bulk
-
         if size.__class__ is not int or size < 1:
             raise ValueError(f"bulk size={size!r} must be an int >= 1")
         local = self._bulks
@@ -77,42 +76,27 @@ class Capturing:
             with self._guard:
                 self._capturing -= 1
 
-    def _capture(self, op: Op) -> bool:
-        """A push while a record or bulk is active: True if the op was taken."""
-        bulk = self._bulks.bulk
-        if bulk is not None and self._graph is None:  # the common case: just bulking
-            if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
-                self._flush_bulk()
-                return False
-            if self._prof is not None:
-                profiler.stamp_pushed(op, self)
-            ops = bulk.ops
-            ops.append(op)
-            if len(ops) >= bulk.size:
-                self._flush_bulk()
-            return True
+    def _capture(self, op: Op, pure: bool) -> bool:
+        """A push while a record or bulk is active: True if the op was taken (not registered)."""
         graph = self._graph
         if graph is not None and graph.thread == get_ident():
-            from .record import _Spec
-
-            graph.specs.append(_Spec(op, op.fn))
+            graph.add(op, pure)
             if not graph.execute:
-                op.id = -len(graph.specs)  # a template: never registered
+                op.id = -len(graph)  # a template: never registered
                 return True
+        bulk = self._bulks.bulk
         if bulk is None:
             return False
         if op.is_async or op.device is not _CPU or op.kind != "normal" or op._wcounts is not None:
-            self._flush_bulk()
+            self._flush_bulk()  # an op a bulk cannot hold ends the bulk's run of ops
             return False
-        bulk.ops.append(op)
-        if len(bulk.ops) >= bulk.size:
+        if self._prof is not None:
+            profiler.stamp_pushed(op, self)
+        ops = bulk.ops
+        ops.append(op)
+        if len(ops) >= bulk.size:
             self._flush_bulk()
         return True
-
-    def _mark_pure(self, op: Op) -> None:
-        graph = self._graph
-        if graph is not None and graph.specs and graph.specs[-1].op is op:
-            graph.specs[-1].pure = True
 
     def _flush_bulk(self) -> None:
         """Hand this thread's bulked ops to the engine as one composite op."""
@@ -121,9 +105,7 @@ class Capturing:
             return
         members, bulk.ops = bulk.ops, []
         n = len(members)
-        with self._guard:  # the members' ids, in push order, before the bulk's own
-            k = self._seq
-            self._seq = k + n
+        k = self._take_ids(n)  # the members' ids, in push order, before the bulk's own
         # One plain loop (here it beats Counter, chain and attrgetter).  Members
         # that name the same writes tuple in a row (pushes of [v] share v's)
         # are counted as a run.
@@ -152,8 +134,6 @@ class Capturing:
         prof = self._prof
 
         def run_bulk(ctx):
-            from .composite import Composite, run_members, seed_failures
-
             outcome = Composite()
             failures = seed_failures(ctx, set(reads) | set(counts))
             run_members(members, failures, outcome, prof, {} if prof is not None else None)
@@ -170,12 +150,18 @@ class Capturing:
             # ms).  Yield the GIL: the workers drain the queue meanwhile.
             _sleep(0)
 
-    def _cpu_submit(self):
-        """Where plan runs hand pieces to CPU workers (None: run them on the calling thread)."""
-        return None
 
-
-class _PerThread(threading.local):
+class PerThread(threading.local):
     """Per-thread state of an engine: the active bulk, if any."""
 
     bulk = None
+
+
+class Bulk:
+    """The ops this thread pushed inside ``Engine.bulk(size)``, not yet handed to the engine."""
+
+    __slots__ = ("ops", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ops: list[Op] = []

@@ -10,19 +10,16 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from . import op as _op
-from .engine import Engine, _Done
-from .op import Op
+from ._engine import Done, Engine
+from ._op import FINISHED, Op
 
 __all__ = ["NaiveEngine"]
-
-_FINISHED = (_op.DONE, _op.FAILED, _op.SKIPPED)
 
 
 class NaiveEngine(Engine):
     """Runs each op before ``push`` returns; async ops block ``push`` until ``done``."""
 
-    kind = "naive"
+    type = "naive"
 
     def _start(self) -> None:
         # One op at a time, in push order, even with several pushing threads.
@@ -34,15 +31,11 @@ class NaiveEngine(Engine):
     def _dispatch(self, op: Op) -> None:
         self._ready.append(op)
 
-    def push(self, *args, **kwargs) -> Op:
+    def _settle(self, op: Op) -> None:
+        # Run everything that became ready.  Another thread may be running the
+        # ops this one waits for: the lock waits for it, and its drain runs
+        # this op too, so the push returns after the op ran either way.
         with self._exec_lock:
-            op = super().push(*args, **kwargs)
-            self._drain()
-        return op
-
-    def delete_var(self, var, on_delete=None) -> None:
-        with self._exec_lock:
-            super().delete_var(var, on_delete)
             self._drain()
 
     def _drain(self) -> None:
@@ -61,9 +54,9 @@ class NaiveEngine(Engine):
             if more:
                 ready.extend(more)
 
-    def _async_started(self, op: Op, done: _Done) -> None:
+    def _async_started(self, op: Op, done: Done) -> None:
         with self._lock:
-            if op._state in _FINISHED:
+            if op._state in FINISHED:
                 return
             event = done._event = threading.Event()
         event.wait()

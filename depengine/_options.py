@@ -1,16 +1,20 @@
-"""Engine options: one dataclass, validated in one place, with environment defaults."""
+"""Engine types and options: one dataclass, validated in one place, with environment defaults."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
 
-__all__ = ["KINDS", "EngineOptions", "usable_cores"]
+from scheduler import usable_cores
 
-KINDS = ("naive", "threaded", "perdevice")
-DEFAULT_KIND = "perdevice"
+__all__ = ["DEFAULT_TYPE", "ENGINE_TYPES", "OP_KINDS", "EngineOptions", "engine_class", "resolve_type"]
 
-# option name -> (environment variable, kinds that accept it)
+ENGINE_TYPES = ("naive", "threaded", "perdevice")
+DEFAULT_TYPE = "perdevice"
+# what an op's ``kind`` may be: which pool (or stream) runs it
+OP_KINDS = ("normal", "prioritized", "copy", "async")
+
+# option name -> environment variable
 _ENV = {
     "workers": "DEPENGINE_CPU_WORKERS",
     "prioritized_workers": "DEPENGINE_PRIORITIZED_WORKERS",
@@ -20,12 +24,31 @@ _ENV = {
 _PERDEVICE_ONLY = ("prioritized_workers", "copy_workers", "gpu_streams")
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def resolve_type(type: str | None) -> str:
+    """The engine type to build: ``type``, else ``DEPENGINE_ENGINE``, else the default."""
+    source = "type"
+    if type is None:
+        type = os.environ.get("DEPENGINE_ENGINE") or DEFAULT_TYPE
+        source = "DEPENGINE_ENGINE"
+    if type not in ENGINE_TYPES:
+        raise ValueError(f"{source}={type!r} is not an engine type; "
+                         f"expected one of {', '.join(ENGINE_TYPES)}")
+    return type
+
+
+def engine_class(type: str) -> type:
+    """The class of engine ``type`` (imported on first use)."""
+    if type == "naive":
+        from ._naive import NaiveEngine
+
+        return NaiveEngine
+    if type == "threaded":
+        from ._threaded import ThreadedEngine
+
+        return ThreadedEngine
+    from ._perdevice import PerDeviceEngine
+
+    return PerDeviceEngine
 
 
 @dataclass(frozen=True)
@@ -38,31 +61,20 @@ class EngineOptions:
     (default 2); each also read from its ``DEPENGINE_*`` variable.
     """
 
-    kind: str
+    type: str
     workers: int
     prioritized_workers: int = 1
     copy_workers: int = 1
     gpu_streams: int = 2
 
-    @staticmethod
-    def resolve_kind(kind: str | None) -> str:
-        """The engine kind to build: ``kind``, else ``DEPENGINE_ENGINE``, else the default."""
-        source = "kind"
-        if kind is None:
-            kind = os.environ.get("DEPENGINE_ENGINE") or DEFAULT_KIND
-            source = "DEPENGINE_ENGINE"
-        if kind not in KINDS:
-            raise ValueError(f"{source}={kind!r} is not an engine kind; expected one of {', '.join(KINDS)}")
-        return kind
-
     @classmethod
-    def create(cls, kind: str, **options) -> EngineOptions:
-        known = {f.name for f in fields(cls)} - {"kind"}
+    def create(cls, type: str, **options) -> EngineOptions:
+        known = {f.name for f in fields(cls)} - {"type"}
         for name in options:
             if name not in known:
                 raise TypeError(f"Engine() got an unknown option {name!r}; known: {', '.join(sorted(known))}")
-            if kind != "perdevice" and name in _PERDEVICE_ONLY and options[name] is not None:
-                raise TypeError(f"option {name!r} only applies to Engine('perdevice'), not {kind!r}")
+            if type != "perdevice" and name in _PERDEVICE_ONLY and options[name] is not None:
+                raise TypeError(f"option {name!r} only applies to Engine('perdevice'), not {type!r}")
         values = {}
         for name in known:
             value = options.get(name)
@@ -79,9 +91,9 @@ class EngineOptions:
                 continue
             if value.__class__ is not int:
                 raise TypeError(f"{source}={value!r} must be an int")
-            low = 0 if name in ("prioritized_workers",) else 1
+            low = 0 if name == "prioritized_workers" else 1
             if value < low:
                 raise ValueError(f"{source}={value!r} must be >= {low}")
             values[name] = value
         values.setdefault("workers", usable_cores())
-        return cls(kind=kind, **values)
+        return cls(type=type, **values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scheduler.runtime import RuntimeUnavailable, get_runtime, runtime_kind
 
-from .errors import DeviceUnavailableError
+from ._errors import DeviceUnavailableError
 
 __all__ = ["Device", "cpu", "devices", "gpu"]
 

@@ -12,8 +12,7 @@ var by var, which failure each written var carries.
 
 from __future__ import annotations
 
-from . import op as _op
-from . import profiler
+from . import _op, profiler
 
 __all__ = ["Composite", "run_members", "seed_failures"]
 

@@ -1,17 +1,15 @@
-"""The engine interface and the dependency tracking every engine kind shares.
+"""The engine interface and the dependency tracking every engine type shares.
 
 An op is pushed with the vars it reads and writes.  Each var keeps a queue of
-the ops that wait for it: a run of reads, then one write, then a run of reads,
-and so on.  An op becomes ready when it is at the head of the queue of every
-var it names; its counter starts at ``len(vars) + 1`` and drops once per var
-granted and once when its push has finished registering, so exactly one
-thread sees it reach zero and dispatches it.  Engine kinds differ only in how
-a ready op is dispatched (see ``_dispatch``): ``naive`` runs it on the pushing
-thread, ``threaded`` hands it to a worker pool.
+the ops that wait for it (see ``_var.py`` and its four transitions).  An op
+becomes ready when it is at the head of the queue of every var it names; its
+counter starts at ``len(vars) + 1`` and drops once per var granted and once
+when its push has finished registering, so exactly one thread sees it reach
+zero and dispatches it.  docs/ARCHITECTURE.md draws the whole path.
 
 One lock guards all scheduling state.  Under the GIL a single lock held for a
 few hundred nanoseconds is cheaper than per-var locks, and it makes every
-transition below atomic.
+transition atomic.
 """
 
 from __future__ import annotations
@@ -25,84 +23,128 @@ import weakref
 
 from scheduler.locks import YieldingLock, acquire_yielding
 
-from . import op as _op
-from . import profiler
-from .capture import Capturing, _PerThread
-from .composite import Composite
-from .device import cpu
-from .errors import DeadlockError, EngineClosedError, VarDeletedError
-from .op import Op, RunContext, _BulkMember, _Epoch
-from .options import EngineOptions
-from .var import NEVER_CLEARED, Var
-from .waits import Waits
+from . import _op, profiler
+from ._capture import Capturing, PerThread
+from ._compiled import append_read, append_write, complete_read, complete_write, new_op
+from ._composite import Composite
+from ._device import cpu
+from ._errors import DeviceUnavailableError, EngineClosedError, VarDeletedError
+from ._op import Done, Epoch, Op, RunContext, name_of
+from ._options import OP_KINDS, EngineOptions, engine_class, resolve_type
+from ._var import NEVER_CLEARED, Var
+from ._waits import Waits
 
 __all__ = ["Engine"]
 
 _log = logging.getLogger("depengine")
 
 _live_engines: weakref.WeakSet = weakref.WeakSet()
-_CPU = _BulkMember.device = cpu()
+_CPU = cpu()
 _sleep = time.sleep
-_new_op = object.__new__
-_PENDING = _op.PENDING
+_RUNNING = _op.RUNNING
 # pending ops past which a pushing thread yields the GIL to the workers once per push
 _BACKLOG = 2048
 
 
 class Engine(Waits, Capturing):
-    """A dependency engine.  ``Engine(kind)`` returns the engine of that kind.
+    """A dependency engine.  ``Engine(type)`` returns the engine of that type.
 
-    ``kind`` is ``"naive"``, ``"threaded"`` or ``"perdevice"``; ``None`` reads
-    ``DEPENGINE_ENGINE``.  ``workers`` defaults to the number of usable cores.
-    Use it as a context manager, or call :meth:`close`.
+    ``type`` is ``"naive"``, ``"threaded"`` or ``"perdevice"``; ``None`` reads
+    ``DEPENGINE_ENGINE``.  The options (``workers``, ...) are those of
+    :class:`~depengine._options.EngineOptions`.  Use it as a context manager,
+    or call :meth:`close`.
+
+    **The subclass contract.**  An engine type overrides only the hooks
+    declared in the section below, each documented where it is declared
+    with its default.  The public API, registration, execution, completion,
+    failures and waits belong to this class and are not overridden.
     """
 
-    kind: str = ""
+    type: str = ""
 
-    def __new__(cls, kind: str | None = None, **options):
+    def __new__(cls, type: str | None = None, **options):
         if cls is Engine:
-            from .kinds import engine_class
-
-            cls = engine_class(EngineOptions.resolve_kind(kind))
+            cls = engine_class(resolve_type(type))
         return object.__new__(cls)
 
-    def __init__(self, kind: str | None = None, **options) -> None:
-        self.options = EngineOptions.create(self.kind, **options)
-        # _guard for cold paths; hot paths use the raw lock with acquire_yielding
-        self._guard = YieldingLock()
+    def __init__(self, type: str | None = None, **options) -> None:
+        self.options = EngineOptions.create(self.type, **options)
+        self._seq = 0  # id of the next op
+        self._nvars = 0
+        self._epoch = Epoch()  # ops pushed since the last wait_all
+        self._closed_epochs: list[Epoch] = []  # epochs some wait_all waits to drain
+        self._failed_vars: set[Var] = set()  # vars whose last write failed
+        self._unreported: list[BaseException] = []  # failures no wait has raised, oldest first
+        self._closed = False
+        self._debug = bool(os.environ.get("DEPENGINE_DEBUG"))
+        self._prof = profiler.active_recorder()  # a Recorder while profiling, else None
+        self._reset(forked=False)
+        self._start()
+        _live_engines.add(self)
+
+    def _reset(self, forked: bool) -> None:
+        """The locks and capture state, made anew (at start, and in a forked child)."""
+        self._guard = YieldingLock()  # cold paths; hot paths use the raw lock with acquire_yielding
         self._lock = self._guard.raw
         self._any_deleted = False
         self._capturing = 0  # active record() and bulk() blocks
         self._graph = None   # the Graph being recorded
-        self._bulks = _PerThread()
-        self._seq = 0  # id of the next op
-        self._nvars = 0
-        self._epoch = _Epoch()  # ops pushed since the last wait_all
-        self._closed_epochs: list[_Epoch] = []  # epochs some wait_all waits to drain
-        self._failed_vars: set[Var] = set()  # vars whose last write failed
-        self._unreported: list[BaseException] = []  # failures no wait has raised, oldest first
-        self._closing = False
-        self._closed = False
-        self._forked = False
-        self._debug = bool(os.environ.get("DEPENGINE_DEBUG"))
-        self._prof = profiler.active_recorder()  # a Recorder while profiling, else None
-        self._start()
-        _live_engines.add(self)
+        self._bulks = PerThread()
+        self._forked = forked
+        self._closing = forked
 
-    # ------------------------------------------------------------------ hooks
+    # ---------------------------------------------------- the subclass contract
     def _start(self) -> None:
-        """Start the threads this kind needs."""
+        """Start the threads this type needs (from ``__init__``)."""
 
     def _dispatch(self, op: Op) -> None:
-        """Hand over an op whose vars are all granted."""
+        """Hand over an op whose vars are all granted (from the thread that granted the last)."""
         raise NotImplementedError
 
+    # Called with each op after its push registered it, or None.  The naive
+    # engine runs there whatever became ready, so push returns after the op ran.
+    _settle = None
+
     def _stop(self) -> None:
-        """Stop and join the threads ``_start`` started (all ops are finished)."""
+        """Stop and join the threads ``_start`` started (every op has finished)."""
 
     def _in_op(self) -> bool:
         """True when the calling thread is running one of this engine's ops."""
         return False
+
+    def _place(self, device, kind: str, is_async: bool):
+        """Validate ``device`` and ``kind`` for this type; return the ``(device, kind)`` to use."""
+        if device is not None and device != _CPU:
+            raise ValueError(f"device={device!r}: the {self.type!r} engine runs ops on cpu() only; "
+                             "use Engine('perdevice') for GPUs")
+        if kind not in OP_KINDS:
+            raise ValueError(f"kind={kind!r} must be one of {', '.join(map(repr, OP_KINDS))}")
+        return _CPU, kind
+
+    def _stream_done(self, op: Op) -> None:
+        """A GPU op's function has returned: its work is enqueued (per-device engine)."""
+
+    def _async_started(self, op: Op, done: Done) -> None:
+        """An async op's function has returned; ``done`` may not have been called yet."""
+
+    def _plan_submit(self):
+        """Where a plan run hands its chunks: a ``submit(item)``, or None to run them inline."""
+        return None
+
+    def _wait_gpu_for_var(self, var: Var) -> None:
+        """Block until GPU work that wrote ``var`` has finished (per-device engine)."""
+
+    def _wait_gpu_all(self) -> None:
+        """Block until all enqueued GPU work has finished (per-device engine)."""
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads that run this engine's ops (workers and stream threads)."""
+        return []
+
+    def gpu_runtime(self, device):
+        """The GPU runtime behind ``device`` on this engine (its streams start on first use)."""
+        raise DeviceUnavailableError(f"{device!r}: the {self.type!r} engine runs ops on cpu() only; "
+                                     "use Engine('perdevice') for GPUs")
 
     # ------------------------------------------------------------- public API
     def new_var(self, name: str | None = None) -> Var:
@@ -147,38 +189,6 @@ class Engine(Waits, Capturing):
 
         self.push(release, (), (var,), f"delete {var.name}", 0, True, None, "normal", False, False, var)
 
-    def close(self) -> None:
-        """Finish every pending op, join every thread, log unreported failures."""
-        if self._capturing:
-            self._flush_bulk()
-        with self._guard:
-            if self._closing:
-                return
-            if self._in_op():
-                raise DeadlockError("close() inside an op: the engine cannot join its own thread")
-            self._closing = True
-        if not self._forked:
-            while True:  # ops may push more ops while the engine drains
-                with self._guard:
-                    epoch = self._epoch
-                    if not epoch.count and not self._closed_epochs:
-                        self._closed = True
-                        break
-                    if epoch.count:
-                        epoch.event = threading.Event()
-                        self._epoch = _Epoch()
-                        self._closed_epochs.append(epoch)
-                    pending = list(self._closed_epochs)
-                for ep in pending:
-                    ep.event.wait()
-            self._stop()
-        self._closed = True
-        _live_engines.discard(self)
-        for exc in self._unreported:
-            _log.error("depengine: a failure no wait reported, at close of %r", self,
-                       exc_info=(type(exc), exc, exc.__traceback__))
-        self._unreported = []
-
     @property
     def closed(self) -> bool:
         return self._closed
@@ -192,7 +202,7 @@ class Engine(Waits, Capturing):
     def __repr__(self) -> str:
         pending = self._epoch.count + sum(e.count for e in self._closed_epochs)
         state = "closed" if self._closed else "closing" if self._closing else "open"
-        return (f"<{type(self).__name__} kind={self.kind!r} workers={self.options.workers} "
+        return (f"<{type(self).__name__} type={self.type!r} workers={self.options.workers} "
                 f"pending={pending} failed_vars={len(self._failed_vars)} {state}>")
 
     # ------------------------------------------------------------ push path
@@ -247,49 +257,13 @@ class Engine(Waits, Capturing):
         n = len(reads)
         if n > 1 and (reads[0] is reads[1] if n == 2 else len(set(reads)) != n):
             reads = tuple(dict.fromkeys(reads))
-        capturing = self._capturing
-        if capturing and _deleting is None and device is None and kind == "normal" and not _async:
-            bulk = self._bulks.bulk
-            if bulk is not None and _wcounts is None and self._graph is None and self._prof is None:
-                # the common case of capturing: a plain CPU op joins this thread's bulk
-                op = _BulkMember()
-                op.fn = fn
-                op._name = name
-                op.reads = reads
-                op.writes = writes
-                op.priority = priority
-                op.always_run = always_run
-                op.error = None
-                op._state = _PENDING
-                ops = bulk.ops
-                ops.append(op)
-                if len(ops) >= bulk.size:
-                    self._flush_bulk()
-                return op
         if device is None and kind == ("async" if _async else "normal"):
             device = _CPU
         else:
             device, kind = self._place(device, kind, _async)
-        op = _new_op(Op)  # Op.__init__ would cost a third of this function
-        op.fn = fn
-        op._name = name
-        op.reads = reads
-        op.writes = writes
-        op.priority = priority
-        op.always_run = always_run
-        op.is_async = _async
-        op.device = device
-        op.kind = kind
-        op.stream = None
-        op.error = None
-        op._state = _op.PENDING
-        op._wcounts = _wcounts
-        if capturing and _deleting is None:
-            taken = self._capture(op)  # by a bulk or a recording of this thread
-            if pure:
-                self._mark_pure(op)
-            if taken:
-                return op
+        op = new_op(fn, reads, writes, name, priority, always_run, _async, device, kind, _wcounts)
+        if self._capturing and _deleting is None and self._capture(op, pure):
+            return op  # taken by a bulk or a recording of this thread
 
         if self._prof is not None:  # the op carries its own record while profiling (stamped unlocked)
             profiler.stamp_pushed(op, self)
@@ -308,22 +282,14 @@ class Engine(Waits, Capturing):
             epoch = self._epoch
             epoch.count += 1
             op._epoch = epoch
-            wait = len(reads) + len(writes) + 1
+            wait = len(reads) + len(writes)
             for v in reads:
-                if v._writing or v._queue:
-                    v._queue.append(op)
-                else:
-                    v._nread += 1
+                if append_read(v, op):
                     wait -= 1
             for v in writes:
-                v._pending_writes += 1 if _wcounts is None else _wcounts[v]
-                if v._writing or v._nread or v._queue:
-                    v._queue.append(op)
-                else:
-                    v._writing = True
+                if append_write(v, op, 1 if _wcounts is None else _wcounts[v]):
                     wait -= 1
-            wait -= 1  # registration finished
-            op._wait = wait
+            op._wait = wait  # the +1 of registration, already dropped
             if _deleting is not None:
                 _deleting._deleted_at = seq
                 self._any_deleted = True
@@ -331,21 +297,14 @@ class Engine(Waits, Capturing):
             lock.release()
         if not wait:
             self._dispatch(op)
+        if self._settle is not None:
+            self._settle(op)
         if epoch.count > _BACKLOG and not self._in_op():
             # The pusher never blocks, so under the GIL it can outrun the
             # workers; thousands of pending ops then make every garbage
             # collection slow.  Yield the GIL so the workers catch up.
             _sleep(0)
         return op
-
-    def _place(self, device, kind, is_async):
-        """Validate ``device`` and ``kind`` for this engine; return the ones to use."""
-        if device is not None and device != cpu():
-            raise ValueError(f"device={device!r}: the {self.kind!r} engine runs ops on cpu() only; "
-                             "use Engine('perdevice') for GPUs")
-        if kind not in ("normal", "prioritized", "copy", "async"):
-            raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
-        return cpu(), kind
 
     def _as_vars(self, vs, role: str) -> tuple:
         if vs.__class__ is Var:
@@ -373,16 +332,26 @@ class Engine(Waits, Capturing):
         if self._closed or (self._closing and not self._in_op()):
             raise EngineClosedError("push after close(): the engine is closed")
 
+    def _take_ids(self, n: int) -> int:
+        """Reserve ``n`` consecutive op ids (for ops that run inside a composite); the first."""
+        with self._guard:
+            first = self._seq
+            self._seq = first + n
+        return first
+
     # ------------------------------------------------------- execution path
-    def _execute(self, op: Op) -> list:
-        """Run a ready op (or skip it) and complete it; returns the ops it made ready."""
-        if op.__class__ is not Op:  # a piece of a plan run (see record.py)
+    def _execute(self, op: Op, pool=None) -> list:
+        """Run a ready op (or skip it) and complete it; returns the ops it made ready.
+
+        ``pool`` is the worker pool running it, when a pool calls this directly.
+        """
+        if op.__class__ is not Op:  # a chunk of a plan run (see plan.py)
             return op.execute()
         if self._failed_vars and not op.always_run:
             error = self._input_failure(op)
             if error is not None:
                 return self._complete(op, error, False)
-        op._state = _op.RUNNING
+        op._state = _RUNNING
         if self._prof is not None:
             profiler.stamp_started(op)
         if op.is_async:
@@ -394,7 +363,7 @@ class Engine(Waits, Capturing):
         return self._complete(op, None, False)
 
     def _execute_async(self, op: Op) -> list:
-        done = _Done(self, op)
+        done = Done(self, op)
         try:
             op.fn(op, done)
         except BaseException as exc:
@@ -408,9 +377,6 @@ class Engine(Waits, Capturing):
                 self._unreported.append(exc)
         self._async_started(op, done)
         return []
-
-    def _async_started(self, op: Op, done: _Done) -> None:
-        """Called once an async op's function has returned (done may be pending)."""
 
     def _input_failure(self, op: Op) -> BaseException | None:
         seq = op.id
@@ -435,13 +401,15 @@ class Engine(Waits, Capturing):
         if origin:
             error.add_note(f"depengine: raised by op {op.name!r} (#{op.id})")
         if op._name is None:  # name it before letting go of its function
-            op._name = _op.name_of(op.fn)
+            op._name = getattr(op.fn, "__qualname__", None) or name_of(op.fn)
         prof = self._prof
         if prof is not None:  # the op holds its vars: their versions are the ones it saw
             if comp is None:
                 profiler.record_ended(prof.ops, op, error, origin)
             else:
                 profiler.record_ended(prof.ops, op, comp.origins[0] if comp.origins else None, True)
+        if op.stream is not None and op._state == _RUNNING:
+            self._stream_done(op)
         op.fn = None  # what the function holds is released before any waiter wakes
         ready = []
         lock = self._lock
@@ -449,19 +417,10 @@ class Engine(Waits, Capturing):
             acquire_yielding(lock)
         try:
             for v in op.reads:
-                v._nread -= 1
-                if not v._nread and v._queue:  # the head is a write
-                    nxt = v._queue.popleft()
-                    v._writing = True
-                    nxt._wait -= 1
-                    if not nxt._wait:
-                        ready.append(nxt)
+                complete_read(v, ready)
             wcounts = op._wcounts
             for v in op.writes:
-                k = 1 if wcounts is None else wcounts[v]
-                v.version += k
-                v._pending_writes -= k
-                v._writing = False
+                complete_write(v, 1 if wcounts is None else wcounts[v], ready)
                 e = error if comp is None else comp.failures.get(v)
                 if e is not None:
                     if v._failure is None:
@@ -473,21 +432,6 @@ class Engine(Waits, Capturing):
                     self._failed_vars.discard(v)
                 if v._waiters:
                     self._wake_waiters(v)
-                q = v._queue
-                if q:
-                    if v in q[0].writes:  # grant one write
-                        nxt = q.popleft()
-                        v._writing = True
-                        nxt._wait -= 1
-                        if not nxt._wait:
-                            ready.append(nxt)
-                    else:  # or every read up to the next write
-                        while q and v not in q[0].writes:
-                            nxt = q.popleft()
-                            v._nread += 1
-                            nxt._wait -= 1
-                            if not nxt._wait:
-                                ready.append(nxt)
             if comp is not None:
                 self._unreported.extend(comp.origins)
                 op.error = comp.origins[0] if comp.origins else None
@@ -515,71 +459,14 @@ class Engine(Waits, Capturing):
         for op in ops:
             self._dispatch(op)
 
-    # ------------------------------------------------- GPU hooks for waits
-    def _wait_gpu_for_var(self, var: Var) -> None:
-        """Block until GPU work that wrote ``var`` has finished (per-device engine)."""
 
-    def _wait_gpu_all(self) -> None:
-        """Block until all enqueued GPU work has finished (per-device engine)."""
-
-    # ------------------------------------------------------ failure reports
-    def _report_var_failure(self, var: Var, exc: BaseException) -> None:
-        """``exc`` is being raised to a waiter of ``var``: mark it reported, clear it."""
-        with self._guard:
-            try:
-                self._unreported.remove(exc)
-            except ValueError:
-                pass
-            if var._failure is exc and var._clear_seq == NEVER_CLEARED:
-                var._clear_seq = self._seq
-
-    def _after_fork_in_child(self) -> None:
-        # The parent's threads do not exist here and its locks may be held.
-        # _guard for cold paths; hot paths use the raw lock with acquire_yielding
-        self._guard = YieldingLock()
-        self._lock = self._guard.raw
-        self._any_deleted = False
-        self._capturing = 0  # active record() and bulk() blocks
-        self._graph = None   # the Graph being recorded
-        self._bulks = _PerThread()
-        self._forked = True
-        self._closing = True
-        self._closed = True
-
-
-class _Done:
-    """The ``done`` callback an async op receives; callable exactly once."""
-
-    __slots__ = ("_called", "_engine", "_event", "_op")
-
-    def __init__(self, engine: Engine, op: Op) -> None:
-        self._engine = engine
-        self._op = op
-        self._called = False
-        self._event: threading.Event | None = None
-
-    def __call__(self, error: BaseException | None = None) -> None:
-        if error is not None and not isinstance(error, BaseException):
-            raise TypeError(f"done(error={error!r}): error must be an exception instance or None")
-        engine = self._engine
-        op = self._op
-        with engine._guard:
-            if self._called:
-                raise RuntimeError(f"done() was already called for op {op.name!r} (#{op.id})")
-            self._called = True
-        ready = engine._complete(op, error, error is not None)
-        if ready:
-            engine._dispatch_all(ready)
-        event = self._event
-        if event is not None:
-            event.set()
-
-    def __repr__(self) -> str:
-        return f"<done for op #{self._op.id} {'called' if self._called else 'pending'}>"
+def live_engines() -> list[Engine]:
+    """Every engine of this process that is not closed (the profiler attaches to them)."""
+    return [engine for engine in _live_engines if not engine._closed]
 
 
 def _close_live_engines() -> None:
-    for engine in list(_live_engines):
+    for engine in live_engines():
         try:
             engine.close()
         except Exception:
@@ -588,8 +475,10 @@ def _close_live_engines() -> None:
 
 
 def _forget_engines_after_fork() -> None:
+    # The parent's threads do not exist here and its locks may be held.
     for engine in list(_live_engines):
-        engine._after_fork_in_child()
+        engine._reset(forked=True)
+        engine._closed = True
     _live_engines.clear()
 
 

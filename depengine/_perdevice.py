@@ -32,16 +32,15 @@ from time import perf_counter_ns
 from scheduler import WorkerPool
 from scheduler.runtime import CudaError, RuntimeUnavailable, get_runtime
 
-from . import op as _op
-from .device import Device, cpu
-from .engine import Engine
-from .errors import DeviceUnavailableError
-from .op import Op
+from ._device import Device, cpu
+from ._engine import Engine
+from ._errors import DeviceUnavailableError
+from ._op import Op
+from ._options import OP_KINDS
 
 __all__ = ["PerDeviceEngine"]
 
 _CPU = cpu()
-KINDS = ("normal", "prioritized", "copy", "async")
 
 
 class _GpuState:
@@ -84,7 +83,7 @@ class _Gpu:
 class PerDeviceEngine(Engine):
     """CPU worker pools and GPU streams, scheduled by one dependency engine."""
 
-    kind = "perdevice"
+    type = "perdevice"
 
     def _start(self) -> None:
         self._pool_lock = threading.Lock()
@@ -98,15 +97,21 @@ class PerDeviceEngine(Engine):
         self._gpu_lock = threading.Lock()
 
     def _new_pool(self, size: int, name: str, initializer=None) -> WorkerPool:
-        pool = WorkerPool(None, size, name=name, initializer=initializer, start=False)
-        pool._run = functools.partial(self._run_in, pool)
-        pool.start()
-        return pool
+        return WorkerPool(self._run_in, size, name=name, initializer=initializer)
 
-    def _cpu_submit(self):
+    def _plan_submit(self):
         return self._cpu.submit
 
-    def _pools(self) -> list[WorkerPool]:
+    def threads(self) -> list[threading.Thread]:
+        return [t for pool in self._all_pools() for t in pool.threads]
+
+    def gpu_runtime(self, device):
+        if not isinstance(device, Device) or device.type != "gpu":
+            raise TypeError(f"device={device!r} must be de.gpu(i)")
+        self._ensure_gpu(device.index)
+        return self._rt
+
+    def _all_pools(self) -> list[WorkerPool]:
         pools = [p for p in (self._cpu, self._prio, self._copy) if p is not None]
         for gpu in self._gpus.values():
             pools.extend(lane.pool for lane in (*gpu.compute, gpu.h2d, gpu.d2h))
@@ -117,8 +122,8 @@ class PerDeviceEngine(Engine):
 
     # ------------------------------------------------------------- placement
     def _place(self, device, kind, is_async):
-        if kind not in KINDS:
-            raise ValueError(f"kind={kind!r} must be one of {', '.join(repr(k) for k in KINDS)}")
+        if kind not in OP_KINDS:
+            raise ValueError(f"kind={kind!r} must be one of {', '.join(map(repr, OP_KINDS))}")
         if device is None:
             return _CPU, kind
         if not isinstance(device, Device):
@@ -187,13 +192,13 @@ class PerDeviceEngine(Engine):
                 lane = self._d2h_lane(op)
                 if lane is not None:
                     op.stream = lane.stream
-                    op._lane = lane.name
+                    op._p_lane = lane.name
             return self._cpu_pool(op.kind)
         gpu = self._gpus[device.index]
         lane = gpu.h2d if op.kind == "copy" else self._compute_lane(gpu, op)
         lane.assigned += 1
         op.stream = lane.stream
-        op._lane = lane.name
+        op._p_lane = lane.name
         return lane.pool
 
     def _compute_lane(self, gpu: _Gpu, op: Op) -> _Lane:
@@ -221,8 +226,20 @@ class PerDeviceEngine(Engine):
     def _dispatch(self, op: Op) -> None:
         self._route(op).submit(op)
 
-    def _run_in(self, pool: WorkerPool, op: Op) -> list:
-        ready = self._execute(op)
+    def _run_in(self, op: Op, pool: WorkerPool) -> list:
+        """What every pool of this engine runs: GPU ordering, the op, then routing of its successors."""
+        stream = op.stream
+        ready = None
+        if stream is not None:
+            self._rt.bind_thread(stream.device)
+            self._stream_waits(op, stream)
+        elif self._gpu_used:
+            try:
+                self._host_waits(op)
+            except CudaError as exc:  # GPU work it depends on failed
+                ready = self._complete(op, exc, True)
+        if ready is None:
+            ready = self._execute(op)
         if not ready:
             return ready
         mine = []
@@ -233,19 +250,6 @@ class PerDeviceEngine(Engine):
             else:
                 target.submit(nxt)
         return mine
-
-    # -------------------------------------------------------------- execution
-    def _execute(self, op: Op) -> list:
-        stream = op.stream
-        if stream is not None:
-            self._rt.bind_thread(stream.device)
-            self._stream_waits(op, stream)
-        elif self._gpu_used:
-            try:
-                self._host_waits(op)
-            except CudaError as exc:
-                return self._complete(op, exc, True)
-        return super()._execute(op)
 
     def _stream_waits(self, op: Op, stream) -> None:
         rt = self._rt
@@ -283,11 +287,8 @@ class PerDeviceEngine(Engine):
                     rt.synchronize(event)
                 v._gpu = None  # every GPU use of v is finished
 
-    def _complete(self, op: Op, error, origin: bool) -> list:
-        stream = op.stream
-        if stream is not None and op._state == _op.RUNNING:
-            self._record(op, stream)
-        return super()._complete(op, error, origin)
+    def _stream_done(self, op: Op) -> None:
+        self._record(op, op.stream)
 
     def _record(self, op: Op, stream) -> None:
         """The op's work is enqueued: record an event and make its vars point at it."""
@@ -307,7 +308,7 @@ class PerDeviceEngine(Engine):
             if len(reads) >= 16:  # drop reads that have finished
                 reads[:] = [r for r in reads if not rt.query(r[0])]
             reads.append((event, stream))
-        if self._prof is not None and getattr(op, "_rec", None) is not None:
+        if self._prof is not None and getattr(op, "_p_engine", None) is not None:
             self._poll_gpu_end(op, event)
 
     def _poll_gpu_end(self, op: Op, event) -> None:
@@ -357,7 +358,7 @@ class PerDeviceEngine(Engine):
         return threading.get_ident() in self._worker_ids
 
     def _stop(self) -> None:
-        for pool in self._pools():
+        for pool in self._all_pools():
             pool.close()
         lanes = [lane for gpu in self._gpus.values() for lane in (*gpu.compute, gpu.h2d, gpu.d2h)]
         for lane in lanes:

@@ -1,4 +1,4 @@
-"""Recording ops once and replaying them fast; bulking consecutive small ops.
+"""Recording ops once and replaying them fast: graphs and plans.
 
 ``with eng.record() as g:`` captures the ops the recording thread pushes
 (running them too unless ``execute=False``); ``g.compile()`` turns them into
@@ -23,9 +23,6 @@ stream instead: its first run enqueues the ops' work as pushed ops would,
 its second captures that work as a CUDA graph (the simulated runtime records
 it and replays it item by item), and later runs launch the graph.  A plan
 mixing devices, or holding async or copy ops, is pushed op by op.
-
-``with eng.bulk(64):`` groups up to 64 consecutive small synchronous CPU
-ops pushed by this thread into one composite op; any wait flushes it.
 """
 
 from __future__ import annotations
@@ -36,11 +33,12 @@ from collections.abc import Callable
 
 from scheduler.locks import acquire_yielding
 
-from . import op as _op
-from .composite import Composite, run_members, seed_failures
-from .device import cpu
-from .errors import DepengineError
-from .op import Op
+from ._compiled import new_op
+from ._composite import Composite, run_members, seed_failures
+from ._device import cpu
+from ._edges import dependency_edges, pushed_in_order
+from ._errors import DepengineError
+from ._op import Op
 
 __all__ = ["Graph", "Plan", "register_fuser"]
 
@@ -83,6 +81,12 @@ class Graph:
         self.new_vars: list = []
         self.closed = False
 
+    def add(self, op: Op, pure: bool) -> None:
+        """Record a push (the engine calls this while ``record()`` captures this thread's pushes)."""
+        spec = _Spec(op, op.fn)
+        spec.pure = pure
+        self.specs.append(spec)
+
     def __len__(self) -> int:
         return len(self.specs)
 
@@ -96,25 +100,10 @@ class Graph:
 
 
 def _dependencies(specs) -> list[set[int]]:
-    """Predecessors of each spec under the engine's rules (RAW, WAR, WAW)."""
-    last_write: dict = {}
-    readers: dict = {}
-    preds: list[set[int]] = []
-    for i, s in enumerate(specs):
-        p = set()
-        for v in s.reads:
-            if v in last_write:
-                p.add(last_write[v])
-        for v in s.writes:
-            if v in last_write:
-                p.add(last_write[v])
-            p.update(readers.get(v, ()))
-        for v in s.reads:
-            readers.setdefault(v, []).append(i)
-        for v in s.writes:
-            last_write[v] = i
-            readers[v] = []
-        preds.append(p)
+    """Predecessors of each spec under the engine's rules (see ``_edges.py``)."""
+    preds: list[set[int]] = [set() for _ in specs]
+    for src, dst, _, _, _ in dependency_edges(pushed_in_order((s.reads, s.writes) for s in specs)):
+        preds[dst].add(src)
     return preds
 
 
@@ -182,7 +171,7 @@ def _by_level(chains: list[list[int]], preds: list[set[int]], workers: int) -> l
 
 
 class Plan:
-    """A compiled recording.  ``run()`` replays it; ``to_graphviz()`` draws it."""
+    """A compiled recording.  ``run()`` replays it; ``viz.plan_graph(plan)`` draws it."""
 
     def __init__(self, graph: Graph, *, prune: bool, fuse: bool, bulk: bool) -> None:
         self.engine = graph.engine
@@ -315,7 +304,7 @@ class Plan:
             self._eager_runs += 1
             self._eager(members, failures)
             return
-        rt = eng._rt
+        rt = eng.gpu_runtime(self.device)
         if self.cuda_graph is None:
             rt.begin_capture(ctx.stream)
             try:
@@ -348,7 +337,7 @@ class Plan:
             members = [self._profiled_member(m, ctx) for m in members]
         failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
         run = self.current = _Run(self, members, failures, done, prof)
-        submit = eng._cpu_submit()
+        submit = eng._plan_submit()
         if submit is None or len(self.chunks) == 1:
             run.serial()
             return
@@ -356,20 +345,16 @@ class Plan:
             submit(self.items[g])
 
     def _profiled_member(self, m: Op, ctx) -> Op:
-        copy = _new_member(m.fn, m.reads, m.writes, m._name, m.priority, m.always_run, 0)
-        with self.engine._guard:
-            copy.id = self.engine._seq
-            self.engine._seq += 1
-        copy._rec = self.engine
-        copy._lane = None
-        copy._t_push = ctx._t_push if hasattr(ctx, "_t_push") else 0
+        copy = _new_member(m.fn, m.reads, m.writes, m._name, m.priority, m.always_run,
+                           self.engine._take_ids(1))
+        copy._p_engine = self.engine
+        copy._p_lane = None
+        copy._p_push = getattr(ctx, "_p_push", 0)
         return copy
 
-    def to_graphviz(self):
-        """The plan's DAG as a ``graphviz.Digraph`` (the conventions of viz/)."""
-        from .plan_graph import plan_graph
-
-        return plan_graph(self)
+    def edges(self) -> list[tuple]:
+        """``(src, dst, var, version, hazard)`` between the plan's ops (indices into ``specs``)."""
+        return dependency_edges(pushed_in_order((s.reads, s.writes) for s in self.specs))
 
     def __repr__(self) -> str:
         return (f"<Plan ops={len(self.members)} (recorded {self.recorded}, pruned {self.pruned}, "
@@ -393,20 +378,8 @@ def _mode(specs) -> tuple[str, object, str | None]:
 
 
 def _new_member(fn, reads, writes, name, priority, always_run=False, index=0) -> Op:
-    m = object.__new__(Op)
-    m.fn = fn
-    m._name = name
-    m.reads = reads
-    m.writes = writes
-    m.priority = priority
-    m.always_run = always_run
-    m.is_async = False
-    m.device = _CPU
-    m.kind = "normal"
-    m.stream = None
-    m.error = None
-    m._state = _op.PENDING
-    m._wcounts = None
+    """An op a plan runs itself (never registered with the engine)."""
+    m = new_op(fn, reads, writes, name, priority, always_run, False, _CPU, "normal", None)
     m.id = index
     m._wait = 0
     return m
@@ -502,13 +475,3 @@ class _Chunk:
         if last:
             run.finish()
         return ready
-
-
-class Bulk:
-    """The ops this thread pushed inside ``Engine.bulk(size)``, not yet handed to the engine."""
-
-    __slots__ = ("ops", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.ops: list[Op] = []

@@ -1,14 +1,15 @@
-"""Ops, the context an op's function receives, and the small records the engine keeps."""
+"""Ops: what ``push`` returns and what an op's function receives; the one op factory."""
 
 from __future__ import annotations
 
 import threading
 
-__all__ = ["Op", "RunContext"]
+__all__ = ["Done", "Op", "RunContext", "new_op"]
 
 # Op._state values.  "pending" and "ready" are told apart by Op._wait.
 PENDING, RUNNING, DONE, FAILED, SKIPPED = range(5)
-_STATE_NAMES = ("pending", "running", "done", "failed", "skipped")
+STATE_NAMES = ("pending", "running", "done", "failed", "skipped")
+FINISHED = (DONE, FAILED, SKIPPED)
 
 
 class RunContext:
@@ -41,17 +42,16 @@ class Op(RunContext):
     """
 
     __slots__ = (
-        "_epoch",
-        "_wcounts",
-        "meta",
-        "_lane",
-        "_t_push",
-        "_t_start",
-        "_t_thread",
-        "_name",
-        "_rec",
+        "_epoch",     # the _Epoch counting it until it finishes
+        "_name",      # None until named (from fn at the latest when it finishes)
+        "_p_engine",  # _p_*: stamps of the profiler's hooks, set only while profiling
+        "_p_lane",
+        "_p_push",
+        "_p_start",
+        "_p_thread",
         "_state",
-        "_wait",
+        "_wait",      # vars not yet granted, +1 until its push has registered it
+        "_wcounts",   # composite ops: var -> number of members writing it
         "always_run",
         "device",
         "error",
@@ -59,6 +59,7 @@ class Op(RunContext):
         "id",
         "is_async",
         "kind",
+        "meta",       # what ops/ attaches for recorded plans
         "priority",
         "reads",
         "stream",
@@ -78,7 +79,7 @@ class Op(RunContext):
     def state(self) -> str:
         if self._state == PENDING and getattr(self, "_wait", 1) == 0:
             return "ready"
-        return _STATE_NAMES[self._state]
+        return STATE_NAMES[self._state]
 
     def __repr__(self) -> str:
         reads = ", ".join(v.name for v in self.reads)
@@ -87,20 +88,30 @@ class Op(RunContext):
         return f"<Op #{op_id} {self.name!r} {self.state} reads=[{reads}] writes=[{writes}]>"
 
 
-class _BulkMember(Op):
-    """An op pushed inside ``Engine.bulk()``: a plain synchronous CPU op.
+_new = object.__new__
 
-    What every such op shares is read from the class, so a bulked push
-    stores five fewer fields.  Nothing writes these on a member.
+
+def new_op(fn, reads: tuple, writes: tuple, name, priority: int, always_run: bool, is_async: bool,
+           device, kind: str, wcounts) -> Op:
+    """The one place an :class:`Op` is built (``Op()`` itself refuses: use ``Engine.push``).
+
+    ``reads`` and ``writes`` are tuples of vars, already checked and folded.
     """
-
-    __slots__ = ()
-    __init__ = object.__init__  # the engine calls _BulkMember(): cheaper than object.__new__(cls)
-    is_async = False
-    kind = "normal"
-    stream = None
-    _wcounts = None
-    device = None  # set to cpu() by the engine module (op.py imports no device code)
+    op = _new(Op)  # Op.__init__ through type() would cost more than the rest of this function
+    op.fn = fn
+    op._name = name
+    op.reads = reads
+    op.writes = writes
+    op.priority = priority
+    op.always_run = always_run
+    op.is_async = is_async
+    op.device = device
+    op.kind = kind
+    op.stream = None
+    op.error = None
+    op._state = PENDING
+    op._wcounts = wcounts
+    return op
 
 
 def name_of(fn) -> str:
@@ -112,7 +123,7 @@ def name_of(fn) -> str:
     return name
 
 
-class _Epoch:
+class Epoch:
     """Counts the ops pushed between two ``wait_all`` calls that are not finished."""
 
     __slots__ = ("count", "event")
@@ -123,7 +134,7 @@ class _Epoch:
         self.event: threading.Event | None = None
 
 
-class _Waiter:
+class Waiter:
     """A ``wait_for_var`` blocked until ``var.version`` reaches ``target``."""
 
     __slots__ = ("event", "failure", "target")
@@ -132,3 +143,34 @@ class _Waiter:
         self.target = target
         self.event = threading.Event()
         self.failure: BaseException | None = None
+
+
+class Done:
+    """The ``done`` callback an async op receives; callable exactly once."""
+
+    __slots__ = ("_called", "_engine", "_event", "_op")
+
+    def __init__(self, engine, op: Op) -> None:
+        self._engine = engine
+        self._op = op
+        self._called = False
+        self._event: threading.Event | None = None
+
+    def __call__(self, error: BaseException | None = None) -> None:
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"done(error={error!r}): error must be an exception instance or None")
+        engine = self._engine
+        op = self._op
+        with engine._guard:
+            if self._called:
+                raise RuntimeError(f"done() was already called for op {op.name!r} (#{op.id})")
+            self._called = True
+        ready = engine._complete(op, error, error is not None)
+        if ready:
+            engine._dispatch_all(ready)
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def __repr__(self) -> str:
+        return f"<done for op #{self._op.id} {'called' if self._called else 'pending'}>"

@@ -1,27 +1,30 @@
-"""Waiting: ``Engine.wait_for_var()`` and ``Engine.wait_all()``.
+"""Waiting: ``Engine.wait_for_var()``, ``Engine.wait_all()`` and ``Engine.close()``.
 
-A mixin of :class:`~depengine.engine.Engine`.  ``wait_for_var`` parks a
-:class:`~depengine.op._Waiter` on the var, woken by ``_wake_waiters`` when
+A mixin of :class:`~depengine._engine.Engine`.  ``wait_for_var`` parks a
+:class:`~depengine._op.Waiter` on the var, woken by ``_wake_waiters`` when
 the var's version reaches the target; ``wait_all`` closes the current epoch
 (the count of ops pushed so far) and waits for every closed epoch's event.
-Both flush this thread's bulk first, report failures as SEMANTICS.md says,
+Both flush this thread's bulk first, report failures as docs/SEMANTICS.md says,
 and record themselves when profiling.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
-from .errors import DeadlockError, VarDeletedError
-from .op import _Epoch, _Waiter
-from .var import Var
+from ._errors import DeadlockError, VarDeletedError
+from ._op import Epoch, Waiter
+from ._var import NEVER_CLEARED, Var
 
 __all__ = ["Waits"]
 
+_log = logging.getLogger("depengine")
+
 
 class Waits:
-    """``wait_for_var`` and ``wait_all``, and the wake-up of var waiters."""
+    """``wait_for_var``, ``wait_all`` and ``close``, and the wake-up of var waiters."""
 
     def wait_for_var(self, var: Var, timeout: float | None = None) -> None:
         """Return once every write to ``var`` pushed before this call has completed.
@@ -56,7 +59,7 @@ class Waits:
                         f"wait_for_var({var.name!r}) inside an op: {var._pending_writes} write(s) "
                         "to it are pending and could wait for this very op"
                     )
-                waiter = _Waiter(var.version + var._pending_writes)
+                waiter = Waiter(var.version + var._pending_writes)
                 if var._waiters is None:
                     var._waiters = [waiter]
                 else:
@@ -102,11 +105,8 @@ class Waits:
     def _wait_all(self, timeout: float | None) -> None:
         _check_timeout(timeout)
         with self._guard:
-            epoch = self._epoch
-            if epoch.count:
-                epoch.event = threading.Event()
-                self._epoch = _Epoch()
-                self._closed_epochs.append(epoch)
+            if self._epoch.count:
+                self._close_epoch()
             pending = list(self._closed_epochs)
             if pending and self._in_op():
                 raise DeadlockError("wait_all() inside an op: it would wait for that op itself")
@@ -129,6 +129,50 @@ class Waits:
                 more = "; ".join(f"{type(e).__name__}: {e}" for e in failures[1:6])
                 first.add_note(f"depengine: {len(failures) - 1} more failure(s) in this wait_all: {more}")
             raise first
+
+    def close(self) -> None:
+        """Finish every pending op, join every thread, log unreported failures."""
+        if self._capturing:
+            self._flush_bulk()
+        with self._guard:
+            if self._closing:
+                return
+            if self._in_op():
+                raise DeadlockError("close() inside an op: the engine cannot join its own thread")
+            self._closing = True
+        while True:  # ops may push more ops while the engine drains
+            with self._guard:
+                epoch = self._epoch
+                if not epoch.count and not self._closed_epochs:
+                    self._closed = True
+                    break
+                if epoch.count:
+                    self._close_epoch()
+                pending = list(self._closed_epochs)
+            for ep in pending:
+                ep.event.wait()
+        self._stop()
+        for exc in self._unreported:
+            _log.error("depengine: a failure no wait reported, at close of %r", self,
+                       exc_info=(type(exc), exc, exc.__traceback__))
+        self._unreported = []
+
+    def _close_epoch(self) -> None:
+        """Start a new epoch; the current one fires its event once its ops finish (lock held)."""
+        epoch = self._epoch
+        epoch.event = threading.Event()
+        self._epoch = Epoch()
+        self._closed_epochs.append(epoch)
+
+    def _report_var_failure(self, var: Var, exc: BaseException) -> None:
+        """``exc`` is being raised to a waiter of ``var``: mark it reported, clear it."""
+        with self._guard:
+            try:
+                self._unreported.remove(exc)
+            except ValueError:
+                pass
+            if var._failure is exc and var._clear_seq == NEVER_CLEARED:
+                var._clear_seq = self._seq
 
     def _wake_waiters(self, v: Var) -> None:
         """Fire the ``wait_for_var`` calls whose target write just completed (lock held)."""

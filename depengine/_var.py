@@ -1,11 +1,28 @@
-"""Vars: tags for resources, each with a queue of the ops that wait to use it."""
+"""Vars, and the four transitions of a var's queue that every engine uses.
+
+A var keeps the ops that wait to use it in push order, as a queue of groups:
+a run of reads, then one write, then a run of reads, ...  The head group holds
+the var (``_nread`` readers, or ``_writing``); a group starts when the group
+before it has finished.  Four transitions change that state (MXNet names
+them the same way; the compiled core mirrors them by name):
+
+- :func:`append_read`:    an op that reads the var is pushed
+- :func:`append_write`:   an op that writes the var is pushed
+- :func:`complete_read`:  an op that read the var has finished
+- :func:`complete_write`: an op that wrote the var has finished
+
+Each is called with the engine's lock held.  A transition that grants the
+var to a queued op decrements the op's ``_wait`` counter and, when it reaches
+zero, appends the op to ``ready``; the caller dispatches those after
+releasing the lock.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections import deque
 
-__all__ = ["Var"]
+__all__ = ["NEVER_CLEARED", "Var", "append_read", "append_write", "complete_read", "complete_write"]
 
 # A failure with this clear sequence number is visible to every later op.
 NEVER_CLEARED = sys.maxsize
@@ -54,7 +71,8 @@ class Var:
         # invariant: _nread > 0 implies not _writing
         v._nread = 0
         v._writing = False
-        # invariant: _pending_writes == int(_writing) + (number of writes in _queue)
+        # invariant: _pending_writes == int(_writing) + (number of writes in _queue),
+        #            counting a composite op (bulk, plan run) once per member writing the var
         v._pending_writes = 0
         # The exception carried by the last write, if it failed or was skipped.
         # Ops with id >= _clear_seq do not see it (a wait reported it to the user).
@@ -81,7 +99,7 @@ class Var:
         return self._failure is not None and self._clear_seq == NEVER_CLEARED
 
     def _check_invariants(self) -> None:
-        """Raise AssertionError if the var's scheduling state is inconsistent."""
+        """Raise AssertionError if the var's scheduling state breaks an invariant above."""
         q = self._queue
         if self._nread < 0 or self._pending_writes < 0:
             raise AssertionError(f"{self!r}: negative counter")
@@ -91,7 +109,6 @@ class Var:
             raise AssertionError(f"{self!r}: queue head waits for nobody")
         if q and self not in q[0].writes and not self._writing:
             raise AssertionError(f"{self!r}: a read waits while no write runs")
-        # a composite op (bulk, plan run) counts as one write per member writing the var
         queued_writes = sum(1 if op._wcounts is None else op._wcounts[self] for op in q if self in op.writes)
         expected = queued_writes + int(self._writing)
         if self._pending_writes < expected or (not self._writing and self._pending_writes != expected):
@@ -107,3 +124,61 @@ class Var:
         if self._deleted_at is not None:
             parts.append(f"deleted-at=#{self._deleted_at}")
         return " ".join(parts) + ">"
+
+
+def append_read(v: Var, op) -> bool:
+    """AppendRead: ``op`` will read ``v``.  True when granted at once (nothing to wait for)."""
+    if v._writing or v._queue:
+        v._queue.append(op)
+        return False
+    v._nread += 1
+    return True
+
+
+def append_write(v: Var, op, count: int) -> bool:
+    """AppendWrite: ``op`` will write ``v`` (``count`` writes: a composite op counts each member's).
+
+    True when granted at once.
+    """
+    v._pending_writes += count
+    if v._writing or v._nread or v._queue:
+        v._queue.append(op)
+        return False
+    v._writing = True
+    return True
+
+
+def complete_read(v: Var, ready: list) -> None:
+    """CompleteRead: a reader of ``v`` finished; the last one grants a queued write."""
+    v._nread -= 1
+    if not v._nread and v._queue:  # the head is a write
+        nxt = v._queue.popleft()
+        v._writing = True
+        nxt._wait -= 1
+        if not nxt._wait:
+            ready.append(nxt)
+
+
+def complete_write(v: Var, count: int, ready: list) -> None:
+    """CompleteWrite: the writer of ``v`` finished (``count`` writes); grant the next group.
+
+    The next group is one write, or every read up to the next write.
+    """
+    v.version += count
+    v._pending_writes -= count
+    v._writing = False
+    q = v._queue
+    if q:
+        if v in q[0].writes:
+            nxt = q.popleft()
+            v._writing = True
+            nxt._wait -= 1
+            if not nxt._wait:
+                ready.append(nxt)
+        else:
+            while q and v not in q[0].writes:
+                nxt = q.popleft()
+                v._nread += 1
+                nxt._wait -= 1
+                if not nxt._wait:
+                    ready.append(nxt)

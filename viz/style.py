@@ -1,4 +1,4 @@
-"""How dependency graphs look, shared by viz/ and Plan.to_graphviz()."""
+"""How dependency graphs look: shared by the trace graphs, timelines and plan graphs."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .engine import Engine
+from ._engine import Engine
 
 __all__ = ["default_engine"]
 
