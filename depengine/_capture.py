@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from threading import get_ident
 
 from . import profiler
-from ._composite import Composite, run_members, seed_failures
+from ._composite import Outcome, run_members, seed_failures
 from ._device import cpu
 from ._errors import DepengineError
 from ._op import Op
@@ -134,12 +134,12 @@ class Capturing:
         prof = self._prof
 
         def run_bulk(ctx):
-            outcome = Composite()
+            outcome = Outcome(members_recorded=prof is not None)
             failures = seed_failures(ctx, set(reads) | set(counts))
             run_members(members, failures, outcome, prof, {} if prof is not None else None)
             outcome.failures = {v: failures[v] for v in counts if failures.get(v) is not None}
-            if outcome.failures or outcome.origins:
-                raise outcome
+            if outcome.worth_reporting():
+                ctx._outcome = outcome
 
         self.push(run_bulk, reads, tuple(counts), f"bulk({n})", top, True, None, "normal", False, False, None,
                   counts)

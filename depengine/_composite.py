@@ -6,24 +6,52 @@ versions come out as if every member had been pushed).  Inside, members run
 in push order (or a topological order of it) under the same failure rules as
 pushed ops: a member that raises fails its writes; a member naming a failed
 var is skipped (unless ``always_run``) and its writes inherit the failure.
-The composite ends with a :class:`Composite` outcome that tells the engine,
-var by var, which failure each written var carries.
+When it ends, the composite leaves an :class:`Outcome` on its op
+(``op._outcome``) that tells the engine, var by var, which failure each
+written var carries; without one the composite simply succeeded.
 """
 
 from __future__ import annotations
 
 from . import _op, profiler
 
-__all__ = ["Composite", "run_members", "seed_failures"]
+__all__ = ["Outcome", "record_shell", "run_members", "seed_failures"]
 
 
-class Composite(Exception):
-    """The outcome of a composite op: per-var failures and the exceptions members raised."""
+class Outcome:
+    """How a composite op ended: per-var failures and the exceptions its members raised.
 
-    def __init__(self) -> None:
-        super().__init__("composite outcome")
+    ``members_recorded``: a profile recorded each member on its own, so the
+    composite's own record must not claim the versions they made.
+    """
+
+    __slots__ = ("failures", "members_recorded", "origins")
+
+    def __init__(self, members_recorded: bool = False) -> None:
         self.failures: dict = {}   # var -> exception it carries after the composite
         self.origins: list = []    # exceptions raised by members, in the order they happened
+        self.members_recorded = members_recorded
+
+    def worth_reporting(self) -> bool:
+        """Whether the engine must read this outcome (else the composite simply succeeded)."""
+        return bool(self.failures or self.origins or self.members_recorded)
+
+
+class _Shell:
+    """What the profiler records of a composite whose members recorded themselves."""
+
+    __slots__ = ("_name", "_p_engine", "_p_lane", "_p_push", "_p_start", "_p_thread", "device", "id", "kind",
+                 "priority", "reads", "writes")
+
+
+def record_shell(op):
+    """``op`` as a record without vars: its members' records carry its reads and writes."""
+    shell = _Shell()
+    for field in _Shell.__slots__:
+        if field not in ("reads", "writes") and hasattr(op, field):
+            setattr(shell, field, getattr(op, field))
+    shell.reads = shell.writes = ()
+    return shell
 
 
 def seed_failures(parent, vars_) -> dict:
@@ -32,7 +60,7 @@ def seed_failures(parent, vars_) -> dict:
     return {v: v._failure for v in vars_ if v._failure is not None and seq < v._clear_seq}
 
 
-def run_members(members, failures: dict, outcome: Composite, prof=None, versions: dict | None = None) -> None:
+def run_members(members, failures: dict, outcome: Outcome, prof=None, versions: dict | None = None) -> None:
     """Run ``members`` (Op objects) in order; ``failures`` maps vars to the failure they carry."""
     if not failures and prof is None:  # the common case: nothing failed, nothing recorded
         done = _op.DONE

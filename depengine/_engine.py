@@ -26,7 +26,7 @@ from scheduler.locks import YieldingLock, acquire_yielding
 from . import _op, profiler
 from ._capture import Capturing, PerThread
 from ._compiled import append_read, append_write, complete_read, complete_write, new_op
-from ._composite import Composite
+from ._composite import record_shell
 from ._device import cpu
 from ._errors import DeviceUnavailableError, EngineClosedError, VarDeletedError
 from ._op import Done, Epoch, Op, RunContext, name_of
@@ -392,12 +392,13 @@ class Engine(Waits, Capturing):
         """Release ``op``'s vars and record its outcome; returns the ops made ready.
 
         ``origin`` is True when ``op`` itself raised ``error`` (rather than
-        inheriting it from a failed var it named).  A :class:`Composite`
-        error carries the outcome of each var of a bulk or plan run.
+        inheriting it from a failed var it named).  A composite op (a bulk or
+        a plan run) may leave an :class:`~depengine._composite.Outcome` with
+        the failure of each var it wrote.
         """
         comp = None
-        if error is not None and error.__class__ is Composite:
-            comp, error, origin = error, None, False
+        if op._wcounts is not None and error is None:
+            comp = getattr(op, "_outcome", None)
         if origin:
             error.add_note(f"depengine: raised by op {op.name!r} (#{op.id})")
         if op._name is None:  # name it before letting go of its function
@@ -407,7 +408,8 @@ class Engine(Waits, Capturing):
             if comp is None:
                 profiler.record_ended(prof.ops, op, error, origin)
             else:
-                profiler.record_ended(prof.ops, op, comp.origins[0] if comp.origins else None, True)
+                profiler.record_ended(prof.ops, record_shell(op) if comp.members_recorded else op,
+                                      comp.origins[0] if comp.origins else None, True)
         if op.stream is not None and op._state == _RUNNING:
             self._stream_done(op)
         op.fn = None  # what the function holds is released before any waiter wakes

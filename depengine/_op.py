@@ -44,6 +44,7 @@ class Op(RunContext):
     __slots__ = (
         "_epoch",     # the _Epoch counting it until it finishes
         "_name",      # None until named (from fn at the latest when it finishes)
+        "_outcome",   # composite ops: the Outcome they leave when they end (else unset)
         "_p_engine",  # _p_*: stamps of the profiler's hooks, set only while profiling
         "_p_lane",
         "_p_push",

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from scheduler.locks import acquire_yielding
 
 from ._compiled import new_op
-from ._composite import Composite, run_members, seed_failures
+from ._composite import Outcome, run_members, seed_failures
 from ._device import cpu
 from ._edges import dependency_edges, pushed_in_order
 from ._errors import DepengineError
@@ -302,7 +302,7 @@ class Plan:
         failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
         if failures or self.why_no_graph is not None or not self._eager_runs:
             self._eager_runs += 1
-            self._eager(members, failures)
+            self._eager(ctx, members, failures)
             return
         rt = eng.gpu_runtime(self.device)
         if self.cuda_graph is None:
@@ -316,17 +316,17 @@ class Plan:
             except Exception as exc:
                 rt.abort_capture(ctx.stream)
                 self.why_no_graph = f"capture failed: {type(exc).__name__}: {exc}"
-                self._eager(members, failures)
+                self._eager(ctx, members, failures)
                 return
         rt.launch_graph(self.cuda_graph, ctx.stream)
         self.graph_launches += 1
 
-    def _eager(self, members, failures: dict) -> None:
-        outcome = Composite()
+    def _eager(self, ctx, members, failures: dict) -> None:
+        outcome = Outcome()
         run_members(members, failures, outcome)
-        if outcome.origins or any(failures.get(v) is not None for v in self.writes):
-            outcome.failures = {v: failures[v] for v in self.writes if failures.get(v) is not None}
-            raise outcome
+        outcome.failures = {v: failures[v] for v in self.writes if failures.get(v) is not None}
+        if outcome.worth_reporting():
+            ctx._outcome = outcome
 
     def _start(self, ctx, done) -> None:
         """The plan op runs: start the chunks with no predecessor (on the engine's workers)."""
@@ -336,7 +336,7 @@ class Plan:
         if prof is not None:  # fresh members, so each run's ops are recorded on their own
             members = [self._profiled_member(m, ctx) for m in members]
         failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
-        run = self.current = _Run(self, members, failures, done, prof)
+        run = self.current = _Run(self, ctx, members, failures, done, prof)
         submit = eng._plan_submit()
         if submit is None or len(self.chunks) == 1:
             run.serial()
@@ -392,16 +392,17 @@ class _Run:
     plan's chunk items are made once and point at the current run.
     """
 
-    __slots__ = ("counters", "done", "failures", "lock", "members", "outcome", "plan", "prof", "remaining",
-                 "versions")
+    __slots__ = ("counters", "ctx", "done", "failures", "lock", "members", "outcome", "plan", "prof",
+                 "remaining", "versions")
 
-    def __init__(self, plan: Plan, members, failures, done, prof) -> None:
+    def __init__(self, plan: Plan, ctx, members, failures, done, prof) -> None:
         self.plan = plan
+        self.ctx = ctx  # the plan run's op
         self.members = members
         self.counters = list(plan.npred)
         self.remaining = len(plan.chunks)
         self.failures = failures
-        self.outcome = Composite()
+        self.outcome = Outcome(members_recorded=prof is not None)
         self.done = done
         self.prof = prof
         self.versions = {} if prof is not None else None
@@ -423,7 +424,9 @@ class _Run:
         out = self.outcome
         out.failures = {v: self.failures.get(v) for v in self.plan.writes if self.failures.get(v)}
         self.plan.current = None
-        self.done(out if out.failures or out.origins else None)
+        if out.worth_reporting():
+            self.ctx._outcome = out
+        self.done()
 
 
 def _topological(plan: Plan) -> list[int]:

@@ -7,24 +7,8 @@ enqueued).  ``DEPENGINE_GPU=sim`` selects the simulator; without it, the real
 runtime is tried and a clear :class:`RuntimeUnavailable` says why it cannot
 be used.  Nothing here imports CUDA until a runtime is asked for.
 
-The calls, all taking the runtime's own stream/event/buffer objects:
-
-- ``device_count()``, ``device_name(i)``, ``bind_thread(i)`` (make device i
-  current on the calling thread, for CUDA's per-thread contexts)
-- ``create_stream(device, name)``, ``create_event(device)``
-- ``record(event, stream)``: the event captures the work enqueued so far
-- ``stream_wait(stream, event)``: later work on ``stream`` waits for the
-  event's latest record *at call time*; a never-recorded event is a no-op
-- ``query(event)``, ``synchronize(event)``, ``synchronize_stream(stream)``
-- ``alloc(device, nbytes, stream)``, ``free(buffer, stream)`` (stream-ordered)
-- ``copy_htod(dst, src_array, stream)``, ``copy_dtoh(dst_array, src, stream)``,
-  ``copy_dtod(dst, src, stream)``
-- ``compile(kernels)`` -> module with ``module[name]``; ``launch(kernel, grid,
-  block, args, stream)``
-- ``close_stream(stream)``
-- ``begin_capture(stream)``, ``end_capture(stream)`` -> graph (instantiated),
-  ``abort_capture(stream)``, ``launch_graph(graph, stream)``,
-  ``destroy_graph(graph)``: CUDA graph capture of a stream's work
+The calls are those of :class:`Runtime` below, a ``typing.Protocol`` that
+both runtimes satisfy (a test checks every method and its parameters).
 """
 
 from __future__ import annotations
@@ -33,11 +17,13 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
     "CudaError",
     "HazardError",
     "KernelSource",
+    "Runtime",
     "RuntimeUnavailable",
     "get_runtime",
     "runtime_kind",
@@ -78,6 +64,59 @@ class KernelSource:
         for a in self.access:
             if a not in ("r", "w", "rw", ""):
                 raise ValueError(f"kernel {self.name!r}: access {a!r} must be 'r', 'w', 'rw' or ''")
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What the engine and ops/ call on a GPU runtime, with the runtime's own objects.
+
+    Streams, events, buffers, kernels and graphs are opaque: each runtime
+    makes its own and takes only those back.  Every call may raise
+    :class:`CudaError`.
+    """
+
+    name: str  # "cuda" or "sim"
+
+    # devices
+    def device_count(self) -> int: ...
+    def device_name(self, index: int) -> str: ...
+    def bind_thread(self, device: int) -> None:
+        """Make device ``device`` current on the calling thread (CUDA's per-thread contexts)."""
+
+    # streams and events
+    def create_stream(self, device: int, name: str) -> Any: ...
+    def close_stream(self, stream) -> None: ...
+    def create_event(self, device: int) -> Any: ...
+    def record(self, event, stream) -> None:
+        """The event captures the work enqueued on ``stream`` so far."""
+    def stream_wait(self, stream, event) -> None:
+        """Later work on ``stream`` waits for the event's latest record at call time (none: no-op)."""
+    def query(self, event) -> bool: ...
+    def synchronize(self, event) -> None: ...
+    def synchronize_stream(self, stream) -> None: ...
+
+    # graph capture of a stream's work
+    def begin_capture(self, stream) -> None: ...
+    def end_capture(self, stream) -> Any:
+        """The captured work as an instantiated graph, ready to launch."""
+    def abort_capture(self, stream) -> None:
+        """End a capture and drop what it recorded (never raises)."""
+    def launch_graph(self, graph, stream) -> None: ...
+    def destroy_graph(self, graph) -> None: ...
+
+    # memory (stream-ordered)
+    def alloc(self, device: int, nbytes: int, stream) -> Any: ...
+    def free(self, buf, stream) -> None: ...
+    def copy_htod(self, dst, src, stream, offset: int = 0) -> None: ...
+    def copy_dtoh(self, dst, src, stream, offset: int = 0) -> None: ...
+    def copy_dtod(self, dst, src, stream) -> None: ...
+
+    # kernels
+    def compile(self, kernels: list[KernelSource]) -> Any:
+        """One module for these kernels: ``module[name]`` is the kernel to launch."""
+    def launch(self, kernel, grid, block, args, stream) -> None: ...
+    def kernel_arg(self, buffer, dtype, shape, offset: int = 0) -> Any:
+        """A launch argument: ``buffer`` from element ``offset`` on, as ``dtype`` and ``shape``."""
 
 
 _runtimes: dict[str, object] = {}

@@ -436,3 +436,42 @@ def test_a_dropped_profile_lets_go_of_what_its_records_held():
     del prof
     gc.collect()
     assert all(r() is None for r in gone)
+
+
+@pytest.mark.parametrize("composite", ["bulk", "plan"])
+def test_a_composite_records_its_members_and_claims_none_of_their_versions(composite):
+    """Members record the versions they saw and made; the bulk or plan run around them names no
+    var, so every dependency edge joins members and points forward in push order."""
+    with de.Engine("threaded", workers=2) as eng:
+        v, w = eng.new_var("v"), eng.new_var("w")
+
+        def program():
+            for i in range(6):
+                if i % 2:
+                    eng.push(lambda ctx: None, reads=[v], writes=[w], name=f"m{i}")
+                else:
+                    eng.push(lambda ctx: None, writes=[v], name=f"m{i}")
+
+        plan = None
+        if composite == "plan":
+            with eng.record(execute=False) as g:
+                program()
+            plan = g.compile(fuse=False)
+        with de.profile() as prof:
+            if plan is None:
+                with eng.bulk(3):
+                    program()
+            else:
+                plan.run()
+            eng.wait_all()
+    trace = prof.trace()
+    members = [r for r in trace.ops if r.name.startswith("m")]
+    shells = [r for r in trace.ops if not r.name.startswith("m")]
+    assert [r.name for r in members] == [f"m{i}" for i in range(6)]
+    writers = [r.writes for r in members if r.name in ("m0", "m2", "m4")]
+    assert writers == [[(v.serial, "v", k)] for k in (1, 2, 3)]
+    assert shells and all(r.reads == [] and r.writes == [] for r in shells)
+    edges = trace.edges()
+    assert edges and all(e.src[1] < e.dst[1] for e in edges)
+    assert {(trace.op(e.src).name, trace.op(e.dst).name, e.hazard) for e in edges} >= {
+        ("m0", "m1", "RAW"), ("m1", "m2", "WAR"), ("m1", "m3", "WAW")}

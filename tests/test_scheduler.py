@@ -112,3 +112,29 @@ def test_worker_pool_survives_an_exception_in_run(caplog):
 def test_worker_pool_rejects_bad_sizes(size):
     with pytest.raises(ValueError, match="size"):
         WorkerPool(lambda item, pool: [], size)
+
+
+def test_both_gpu_runtimes_satisfy_the_runtime_protocol():
+    """Every call of scheduler.runtime.Runtime exists on both runtimes with the same parameters."""
+    import inspect
+
+    from scheduler.cuda_runtime import CudaRuntime
+    from scheduler.runtime import Runtime
+    from scheduler.sim_runtime import SimRuntime
+
+    calls = [n for n, f in vars(Runtime).items() if inspect.isfunction(f) and not n.startswith("_")]
+    assert len(calls) == 24
+    for cls in (SimRuntime, CudaRuntime):
+        assert cls.name in ("sim", "cuda")
+        for name in calls:
+            impl = inspect.getattr_static(cls, name, None)
+            assert impl is not None, f"{cls.__name__} lacks {name}()"
+            want = list(inspect.signature(getattr(Runtime, name)).parameters)[1:]  # without self
+            fn = impl.__func__ if isinstance(impl, staticmethod) else impl
+            got = list(inspect.signature(fn).parameters)
+            if not isinstance(impl, staticmethod):
+                got = got[1:]
+            assert got == want, f"{cls.__name__}.{name}{tuple(got)} != Runtime.{name}{tuple(want)}"
+    sim = SimRuntime()
+    assert isinstance(sim, Runtime)
+    assert not isinstance(object(), Runtime)
