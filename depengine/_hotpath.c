@@ -128,6 +128,18 @@ writes_var(PyObject *op, PyObject *v)
     return w == NULL ? 0 : PySequence_Contains(w, v);
 }
 
+/* Queue op behind the var's earlier users: False (not granted), or NULL. */
+static PyObject *
+enqueue(PyObject *q, PyObject *op)
+{
+    PyObject *pair[2] = {q, op};
+    PyObject *r = PyObject_Vectorcall(deque_append, pair, 2, NULL);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
 static PyObject *
 popleft(PyObject *q)
 {
@@ -159,14 +171,8 @@ append_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PyObject_Size(q);
     if (n < 0)
         return NULL;
-    if (SLOT(v, v_writing) == Py_True || n) {
-        PyObject *pair[2] = {q, op};
-        PyObject *r = PyObject_Vectorcall(deque_append, pair, 2, NULL);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        Py_RETURN_FALSE;
-    }
+    if (SLOT(v, v_writing) == Py_True || n)
+        return enqueue(q, op);
     if (add_int(v, v_nread, 1) < 0)
         return NULL;
     Py_RETURN_TRUE;
@@ -187,14 +193,8 @@ append_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     PyObject *nread = SLOT(v, v_nread);
     int reading = nread != NULL && PyObject_IsTrue(nread);
-    if (SLOT(v, v_writing) == Py_True || reading || n) {
-        PyObject *pair[2] = {q, op};
-        PyObject *r = PyObject_Vectorcall(deque_append, pair, 2, NULL);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-        Py_RETURN_FALSE;
-    }
+    if (SLOT(v, v_writing) == Py_True || reading || n)
+        return enqueue(q, op);
     set_slot(v, v_writing, Py_True);
     Py_RETURN_TRUE;
 }
