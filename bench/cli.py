@@ -14,6 +14,7 @@ commands:
   trace      run a Python script with profiling on and write its trace
   viz        render a trace as a dependency graph and/or a timeline
   stats      print per-op statistics of a trace
+  report     write one self-contained HTML report of a trace (timeline, graph, stats)
 """
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as demo_main
 
         return demo_main(rest)
-    if command in ("trace", "viz", "stats"):
+    if command in ("trace", "viz", "stats", "report"):
         from viz.cli import main as viz_main
 
         return viz_main([command, *rest])

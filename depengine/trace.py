@@ -350,52 +350,20 @@ class Trace:
         }
 
     def save(self, path) -> str:
+        """Write the Chrome JSON; the file appears complete or not at all."""
+        from .trace_io import atomic_write
+
         path = str(path)
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             json.dump(self.to_chrome(), f)
         return path
 
     @classmethod
     def load(cls, path) -> Trace:
-        """Read a trace saved by :meth:`save`; a bad file raises :class:`TraceError`."""
-        path = str(path)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as exc:
-            raise TraceError(f"{path}: cannot read trace file: {exc.strerror}") from exc
-        if not text.strip():
-            raise TraceError(f"{path}: the trace file is empty")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) - 1 else ""
-            raise TraceError(f"{path}: not valid JSON{hint}: {exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno}") from exc
-        if not isinstance(data, dict) or "depengine" not in data:
-            raise TraceError(f"{path}: not a depengine trace (no 'depengine' section); "
-                             "write traces with prof.save() or DEPENGINE_PROFILE")
-        section = data["depengine"]
-        if not isinstance(section, dict) or section.get("format") != FORMAT_VERSION:
-            raise TraceError(f"{path}: unsupported depengine trace format "
-                             f"{section.get('format') if isinstance(section, dict) else section!r}; "
-                             f"expected {FORMAT_VERSION}")
-        ops = []
-        for n, d in enumerate(section.get("ops", [])):
-            try:
-                d = dict(d)
-                d["reads"] = [tuple(x) for x in d["reads"]]
-                d["writes"] = [tuple(x) for x in d["writes"]]
-                ops.append(OpRecord(**d))
-            except (TypeError, KeyError, ValueError) as exc:
-                raise TraceError(f"{path}: op record #{n} is malformed: {exc}") from exc
-        waits = []
-        for n, d in enumerate(section.get("waits", [])):
-            try:
-                waits.append(WaitRecord(**d))
-            except TypeError as exc:
-                raise TraceError(f"{path}: wait record #{n} is malformed: {exc}") from exc
-        return cls(ops, waits, source=path)
+        """Read a trace saved by :meth:`save`; a bad file raises :class:`TraceError` (see trace_io)."""
+        from .trace_io import read_trace
+
+        return cls(*read_trace(path), source=str(path))
 
     @classmethod
     def coerce(cls, trace) -> Trace:
