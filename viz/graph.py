@@ -156,7 +156,7 @@ def _group_nodes(g, model: RunModel, groups: list[Group], colors: dict, on_path:
         attrs = {"id": f"grp{k}", "shape": node_shape(devices.pop() if len(devices) == 1 else "cpu"),
                  "fillcolor": fill, "fontcolor": text_color(fill),
                  "tooltip": _label(f"{short(grp.name, 80)} {grp.span()}",
-                                   f"{grp.count} ops, total {fmt_ns(grp.total_ns)}")}
+                                   f"{grp.count} op{'s' * (grp.count != 1)}, total {fmt_ns(grp.total_ns)}")}
         if failed:
             attrs.update(color="red", penwidth="2")
         if any(i in on_path for i in grp.members):
