@@ -125,6 +125,9 @@ def _decode(path: str, data) -> _File:
     if parsed.depengine is None:
         raise TraceError(f"{path}: not a depengine trace (no 'depengine' section); "
                          "write traces with prof.save() or DEPENGINE_PROFILE")
+    if parsed.depengine.format != FORMAT_VERSION:
+        raise TraceError(f"{path}: unsupported depengine trace format {parsed.depengine.format}; "
+                         f"expected {FORMAT_VERSION}")
     return parsed
 
 

@@ -1,4 +1,4 @@
-"""Pictures and figures of what an engine did: dependency graphs, timelines, statistics.
+"""Pictures and figures of what an engine did: dependency graphs, timelines, statistics, HTML reports.
 
 Every function takes a finished profile, a :class:`depengine.Trace`, or the
 path of a saved trace file.
@@ -7,6 +7,7 @@ path of a saved trace file.
 from depengine.trace import Stats, Trace, TraceError
 
 from .graph import dependency_graph
+from .html_report import report
 from .render import DOT_MISSING, GraphvizMissingError, render
 from .timeline import timeline
 
@@ -18,6 +19,7 @@ __all__ = [
     "TraceError",
     "dependency_graph",
     "render",
+    "report",
     "stats",
     "timeline",
 ]

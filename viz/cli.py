@@ -15,8 +15,8 @@ from depengine.trace import Trace, TraceError
 from depengine.trace_io import atomic_write
 
 from .graph import dependency_graph
+from .html_report import report
 from .render import GraphvizMissingError, render
-from .report import report
 from .timeline import timeline
 
 __all__ = ["main"]
