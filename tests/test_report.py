@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 
 import viz
-from tests.browser import CHROMIUM, MISSING, run_page
+from bench.browser import CHROMIUM, MISSING, run_page
 from tests.traces import HOSTILE, iterations_trace, mixed_trace
 from viz.style import name_colors
 
