@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check lint setup dot clean
+.PHONY: demo test bench gpu-check lint setup dot browser clean
 
 setup: $(STAMP) dot
 
@@ -27,11 +27,22 @@ dot:
 	  echo "graphviz's 'dot' program is missing: install the system package 'graphviz'" \
 	       "(Debian/Ubuntu: sudo apt-get install graphviz; macOS: brew install graphviz)"; exit 1; }
 
+# headless Chromium opens the HTML report in the tests; where it cannot be installed they skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)); \
+	  fi; }
+	@command -v chromium >/dev/null 2>&1 || \
+	  echo "note: Chromium is missing, so the report's browser tests will skip" \
+	       "(Debian/Ubuntu: sudo apt-get install chromium)"
+
 demo: setup
 	$(VENV)/bin/depengine demo
 
 # The suite runs twice: on the compiled hot path, then on the pure-Python reference.
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	DEPENGINE_PURE_PYTHON=1 $(PY) -m pytest -q

@@ -10,6 +10,8 @@ the 2-d heat equation over tiles and checks it against NumPy.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import threading
 import time
 
@@ -99,13 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tile", type=int, default=512, help="Cholesky tile size")
     p.add_argument("--skip-cholesky", action="store_true")
     p.add_argument("--trace", default=None, help="save a trace of one Cholesky run here")
+    p.add_argument("--report", nargs="?", const="depengine-report.html", default=None, metavar="HTML",
+                   help="write the HTML report of one Cholesky run (default depengine-report.html)")
     args = p.parse_args(argv)
+    if args.report and args.skip_cholesky:
+        p.error("--report reports the Cholesky run: drop --skip-cholesky")
     parallel_demo(args.workers)
     if not args.skip_cholesky:
         from .cholesky_demo import cholesky_demo, heat_demo
 
         print()
-        cholesky_demo(args.n, args.tile, args.workers, trace=args.trace)
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = args.trace or (os.path.join(tmp, "trace.json") if args.report else None)
+            cholesky_demo(args.n, args.tile, args.workers, trace=trace)
+            if args.report:
+                import viz
+
+                viz.report(trace, args.report, title=f"depengine demo: tiled Cholesky n={args.n}, "
+                                                       f"tile {args.tile}, {args.workers} workers")
+                print(f"  wrote {args.report}: open it in a browser (it needs no network)")
         print()
         heat_demo()
     return 0

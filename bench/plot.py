@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from viz.svg import Svg, color_for
+from viz.style import color_for
+from viz.svg import Svg
 
 from .metg import Measurement, Metg
 

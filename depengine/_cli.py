@@ -1,6 +1,6 @@
 """The ``depengine`` command: one dispatcher, each subcommand implemented where it belongs.
 
-The installed tools (``trace``, ``viz``, ``stats``) live in viz/; ``demo``
+The installed tools (``trace``, ``viz``, ``stats``, ``report``) live in viz/; ``demo``
 and ``bench`` live in bench/, the repository's benchmarks, which are not
 installed: they run from a source checkout (the editable install that
 ``make`` does finds it beside this package).  Subcommands are named here as
@@ -22,6 +22,7 @@ COMMANDS = {
     "trace": ("viz.cli:trace_main", "run a Python script with profiling on and write its trace"),
     "viz": ("viz.cli:viz_main", "render a trace as a dependency graph and/or a timeline"),
     "stats": ("viz.cli:stats_main", "print per-op statistics of a trace"),
+    "report": ("viz.cli:report_main", "one self-contained HTML report of a trace: timeline, graph, stats"),
 }
 
 

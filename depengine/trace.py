@@ -16,14 +16,17 @@ version k, its writer precedes the next writer directly (write-after-write).
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import tempfile
 import threading
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ._edges import dependency_edges
 
-__all__ = ["Edge", "OpRecord", "Stats", "Trace", "TraceError", "WaitRecord"]
+__all__ = ["Edge", "OpRecord", "Stats", "Trace", "TraceError", "WaitRecord", "atomic_write"]
 
 FORMAT_VERSION = 1
 
@@ -334,52 +337,18 @@ class Trace:
         }
 
     def save(self, path) -> str:
+        """Write the Chrome JSON; the file appears complete or not at all."""
         path = str(path)
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             json.dump(self.to_chrome(), f)
         return path
 
     @classmethod
     def load(cls, path) -> Trace:
-        """Read a trace saved by :meth:`save`; a bad file raises :class:`TraceError`."""
-        path = str(path)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as exc:
-            raise TraceError(f"{path}: cannot read trace file: {exc.strerror}") from exc
-        if not text.strip():
-            raise TraceError(f"{path}: the trace file is empty")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) - 1 else ""
-            raise TraceError(f"{path}: not valid JSON{hint}: {exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno}") from exc
-        if not isinstance(data, dict) or "depengine" not in data:
-            raise TraceError(f"{path}: not a depengine trace (no 'depengine' section); "
-                             "write traces with prof.save() or DEPENGINE_PROFILE")
-        section = data["depengine"]
-        if not isinstance(section, dict) or section.get("format") != FORMAT_VERSION:
-            raise TraceError(f"{path}: unsupported depengine trace format "
-                             f"{section.get('format') if isinstance(section, dict) else section!r}; "
-                             f"expected {FORMAT_VERSION}")
-        ops = []
-        for n, d in enumerate(section.get("ops", [])):
-            try:
-                d = dict(d)
-                d["reads"] = [tuple(x) for x in d["reads"]]
-                d["writes"] = [tuple(x) for x in d["writes"]]
-                ops.append(OpRecord(**d))
-            except (TypeError, KeyError, ValueError) as exc:
-                raise TraceError(f"{path}: op record #{n} is malformed: {exc}") from exc
-        waits = []
-        for n, d in enumerate(section.get("waits", [])):
-            try:
-                waits.append(WaitRecord(**d))
-            except TypeError as exc:
-                raise TraceError(f"{path}: wait record #{n} is malformed: {exc}") from exc
-        return cls(ops, waits, source=path)
+        """Read a trace saved by :meth:`save`; a bad file raises :class:`TraceError` (see trace_io)."""
+        from ._trace_io import read_trace
+
+        return cls(*read_trace(path), source=str(path))
 
     @classmethod
     def coerce(cls, trace) -> Trace:
@@ -424,3 +393,33 @@ def _union_length(intervals: list[tuple[int, int]]) -> int:
     if cur_e is not None:
         total += cur_e - cur_s
     return total
+
+
+@contextmanager
+def atomic_write(path, mode: str = "w"):
+    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it vanishes."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path)[:40], dir=folder)
+    os.chmod(tmp, 0o666 & ~_umask())  # what open() would have made, not mkstemp's private 0600
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask

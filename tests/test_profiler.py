@@ -163,7 +163,7 @@ def test_saved_trace_loads_back_exactly(tmp_path):
     ("[1, 2, 3]", "not a depengine trace"),
     ('{"traceEvents": []}', "not a depengine trace"),
     ('{"depengine": {"format": 99}}', "unsupported depengine trace format 99"),
-    ('{"depengine": {"format": 1, "ops": [{"id": 1}]}}', "op record #0 is malformed"),
+    ('{"depengine": {"format": 1, "ops": [{"id": 1}]}}', "missing required field `name`"),
 ])
 def test_bad_trace_files_give_clear_errors(tmp_path, content, message):
     path = tmp_path / "bad.json"

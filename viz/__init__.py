@@ -1,4 +1,4 @@
-"""Pictures and figures of what an engine did: dependency graphs, timelines, statistics.
+"""Pictures and figures of what an engine did: dependency graphs, timelines, statistics, HTML reports.
 
 Every function takes a finished profile, a :class:`depengine.Trace`, or the
 path of a saved trace file.
@@ -7,6 +7,7 @@ path of a saved trace file.
 from depengine.trace import Stats, Trace, TraceError
 
 from .graph import dependency_graph
+from .html_report import report
 from .plan_graph import plan_graph
 from .render import DOT_MISSING, GraphvizMissingError, render
 from .timeline import timeline
@@ -20,6 +21,7 @@ __all__ = [
     "dependency_graph",
     "plan_graph",
     "render",
+    "report",
     "stats",
     "timeline",
 ]

@@ -1,4 +1,8 @@
-"""``depengine trace``, ``depengine viz`` and ``depengine stats``."""
+"""``depengine trace``, ``depengine viz``, ``depengine stats`` and ``depengine report``.
+
+Every output file is written whole or not at all, and only after the trace
+has been read and checked: a bad trace leaves nothing behind.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import os
 import subprocess
 import sys
 
-from depengine.trace import Trace, TraceError
+from depengine.trace import Trace, TraceError, atomic_write
 
 from .graph import dependency_graph
+from .html_report import report
 from .render import GraphvizMissingError, render
 from .timeline import timeline
 
-__all__ = ["stats_main", "trace_main", "viz_main"]
+__all__ = ["report_main", "stats_main", "trace_main", "viz_main"]
 
 
 def _trace(argv: list[str]) -> int:
@@ -45,15 +50,20 @@ def _viz(argv: list[str]) -> int:
     p.add_argument("--graph", help="dependency graph image (.svg, .png or .pdf)")
     p.add_argument("--dot", help="write the graph's DOT source here")
     p.add_argument("--timeline", help="timeline SVG")
-    p.add_argument("--max-ops", type=int, default=300, help="collapse the graph past this many ops")
+    p.add_argument("--max-ops", type=int, default=200, help="summarise the graph past this many ops")
+    p.add_argument("--bookkeeping", action="store_true", help="show bookkeeping ops (deletes, containers)")
+    p.add_argument("--edge-labels", action="store_true", help="label edges with their var and version")
+    p.add_argument("--group", choices=("auto", "ops", "groups"), default="auto",
+                   help="summarise ops into groups: past --max-ops (auto), never, always")
     args = p.parse_args(argv)
     if not (args.graph or args.timeline or args.dot):
         p.error("nothing to do: give --graph, --dot and/or --timeline")
-    trace = Trace.load(args.trace)
+    trace = _nonempty(Trace.load(args.trace))
     if args.graph or args.dot:
-        g = dependency_graph(trace, max_ops=args.max_ops)
+        g = dependency_graph(trace, max_ops=args.max_ops, bookkeeping=args.bookkeeping,
+                             edge_labels=args.edge_labels, group=args.group)
         if args.dot:
-            with open(args.dot, "w") as f:
+            with atomic_write(args.dot) as f:
                 f.write(g.source)
             print(f"wrote {args.dot}")
         if args.graph:
@@ -70,6 +80,27 @@ def _stats(argv: list[str]) -> int:
     p.add_argument("trace")
     args = p.parse_args(argv)
     print(Trace.load(args.trace).stats())
+    return 0
+
+
+def _nonempty(trace: Trace) -> Trace:
+    if not trace.ops:
+        raise TraceError(f"{trace.source}: the trace has no ops: nothing to draw")
+    return trace
+
+
+def _report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="depengine report",
+                                description="Write one self-contained HTML page that explains a trace: "
+                                            "timeline, dependency graph, statistics, idle gaps.")
+    p.add_argument("trace")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--max-ops", type=int, default=120, help="summarise the graph past this many ops")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    trace = _nonempty(Trace.load(args.trace))
+    report(trace, args.output, max_ops=args.max_ops, title=args.title)
+    print(f"wrote {args.output}: {len(trace)} ops")
     return 0
 
 
@@ -94,3 +125,8 @@ def viz_main(argv: list[str]) -> int:
 def stats_main(argv: list[str]) -> int:
     """``depengine stats``."""
     return _run("stats", _stats, argv)
+
+
+def report_main(argv: list[str]) -> int:
+    """``depengine report``."""
+    return _run("report", _report, argv)

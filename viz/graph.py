@@ -1,107 +1,236 @@
-"""Dependency graphs of a trace as ``graphviz.Digraph``.
+"""Dependency graphs of a trace as ``graphviz.Digraph``, made to read at a glance.
 
-Ops are nodes: the shape says the device (box: CPU, hexagon: GPU), the fill
-says the kind (normal, prioritized, copy, async); failed ops have a red
-border, skipped ones are grey and dashed.  Edges carry the var and version
-that make the dependency and its kind: read-after-write (solid),
-write-after-read (dashed), write-after-write (dotted).  The critical path is
-drawn thick and red.  Past ``max_ops`` ops, ops with the same name collapse
-into one counted node and parallel edges into one counted edge, so large
-runs stay readable.
+- Nodes are filled with their op name's colour, the same palette as the
+  timeline, and a legend lists the names by total time.  The shape says the
+  device (box: CPU, hexagon: GPU); failed ops have a red border, skipped
+  ones are grey and dashed.
+- Bookkeeping ops (``delete x``, containers of bulks and plans whose members
+  are recorded) are hidden unless ``bookkeeping=True``; dependencies through
+  them are kept as edges between what they joined.
+- Edges carry no label unless ``edge_labels=True``; their line says the
+  kind: read-after-write solid, write-after-read dashed, write-after-write
+  dotted.  Parallel edges between two nodes are drawn once.
+- The flow goes left to right, one column per topological level; the
+  critical path is drawn thick and red and kept straight, and the title
+  gives its time against the wall time.
+- Past ``max_ops`` visible ops the graph is summarised (see ``summary``):
+  ops with the same name and iteration become one node showing how many
+  they are and their total time.
 """
 
 from __future__ import annotations
 
+import html
 import itertools
-from collections import Counter, defaultdict
+import math
+from collections import defaultdict
+from dataclasses import dataclass
 
 import graphviz
 
-from depengine.trace import Trace
+from .model import EDGE_KINDS, RunModel
+from .style import CRITICAL, EDGE_STYLE, clean_text, name_colors, node_shape, short, text_color
+from .summary import Group, Iterations, bookkeeping, find_iterations, group_ops
 
-from .style import CRITICAL, EDGE_STYLE, KIND_FILL, node_shape
+__all__ = ["GraphPicture", "build_graph", "dependency_graph", "fmt_ns"]
 
-__all__ = ["dependency_graph"]
+GROUP_MODES = ("auto", "ops", "groups")
+KIND_RANK = {0: 2, 2: 1, 1: 0}  # which kind styles a merged edge: RAW over WAW over WAR
 
 
-def dependency_graph(trace, *, max_ops: int = 300, critical_path: bool = True,
+@dataclass
+class GraphPicture:
+    """A graph and how its nodes map to ops: ``node_of[i]`` is op i's node id (None: hidden)."""
+
+    dot: graphviz.Digraph
+    node_of: list[str | None]
+    groups: list[Group] | None
+    hidden: list[bool]
+    iterations: Iterations
+
+
+def dependency_graph(trace, *, max_ops: int = 200, bookkeeping: bool = False, edge_labels: bool = False,
+                     critical_path: bool = True, group: str = "auto", legend: bool = True,
                      title: str | None = None) -> graphviz.Digraph:
-    """The dependency graph of ``trace`` (a Trace, a Profile or a saved trace's path)."""
-    trace = Trace.coerce(trace)
+    """The dependency graph of ``trace`` (a Trace, a Profile or a saved trace's path).
+
+    ``group``: ``"auto"`` summarises past ``max_ops`` visible ops, ``"ops"``
+    never does, ``"groups"`` always does.
+    """
+    return build_graph(RunModel(trace), max_ops=max_ops, bookkeeping=bookkeeping, edge_labels=edge_labels,
+                       critical_path=critical_path, group=group, legend=legend, title=title).dot
+
+
+def build_graph(model: RunModel, *, max_ops: int = 200, bookkeeping: bool = False, edge_labels: bool = False,
+                critical_path: bool = True, group: str = "auto", legend: bool = True,
+                title: str | None = None) -> GraphPicture:
+    """The graph of :func:`dependency_graph`, with the op-to-node map the HTML report needs."""
     if max_ops.__class__ is not int or max_ops < 1:
         raise ValueError(f"max_ops={max_ops!r} must be an int >= 1")
-    g = graphviz.Digraph("depengine", graph_attr={"rankdir": "TB", "fontname": "Helvetica",
-                                                  "label": title or "", "labelloc": "t"},
-                         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
-                         edge_attr={"fontname": "Helvetica", "fontsize": "8"})
-    path = trace.critical_path() if critical_path else []
-    if len(trace.ops) <= max_ops:
-        _full(g, trace, path)
+    if group not in GROUP_MODES:
+        raise ValueError(f"group={group!r} must be one of {', '.join(GROUP_MODES)}")
+    hidden = [False] * len(model.ops) if bookkeeping else _bookkeeping(model)
+    visible = [not h for h in hidden]
+    order = model.topo_order()
+    iterations = find_iterations(model, visible, order)
+    n_visible = sum(visible)
+    grouped = group == "groups" or (group == "auto" and n_visible > max_ops)
+    on_path = model.on_path if critical_path else set()
+    g = graphviz.Digraph("depengine", graph_attr={
+        "rankdir": "LR", "fontname": "Helvetica", "labelloc": "t", "fontsize": "14", "nodesep": "0.15",
+        "ranksep": "0.35", "newrank": "true", "outputorder": "edgesfirst"},
+        node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "margin": "0.06,0.03"},
+        edge_attr={"fontname": "Helvetica", "fontsize": "8", "arrowsize": "0.6", "color": "#555555"})
+    colors = name_colors(model.ops)
+    node_of: list[str | None] = [None] * len(model.ops)
+    groups = None
+    if grouped:
+        groups = group_ops(model, visible, iterations, max_ops)
+        for k, grp in enumerate(groups):
+            for i in grp.members:
+                node_of[i] = f"grp{k}"
+        _group_nodes(g, model, groups, colors, on_path)
     else:
-        _collapsed(g, trace, path)
-    return g
+        for i in order:
+            if visible[i]:
+                node_of[i] = f"op{i}"
+                _op_node(g, model, i, colors, i in on_path)
+    _edges(g, model, node_of, hidden, order, on_path, edge_labels, critical_path)
+    if legend:
+        _legend(g, model, colors, visible)
+    g.attr(label=graphviz.nohtml(_dot_text(title) if title else _title(model, hidden, groups, iterations,
+                                                                          critical_path)))
+    return GraphPicture(g, node_of, groups, hidden, iterations)
 
 
-def _node_attrs(kind: str, device: str, state: str, critical: bool) -> dict:
-    attrs = {"shape": node_shape(device), "fillcolor": KIND_FILL.get(kind, "#eeeeee")}
-    if state == "failed":
+def _bookkeeping(model: RunModel) -> list[bool]:
+    flags = bookkeeping(model)
+    if all(flags):  # a run of nothing but bookkeeping still shows something
+        return [False] * len(flags)
+    return flags
+
+
+def fmt_ns(ns: float) -> str:
+    """A duration for people: 812 ns, 45.2 us, 3.07 ms, 1.25 s."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.0f} ns"
+
+
+def _dot_text(s: str) -> str:
+    """User text for a DOT label: no control characters, backslashes shown as themselves."""
+    return clean_text(s).replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _label(*lines: str) -> str:
+    return graphviz.nohtml("\\n".join(_dot_text(x) for x in lines if x))
+
+
+def _op_node(g, model: RunModel, i: int, colors: dict, critical: bool) -> None:
+    r = model.ops[i]
+    fill = colors[r.name]
+    attrs = {"id": f"op{i}", "shape": node_shape(r.device), "fillcolor": fill, "fontcolor": text_color(fill),
+             "tooltip": _label(f"#{r.id} {short(r.name, 80)} [{r.state}]",
+                               f"{r.device} {r.lane}, {fmt_ns(r.duration)}")}
+    if r.state == "failed":
         attrs.update(color="red", penwidth="2")
-    elif state == "skipped":
-        attrs.update(fillcolor="#e0e0e0", style="filled,dashed", fontcolor="#777777")
+    elif r.state == "skipped":
+        attrs.update(fillcolor="#e0e0e0", fontcolor="#777777", style="filled,dashed")
     if critical:
-        attrs.update(color=CRITICAL, penwidth="3")
-    return attrs
+        attrs.update(color=CRITICAL, penwidth="3", group="critical")
+    state = "" if r.state == "done" else r.state
+    g.node(f"op{i}", _label(short(r.name, 40), f"#{r.id}", state), **attrs)
 
 
-def _full(g, trace: Trace, path) -> None:
-    on_path = set(path)
-    path_edges = set(itertools.pairwise(path))
-    for r in trace.ops:
-        label = f"{r.name}\n#{r.id} {r.device}"
-        if r.state != "done":
-            label += f"\n{r.state}"
-        g.node(_nid(r.key), label, **_node_attrs(r.kind, r.device, r.state, r.key in on_path))
-    for e in trace.edges():
-        attrs = {"label": f"{e.var} v{e.version}\n{e.hazard}", "style": EDGE_STYLE[e.hazard]}
-        if (e.src, e.dst) in path_edges:
-            attrs.update(color=CRITICAL, penwidth="3", fontcolor=CRITICAL)
-        g.edge(_nid(e.src), _nid(e.dst), **attrs)
+def _group_nodes(g, model: RunModel, groups: list[Group], colors: dict, on_path: set) -> None:
+    for k, grp in enumerate(groups):
+        rs = [model.ops[i] for i in grp.members]
+        fill = colors.get(grp.name, "#dddddd")
+        devices = {r.device for r in rs}
+        failed = sum(r.state == "failed" for r in rs)
+        skipped = sum(r.state == "skipped" for r in rs)
+        extra = ", ".join(f"{n} {s}" for n, s in ((failed, "failed"), (skipped, "skipped")) if n)
+        attrs = {"id": f"grp{k}", "shape": node_shape(devices.pop() if len(devices) == 1 else "cpu"),
+                 "fillcolor": fill, "fontcolor": text_color(fill),
+                 "tooltip": _label(f"{short(grp.name, 80)} {grp.span()}",
+                                   f"{grp.count} op{'s' * (grp.count != 1)}, total {fmt_ns(grp.total_ns)}")}
+        if failed:
+            attrs.update(color="red", penwidth="2")
+        if any(i in on_path for i in grp.members):
+            attrs.update(color=CRITICAL, penwidth="3", group="critical")
+        g.node(f"grp{k}", _label(short(grp.name, 40), f"\u00d7{grp.count} \u00b7 {fmt_ns(grp.total_ns)}",
+                                 grp.span(), extra), **attrs)
 
 
-def _collapsed(g, trace: Trace, path) -> None:
-    group_of = {r.key: (r.name, r.device) for r in trace.ops}
-    members: dict[tuple[str, str], list] = defaultdict(list)
-    for r in trace.ops:
-        members[group_of[r.key]].append(r)
-    path_groups = [group_of[k] for k in path]
-    on_path = set(path_groups)
-    path_edges = set(itertools.pairwise(path_groups))
-    ids = {grp: f"g{n}" for n, grp in enumerate(members)}
-    for grp, rs in members.items():
-        name, device = grp
-        states = Counter(r.state for r in rs)
-        label = f"{name}\nx{len(rs)} {device}"
-        extra = ", ".join(f"{n} {s}" for s, n in states.items() if s != "done")
-        if extra:
-            label += f"\n{extra}"
-        state = "failed" if states.get("failed") else "done"
-        kind = Counter(r.kind for r in rs).most_common(1)[0][0]
-        g.node(ids[grp], label, **_node_attrs(kind, device, state, grp in on_path))
-    agg: dict[tuple, Counter] = defaultdict(Counter)
-    var_names: dict[tuple, set] = defaultdict(set)
-    for e in trace.edges():
-        key = (group_of[e.src], group_of[e.dst])
-        agg[key][e.hazard] += 1
-        var_names[key].add(e.var)
-    for (src, dst), kinds in agg.items():
-        names = sorted(var_names[(src, dst)])
-        shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-        label = " ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) + f"\n{shown}"
-        attrs = {"label": label, "style": EDGE_STYLE[kinds.most_common(1)[0][0]]}
-        if (src, dst) in path_edges:
-            attrs.update(color=CRITICAL, penwidth="3", fontcolor=CRITICAL)
-        g.edge(ids[src], ids[dst], **attrs)
+def _edges(g, model: RunModel, node_of, hidden, order, on_path, edge_labels: bool, critical: bool) -> None:
+    """One edge per pair of nodes; edges through hidden ops join what the hidden op joined."""
+    through: dict[int, set[int]] = {}  # hidden op -> visible ops it depends on (through hidden ones)
+    merged: dict[tuple[str, str], list] = {}
+    for d in order:
+        for e in model.preds[d]:
+            s, _, kind, var, version = model.edges[e]
+            sources = through.get(s, ()) if hidden[s] else (s,)
+            if hidden[d]:
+                through.setdefault(d, set()).update(list(sources)[:16])
+                continue
+            for src in sources:
+                a, b = node_of[src], node_of[d]
+                if a is None or b is None or a == b:
+                    continue
+                m = merged.setdefault((a, b), [kind, 0, set()])
+                if KIND_RANK[kind] > KIND_RANK[m[0]]:
+                    m[0] = kind
+                m[1] += 1
+                if len(m[2]) < 4:
+                    m[2].add(f"{short(var, 20)} v{version}")
+    path_pairs = set()
+    if critical:
+        path_nodes = [node_of[i] for i in model.critical if node_of[i] is not None]
+        path_pairs = {(a, b) for a, b in itertools.pairwise(path_nodes) if a != b}
+    for (a, b), (kind, count, labels) in merged.items():
+        attrs = {"style": EDGE_STYLE[EDGE_KINDS[kind]]}
+        if count > 1 and a.startswith("grp"):
+            attrs["penwidth"] = f"{1 + math.log2(count) / 3:.2f}"
+        if edge_labels:
+            text = ", ".join(sorted(labels)) + (f" (\u00d7{count})" if count > len(labels) else "")
+            attrs["label"] = _label(text + f" {EDGE_KINDS[kind]}")
+        if (a, b) in path_pairs:
+            attrs.update(color=CRITICAL, penwidth="3", weight="20")
+        g.edge(a, b, **attrs)
 
 
-def _nid(key: tuple[int, int]) -> str:
-    return f"op{key[0]}_{key[1]}"
+def _legend(g, model: RunModel, colors: dict, visible: list[bool], max_names: int = 20) -> None:
+    totals: dict[str, int] = defaultdict(int)
+    for i, r in enumerate(model.ops):
+        if visible[i]:
+            totals[r.name] += r.duration
+    names = [n for n in colors if n in totals]
+    rows = ['<tr><td colspan="2" align="left"><b>op names (by total time)</b></td></tr>']
+    for name in names[:max_names]:
+        rows.append(f'<tr><td bgcolor="{colors[name]}" width="14"> </td><td align="left">'
+                    f"{html.escape(short(name, 30))} ({fmt_ns(totals[name])})</td></tr>")
+    if len(names) > max_names:
+        rows.append(f'<tr><td></td><td align="left">... {len(names) - max_names} more</td></tr>')
+    for kind, words in (("RAW", "read after write"), ("WAR", "write after read"),
+                        ("WAW", "write after write")):
+        rows.append(f'<tr><td colspan="2" align="left">{EDGE_STYLE[kind]} line: {words}</td></tr>')
+    rows.append(f'<tr><td colspan="2" align="left"><font color="{CRITICAL}">thick red: critical path'
+                "</font></td></tr>")
+    g.node("legend", "<<table border=\"0\" cellborder=\"0\" cellspacing=\"1\">" + "".join(rows) + "</table>>",
+           shape="plaintext", style="", id="legend", fontsize="9")
+
+
+def _title(model: RunModel, hidden, groups, iterations: Iterations, critical: bool) -> str:
+    n_hidden = sum(hidden)
+    lines = [f"{len(model.ops) - n_hidden} ops" + (f" ({n_hidden} bookkeeping ops hidden)" * bool(n_hidden))]
+    if groups is not None:
+        how = (f"name and iteration (k: steps of {short(iterations.anchor, 30)})"
+               if iterations.anchor is not None and groups and groups[0].first is not None else "name")
+        lines[0] += f", summarised into {len(groups)} nodes by {how}"
+    wall = model.trace.wall_ns()
+    if critical and wall:
+        cp = model.stats.critical_path_ns
+        lines.append(f"critical path {fmt_ns(cp)} of {fmt_ns(wall)} wall ({cp / wall:.0%}) "
+                     f"through {len(model.critical)} ops")
+    return "\\n".join(_dot_text(x) for x in lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import graphviz
 
-from .style import EDGE_STYLE, KIND_FILL, node_shape
+from .style import EDGE_STYLE, color_for, node_shape, text_color
 
 __all__ = ["plan_graph"]
 
@@ -20,6 +20,8 @@ def plan_graph(plan) -> graphviz.Digraph:
                                              "label": repr(plan)},
                          node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
                          edge_attr={"fontname": "Helvetica", "fontsize": "8"})
+    names = {s.name or "?": None for s in plan.specs}  # colours by op name, as in trace graphs
+    fills = {name: color_for(k) for k, name in enumerate(names)}
     for c, members in enumerate(plan.chunks):
         target = g
         cluster = None
@@ -29,8 +31,9 @@ def plan_graph(plan) -> graphviz.Digraph:
             target = cluster
         for i in members:
             s = plan.specs[i]
-            target.node(f"t{i}", f"{s.name or '?'}\n#{i}", shape=node_shape(s.device),
-                        fillcolor=KIND_FILL.get(s.kind, "#eeeeee"))
+            fill = fills[s.name or "?"]
+            target.node(f"t{i}", f"{s.name or '?'}\n#{i}", shape=node_shape(s.device), fillcolor=fill,
+                        fontcolor=text_color(fill))
         if cluster is not None:
             g.subgraph(cluster)
     for src, dst, var, _, hazard in sorted(plan.edges(), key=lambda e: (e[1], e[0])):

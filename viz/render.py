@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
+from depengine.trace import atomic_write
+
 __all__ = ["DOT_MISSING", "GraphvizMissingError", "render"]
 
 DOT_MISSING = ("graphviz's 'dot' program is missing: install the system package 'graphviz' "
@@ -26,6 +28,6 @@ def render(graph, path) -> str:
     if shutil.which("dot") is None:
         raise GraphvizMissingError(DOT_MISSING)
     data = graph.pipe(format=fmt)
-    with open(path, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(data)
     return path

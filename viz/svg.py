@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape as _escape
+from xml.sax.saxutils import quoteattr
 
-__all__ = ["PALETTE", "Svg", "color_for"]
+from .style import clean_text
 
-# Colour-blind-friendly, distinct categories (Okabe-Ito, then tints).
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
-           "#000000", "#7FB8D9", "#F3CF80", "#80CFB9", "#EAAF80", "#E6BCD3", "#999999")
+__all__ = ["Svg", "escape"]
 
 
-def color_for(index: int) -> str:
-    return PALETTE[index % len(PALETTE)]
+def escape(s: str) -> str:
+    """Text safe inside an XML element (user data: op and var names)."""
+    return _escape(clean_text(s))
 
 
 def _attrs(attrs: dict) -> str:
-    return "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(str(v))}"
+    return "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(clean_text(str(v)))}"
                    for k, v in attrs.items() if v is not None)
 
 

@@ -9,13 +9,12 @@ Hovering a bar shows the op's id, vars, times and queueing delay.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 
-from depengine.trace import Trace
+from depengine.trace import Trace, atomic_write
 
-from .style import CRITICAL
-from .svg import Svg, color_for
+from .style import CRITICAL, lane_order, name_colors
+from .svg import Svg
 
 __all__ = ["timeline"]
 
@@ -29,10 +28,11 @@ def timeline(trace, path=None, *, width: int = 1200, max_legend: int = 20) -> st
     """The SVG timeline of ``trace``; written to ``path`` too when given."""
     trace = Trace.coerce(trace)
     ops = [r for r in trace.ops]
-    lanes: dict[tuple[str, str], list] = defaultdict(list)
+    lanes: dict[tuple[int, str], list] = defaultdict(list)
     for r in ops:
-        lanes[(r.device, r.lane)].append(r)
-    order = sorted(lanes, key=lambda k: (k[0].startswith("gpu"), k[0], k[1]))
+        lanes[(r.engine, r.lane)].append(r)
+    order = lane_order(lanes)
+    multi = len({r.engine for r in ops}) > 1
     wait_lanes: dict[str, list] = defaultdict(list)
     for w in trace.waits:
         wait_lanes[w.thread].append(w)
@@ -44,8 +44,8 @@ def timeline(trace, path=None, *, width: int = 1200, max_legend: int = 20) -> st
     totals: dict[str, int] = defaultdict(int)
     for r in ops:
         totals[r.name] += r.duration
-    names = sorted(totals, key=lambda n: -totals[n])
-    colors = {n: color_for(k) for k, n in enumerate(names)}
+    colors = name_colors(ops)
+    names = list(colors)
 
     def x(ns: float) -> float:
         return LEFT + ns / t_end * plot_w
@@ -62,7 +62,9 @@ def timeline(trace, path=None, *, width: int = 1200, max_legend: int = 20) -> st
     for n, key in enumerate(order):
         y = y0 + n * (LANE_H + GAP)
         svg.bar(LEFT, y, plot_w, LANE_H, fill="#f7f7f7")
-        svg.text(LEFT - 6, y + LANE_H * 0.7, f"{key[0]} {key[1]}"[:30], 11, text_anchor="end")
+        device = lanes[key][0].device
+        label = f"engine {key[0]} {key[1]}" if multi else f"{device} {key[1]}"
+        svg.text(LEFT - 6, y + LANE_H * 0.7, label[:30], 11, text_anchor="end")
         for r in lanes[key]:
             end = r.gpu_end or r.end
             attrs = {"fill": colors[r.name]}
@@ -102,7 +104,7 @@ def timeline(trace, path=None, *, width: int = 1200, max_legend: int = 20) -> st
     svg.text(lx + 18, ly, "critical path", 10)
     text = str(svg)
     if path is not None:
-        with open(os.fspath(path), "w") as f:
+        with atomic_write(path) as f:
             f.write(text)
     return text
 
