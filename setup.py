@@ -1,12 +1,15 @@
 """The C extension (everything else is in pyproject.toml).
 
-``depengine._speedups``: the profiler's per-op hooks, the op factory and the
-var transitions in C.  Optional: where it cannot be compiled the install goes
-on, and depengine runs the same functions written in Python
-(``depengine._compiled.IMPLEMENTATION`` says which).
+``depengine._core``: the compiled engine core (``depengine/_core.h`` says what
+each file holds).  Optional: where it cannot be compiled the install goes on,
+and every engine runs on the pure-Python reference
+(``depengine._compiled.WHY_NOT_COMPILED`` says why).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("depengine._speedups", ["depengine/_speedups.c", "depengine/_hotpath.c"],
-                             depends=["depengine/_speedups.h"], optional=True)])
+SOURCES = ["_core_module.c", "_core_objects.c", "_core_engine.c", "_core_pool.c", "_core_records.c"]
+HEADERS = ["_core.h", "_core_push.c.h", "_core_waits.c.h"]
+
+setup(ext_modules=[Extension("depengine._core", [f"depengine/{s}" for s in SOURCES],
+                             depends=[f"depengine/{h}" for h in HEADERS], optional=True)])

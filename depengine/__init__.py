@@ -20,6 +20,7 @@ from ._errors import (
     EngineClosedError,
     VarDeletedError,
 )
+from ._native import NativeError, native
 from ._op import Op, RunContext
 from ._var import Var
 from .profiler import profile
@@ -34,6 +35,7 @@ __all__ = [
     "DeviceUnavailableError",
     "Engine",
     "EngineClosedError",
+    "NativeError",
     "Op",
     "RunContext",
     "Trace",
@@ -44,6 +46,7 @@ __all__ = [
     "default_engine",
     "devices",
     "gpu",
+    "native",
     "plan",
     "profile",
     "profiler",

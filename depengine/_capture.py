@@ -143,7 +143,7 @@ class Capturing:
 
         self.push(run_bulk, reads, tuple(counts), f"bulk({n})", top, True, None, "normal", False, False, None,
                   counts)
-        if self._epoch.count > _BULK_BACKLOG and not self._in_op():
+        if self._backlog() > _BULK_BACKLOG and not self._in_op():
             # Members wait in memory until their bulk runs.  A pusher far
             # ahead of the workers keeps thousands alive, and the garbage
             # collector then promotes them and walks the whole heap (tens of

@@ -25,13 +25,12 @@ from scheduler.locks import YieldingLock, acquire_yielding
 
 from . import _op, profiler
 from ._capture import Capturing, PerThread
-from ._compiled import append_read, append_write, complete_read, complete_write, new_op
 from ._composite import record_shell
 from ._device import cpu
 from ._errors import DeviceUnavailableError, EngineClosedError, VarDeletedError
-from ._op import Done, Epoch, Op, RunContext, name_of
-from ._options import OP_KINDS, EngineOptions, engine_class, resolve_type
-from ._var import NEVER_CLEARED, Var
+from ._op import Done, Epoch, Op, RunContext, name_of, new_op
+from ._options import OP_KINDS, EngineOptions, engine_class, resolve_core, resolve_type
+from ._var import NEVER_CLEARED, Var, append_read, append_write, complete_read, complete_write
 from ._waits import Waits
 
 __all__ = ["Engine"]
@@ -64,7 +63,7 @@ class Engine(Waits, Capturing):
 
     def __new__(cls, type: str | None = None, **options):
         if cls is Engine:
-            cls = engine_class(resolve_type(type))
+            cls = engine_class(resolve_type(type), resolve_core(options.get("core")))
         return object.__new__(cls)
 
     def __init__(self, type: str | None = None, **options) -> None:
@@ -140,6 +139,13 @@ class Engine(Waits, Capturing):
     def threads(self) -> list[threading.Thread]:
         """The threads that run this engine's ops (workers and stream threads)."""
         return []
+
+    def _backlog(self) -> int:
+        """Ops of the current epoch not finished (a flushing bulk yields the GIL past a few)."""
+        return self._epoch.count
+
+    def _drain_records(self) -> None:
+        """Store the records of ops that finished without the GIL (the compiled core's)."""
 
     def gpu_runtime(self, device):
         """The GPU runtime behind ``device`` on this engine (its streams start on first use)."""
@@ -464,7 +470,7 @@ class Engine(Waits, Capturing):
 
 def live_engines() -> list[Engine]:
     """Every engine of this process that is not closed (the profiler attaches to them)."""
-    return [engine for engine in _live_engines if not engine._closed]
+    return [engine for engine in _live_engines if not engine.closed]
 
 
 def _close_live_engines() -> None:

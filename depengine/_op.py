@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from abc import ABCMeta
 
 __all__ = ["Done", "Op", "RunContext", "new_op"]
 
@@ -12,13 +13,14 @@ STATE_NAMES = ("pending", "running", "done", "failed", "skipped")
 FINISHED = (DONE, FAILED, SKIPPED)
 
 
-class RunContext:
+class RunContext(metaclass=ABCMeta):  # noqa: B024 (an ABC for register(), not for abstract methods)
     """What an op's function receives as ``ctx``.
 
     ``op_name`` and ``op_id`` name the op; ``device`` is where it runs;
     ``stream`` is the GPU stream to enqueue work on (``None`` for CPU ops).
     The engine passes the op itself, which is a ``RunContext``: that costs
-    nothing per op.
+    nothing per op.  (The compiled core's ops are registered as virtual
+    subclasses of ``RunContext`` and ``Op``.)
     """
 
     __slots__ = ()

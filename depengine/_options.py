@@ -7,12 +7,15 @@ from dataclasses import dataclass, fields
 
 from scheduler import usable_cores
 
-__all__ = ["DEFAULT_TYPE", "ENGINE_TYPES", "OP_KINDS", "EngineOptions", "engine_class", "resolve_type"]
+__all__ = ["CORES", "DEFAULT_TYPE", "ENGINE_TYPES", "OP_KINDS", "EngineOptions", "engine_class",
+           "resolve_core", "resolve_type"]
 
 ENGINE_TYPES = ("naive", "threaded", "perdevice")
 DEFAULT_TYPE = "perdevice"
 # what an op's ``kind`` may be: which pool (or stream) runs it
 OP_KINDS = ("normal", "prioritized", "copy", "async")
+# the two implementations of every engine type: the compiled core, and the pure-Python reference
+CORES = ("compiled", "python")
 
 # option name -> environment variable
 _ENV = {
@@ -36,8 +39,26 @@ def resolve_type(type: str | None) -> str:
     return type
 
 
-def engine_class(type: str) -> type:
-    """The class of engine ``type`` (imported on first use)."""
+def resolve_core(core: str | None) -> str:
+    """The implementation to build: ``core``, else "python" under ``DEPENGINE_PURE_PYTHON``, else the
+    compiled core where it is built."""
+    from ._compiled import COMPILED_AVAILABLE, WHY_NOT_COMPILED
+
+    if core is None:
+        return "compiled" if COMPILED_AVAILABLE and not os.environ.get("DEPENGINE_PURE_PYTHON") else "python"
+    if core not in CORES:
+        raise ValueError(f"core={core!r} must be one of {', '.join(map(repr, CORES))}")
+    if core == "compiled" and not COMPILED_AVAILABLE:
+        raise ValueError(f"core='compiled': the compiled core is not available here ({WHY_NOT_COMPILED})")
+    return core
+
+
+def engine_class(type: str, core: str = "python") -> type:
+    """The class of engine ``type`` on implementation ``core`` (imported on first use)."""
+    if core == "compiled":
+        from ._cengine import CompiledEngine
+
+        return CompiledEngine
     if type == "naive":
         from ._naive import NaiveEngine
 
@@ -58,18 +79,21 @@ class EngineOptions:
     ``workers``: CPU worker threads (default ``DEPENGINE_CPU_WORKERS`` or the
     usable cores).  Per-device engine only: ``prioritized_workers`` (default
     1), ``copy_workers`` (default 1), ``gpu_streams`` compute streams per GPU
-    (default 2); each also read from its ``DEPENGINE_*`` variable.
+    (default 2); each also read from its ``DEPENGINE_*`` variable.  ``core``:
+    ``"compiled"`` or ``"python"`` (see :func:`resolve_core`).
     """
 
     type: str
     workers: int
+    core: str = "python"
     prioritized_workers: int = 1
     copy_workers: int = 1
     gpu_streams: int = 2
 
     @classmethod
     def create(cls, type: str, **options) -> EngineOptions:
-        known = {f.name for f in fields(cls)} - {"type"}
+        core = resolve_core(options.pop("core", None))
+        known = {f.name for f in fields(cls)} - {"type", "core"}
         for name in options:
             if name not in known:
                 raise TypeError(f"Engine() got an unknown option {name!r}; known: {', '.join(sorted(known))}")
@@ -96,4 +120,4 @@ class EngineOptions:
                 raise ValueError(f"{source}={value!r} must be >= {low}")
             values[name] = value
         values.setdefault("workers", usable_cores())
-        return cls(type=type, **values)
+        return cls(type=type, core=core, **values)

@@ -20,6 +20,7 @@ releasing the lock.
 from __future__ import annotations
 
 import sys
+from abc import ABCMeta
 from collections import deque
 
 __all__ = ["NEVER_CLEARED", "Var", "append_read", "append_write", "complete_read", "complete_write"]
@@ -28,11 +29,12 @@ __all__ = ["NEVER_CLEARED", "Var", "append_read", "append_write", "complete_read
 NEVER_CLEARED = sys.maxsize
 
 
-class Var:
+class Var(metaclass=ABCMeta):  # noqa: B024 (an ABC for register(), not for abstract methods)
     """A tag for one resource (an array, a file, an RNG state); it holds no data.
 
     Create vars with :meth:`Engine.new_var`.  ``version`` counts the write ops
-    completed on the var (failed and skipped ones included).
+    completed on the var (failed and skipped ones included).  (The compiled
+    core's vars are registered as virtual subclasses.)
     """
 
     __slots__ = (
@@ -97,6 +99,11 @@ class Var:
     def failed(self) -> bool:
         """True when the var's last completed write failed and no wait has reported it."""
         return self._failure is not None and self._clear_seq == NEVER_CLEARED
+
+    def _state(self) -> dict:
+        """The scheduling state, for tests and debugging (the compiled core's vars give the same)."""
+        return {"nread": self._nread, "writing": self._writing, "queue": [op.name for op in self._queue],
+                "pending_writes": self._pending_writes, "version": self.version}
 
     def _check_invariants(self) -> None:
         """Raise AssertionError if the var's scheduling state breaks an invariant above."""

@@ -18,7 +18,7 @@ from ._errors import DeadlockError, VarDeletedError
 from ._op import Epoch, Waiter
 from ._var import NEVER_CLEARED, Var
 
-__all__ = ["Waits"]
+__all__ = ["Waits", "check_timeout", "raise_failures"]
 
 _log = logging.getLogger("depengine")
 
@@ -49,7 +49,7 @@ class Waits:
 
     def _wait_for_var(self, var: Var, timeout: float | None) -> None:
         self._check_var(var, "var")
-        _check_timeout(timeout)
+        check_timeout(timeout)
         with self._guard:
             if var._deleted_at is not None:
                 raise VarDeletedError(f"wait_for_var on var {var.name!r}, deleted at push #{var._deleted_at}")
@@ -103,7 +103,7 @@ class Waits:
             prof.waited("wait_all()", start, outcome)
 
     def _wait_all(self, timeout: float | None) -> None:
-        _check_timeout(timeout)
+        check_timeout(timeout)
         with self._guard:
             if self._epoch.count:
                 self._close_epoch()
@@ -123,12 +123,7 @@ class Waits:
             for v in self._failed_vars:
                 if v._clear_seq > seq:
                     v._clear_seq = seq
-        if failures:
-            first = failures[0]
-            if len(failures) > 1:
-                more = "; ".join(f"{type(e).__name__}: {e}" for e in failures[1:6])
-                first.add_note(f"depengine: {len(failures) - 1} more failure(s) in this wait_all: {more}")
-            raise first
+        raise_failures(failures)
 
     def close(self) -> None:
         """Finish every pending op, join every thread, log unreported failures."""
@@ -186,7 +181,17 @@ class Waits:
         v._waiters = keep or None
 
 
-def _check_timeout(timeout) -> None:
+def raise_failures(failures: list) -> None:
+    """What wait_all raises: the oldest failure, with a note naming the others (none: return)."""
+    if failures:
+        first = failures[0]
+        if len(failures) > 1:
+            more = "; ".join(f"{type(e).__name__}: {e}" for e in failures[1:6])
+            first.add_note(f"depengine: {len(failures) - 1} more failure(s) in this wait_all: {more}")
+        raise first
+
+
+def check_timeout(timeout) -> None:
     if timeout is None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):

@@ -33,12 +33,11 @@ from collections.abc import Callable
 
 from scheduler.locks import acquire_yielding
 
-from ._compiled import new_op
 from ._composite import Outcome, run_members, seed_failures
 from ._device import cpu
 from ._edges import dependency_edges, pushed_in_order
 from ._errors import DepengineError
-from ._op import Op
+from ._op import Op, new_op
 
 __all__ = ["Graph", "Plan", "register_fuser"]
 

@@ -4,9 +4,9 @@ While a profile records, every engine (existing and new) calls a
 :class:`Recorder` at push, start and end of each op and around each wait.
 Off, the engine pays one ``is not None`` test per hook.  On, each hook is a
 timestamp or an append to the recorder's store: no lock, so recording never
-serialises the workers.  The per-op hooks are in C (``depengine/_speedups.c``, built at
-install when a compiler is present) with the same functions in Python as the
-fallback; ``DEPENGINE_PURE_PYTHON=1`` picks the Python ones.
+serialises the workers.  The pure-Python engine calls the hooks below; the
+compiled core stamps its ops and writes their records in C
+(``_core_records.c``), into the same store and the same layout.
 ``DEPENGINE_PROFILE=trace.json`` records a whole run and writes the trace when
 the interpreter exits.
 """
@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
 from threading import get_ident
 from time import perf_counter_ns
 from typing import NamedTuple
 
-from ._compiled import speedups
+from ._compiled import IMPLEMENTATION as DEFAULT_IMPLEMENTATION
+from ._compiled import core_module
 from ._op import STATE_NAMES
 
-__all__ = ["IMPLEMENTATION", "Profile", "Record", "Recorder", "active_recorder", "profile",
-           "use_implementation"]
+__all__ = ["IMPLEMENTATION", "Profile", "Record", "Recorder", "active_recorder", "profile"]
 
 _active: Recorder | None = None
 _switch = threading.Lock()
@@ -113,49 +112,29 @@ def _ended(flat: list, op, error, origin: bool) -> None:
         record.append(v.version)
     for v in writes:
         record.append(v.version)
-    flat += record  # one extend: records of ops ending on two workers at once never interleave
+    if flat.__class__ is list:
+        flat += record  # one extend: records of ops ending on two workers at once never interleave
+    else:
+        flat.append(record)  # the packed store copies it in one go
 
 
-class _Hooks(NamedTuple):
-    pushed: Callable      # (op, engine)
-    started: Callable     # (op)
-    ended: Callable       # (store, op, error, origin)
-    new_store: Callable   # () -> where ended() puts records
-    set_gc_tracked: Callable | None  # (store, visible)
-
-
-def _available() -> dict[str, _Hooks]:
-    """The hook sets there are: "Python" always, "C" when depengine._speedups is built."""
-    found = {"Python": _Hooks(_pushed, _started, _ended, list, None)}
-    c = speedups
+def _packed_store():
+    """The C store of records when the compiled core is built (and of this layout), else None."""
+    c = core_module
     if c is not None and tuple(c.RECORD_HEAD) == HEAD:  # a build of another layout is not ours
-        found["C"] = _Hooks(c.pushed, c.started, c.ended, c.Records, c.set_gc_tracked)
-    return found
+        return c
+    return None
 
 
-IMPLEMENTATIONS = _available()
-
-
-def use_implementation(name: str) -> str:
-    """Make engines call the "C" or "Python" hooks from now on; returns the previous choice.
-    For tests and benchmarks: switch only while nothing records."""
-    global IMPLEMENTATION, stamp_pushed, stamp_started, record_ended, _new_store, _set_gc_tracked
-    if name not in IMPLEMENTATIONS:
-        raise ValueError(f"profiler implementation {name!r} is not available here; "
-                         f"choose from {sorted(IMPLEMENTATIONS)}")
-    if _active is not None:
-        raise RuntimeError("a profile is recording; stop it before switching implementations")
-    previous = IMPLEMENTATION
-    IMPLEMENTATION = name
-    stamp_pushed, stamp_started, record_ended, _new_store, _set_gc_tracked = IMPLEMENTATIONS[name]
-    return previous
-
-
-# IMPLEMENTATION: "C" or "Python", the hooks engines call (DEPENGINE_PURE_PYTHON=1: Python).
-IMPLEMENTATION = "Python"
-stamp_pushed, stamp_started, record_ended, _new_store, _set_gc_tracked = IMPLEMENTATIONS["Python"]
-use_implementation("Python" if os.environ.get("DEPENGINE_PURE_PYTHON") or "C" not in IMPLEMENTATIONS
-                   else "C")
+_packed = _packed_store()
+# Where records go: a packed depengine._core.Records (raw numbers, no int object per record) when the
+# core is built, else a flat list.  The pure-Python engine's hooks above write into either; the
+# compiled core writes its ops' records itself, in C.
+_new_store = _packed.Records if _packed is not None else list
+_set_gc_tracked = _packed.set_gc_tracked if _packed is not None else None
+stamp_pushed, stamp_started, record_ended = _pushed, _started, _ended
+# IMPLEMENTATION: the engine implementation Engine() builds here, "compiled" or "python"
+IMPLEMENTATION = DEFAULT_IMPLEMENTATION
 
 
 class Recorder:
@@ -280,6 +259,11 @@ class Profile:
         if self._recorder is None:
             raise RuntimeError("nothing recorded: use the profile as a context manager first")
         if self._trace is None or self.recording:
+            if self.recording:
+                from ._engine import live_engines
+
+                for engine in live_engines():  # records of native ops the core holds back
+                    engine._drain_records()
             self._trace = Trace.from_recorder(self._recorder)
         return self._trace
 

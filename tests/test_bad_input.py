@@ -39,7 +39,8 @@ def test_bad_input_pushes_nothing_and_keeps_earlier_ops(engine):
             with pytest.raises(exc_type, match=pattern):
                 call()
         assert engine._seq == seq_before  # no op was registered
-        assert v.version == 0 and not v._queue and not v._pending_writes and not v.deleted
+        assert v._state() == {"nread": 0, "writing": False, "queue": [], "pending_writes": 0, "version": 0}
+        assert not v.deleted
         engine.push(lambda ctx: results.append("after"), reads=[kept])
         engine.wait_all()
         assert results == ["before", "after"]

@@ -313,7 +313,7 @@ def test_workers_default_and_environment(monkeypatch):
     monkeypatch.setenv("DEPENGINE_CPU_WORKERS", "3")
     with de.Engine("threaded") as eng:
         assert eng.options.workers == 3
-        assert len(eng._pool.thread_ids) == 3
+        assert len(eng.threads()) == 3
     monkeypatch.setenv("DEPENGINE_CPU_WORKERS", "many")
     with pytest.raises(ValueError, match="DEPENGINE_CPU_WORKERS='many'"):
         de.Engine("threaded")

@@ -15,8 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def test_exported_names_are_pinned():
     assert sorted(de.__all__) == sorted([
         "DeadlockError", "DepengineError", "Device", "DeviceUnavailableError", "Engine",
-        "EngineClosedError", "Op", "RunContext", "Trace", "TraceError", "Var", "VarDeletedError", "cpu",
-        "default_engine", "devices", "gpu", "plan", "profile", "profiler", "trace",
+        "EngineClosedError", "NativeError", "Op", "RunContext", "Trace", "TraceError", "Var",
+        "VarDeletedError", "cpu", "default_engine", "devices", "gpu", "native", "plan", "profile", "profiler", "trace",
     ])
     for name in de.__all__:
         assert getattr(de, name) is not None

@@ -217,7 +217,7 @@ class Dev:
 
     def __init__(self, eng, nvars):
         self.eng = eng
-        rt = eng._rt
+        rt = eng.gpu_runtime(de.gpu(0))
         self.rt = rt
         self.vars = [eng.new_var(f"x{i}") for i in range(nvars)]
         stream = rt.create_stream(0, "setup")
@@ -301,7 +301,9 @@ def test_engine_without_stream_waits_is_caught_as_a_hazard(sim, monkeypatch):
         eng.push(lambda ctx: None, device=de.gpu(0))
         eng.wait_all()
         d = Dev(eng, 3)
-        monkeypatch.setattr(type(eng), "_stream_waits", lambda self, op, stream: None)
+        from depengine._gpu_lanes import GpuLanes
+
+        monkeypatch.setattr(GpuLanes, "stream_waits", lambda self, op, stream: None)
         # two producers on two different streams, then a consumer of both
         gates = [threading.Event(), threading.Event()]
         k = d.rt.compile([_kernel("slow", ("w",), lambda a, g=gates[0]: g.wait(20))])["slow"]
@@ -342,10 +344,10 @@ def test_cpu_consumer_and_wait_for_var_wait_for_gpu_work(sim):
         gate = threading.Event()
         log = []
         v, out = eng.new_var("v"), eng.new_var("out")
-        k = eng._rt if eng._rt else None
+        lazily = not any(t.name.startswith("depengine-gpu") for t in eng.threads())
         eng.push(lambda ctx: None, device=de.gpu(0))
         eng.wait_all()
-        rt = eng._rt
+        rt = eng.gpu_runtime(de.gpu(0))
         s0 = rt.create_stream(0, "tmp")
         buf = rt.alloc(0, 8, s0)
         rt.synchronize_stream(s0)
@@ -358,7 +360,7 @@ def test_cpu_consumer_and_wait_for_var_wait_for_gpu_work(sim):
         threading.Timer(0.05, gate.set).start()
         eng.wait_for_var(out)
         assert log == ["kernel done", "cpu reads"]
-        assert k is None  # the runtime appeared with the first GPU push
+        assert lazily  # the GPU's streams started with the first GPU push
         gate.clear()
         eng.push(lambda ctx: rt.launch(kern, (1,), (1,), [rt.kernel_arg(buf, np.float64, (1,))], ctx.stream),
                  writes=[v], device=de.gpu(0), name="gpu2")
@@ -373,7 +375,7 @@ def test_kernel_failure_reaches_wait_for_var(sim):
         v = eng.new_var("v")
         eng.push(lambda ctx: None, device=de.gpu(0))
         eng.wait_all()
-        rt = eng._rt
+        rt = eng.gpu_runtime(de.gpu(0))
         s0 = rt.create_stream(0, "tmp")
         buf = rt.alloc(0, 8, s0)
         rt.synchronize_stream(s0)
@@ -405,8 +407,9 @@ def test_gpu_sizes_from_environment(sim, monkeypatch):
         eng.push(lambda ctx: None, device=de.gpu(1))
         eng.push(lambda ctx: None, kind="copy")
         eng.wait_all()
-        assert len(eng._gpus[1].compute) == 3
-        assert eng._copy.size == 2
+        names = [t.name for t in eng.threads()]
+        assert len([n for n in names if n.startswith("depengine-gpu1-s")]) == 3
+        assert len([n for n in names if n.startswith("depengine-copy")]) == 2
     monkeypatch.setenv("DEPENGINE_GPU_STREAMS", "0")
     with pytest.raises(ValueError, match="DEPENGINE_GPU_STREAMS=0 must be >= 1"):
         de.Engine("perdevice")

@@ -103,4 +103,4 @@ def test_copy_ops_run_on_copy_workers():
                  kind="copy")
         eng.wait_all()
         assert np.array_equal(dst, src) and names == [None]
-        assert eng._copy is not None and eng._copy.size == 2
+        assert len([t for t in eng.threads() if t.name.startswith("depengine-copy")]) == 2

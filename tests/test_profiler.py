@@ -12,16 +12,20 @@ from pathlib import Path
 import pytest
 
 import depengine as de
-from depengine import profiler
+from depengine import _compiled, profiler
 from depengine.trace import OpRecord, Trace, TraceError
 
+CORES = ["python"] + (["compiled"] if _compiled.COMPILED_AVAILABLE else [])
 
-@pytest.fixture(autouse=True, params=sorted(profiler.IMPLEMENTATIONS))
-def hooks(request):
-    """Every test here runs with each set of per-op hooks there is: C (when built) and Python."""
-    previous = profiler.use_implementation(request.param)
-    yield request.param
-    profiler.use_implementation(previous)
+
+@pytest.fixture(autouse=True, params=CORES)
+def core(request, monkeypatch):
+    """Every test here runs on each implementation there is: the compiled core (when built) and Python."""
+    if request.param == "python":
+        monkeypatch.setenv("DEPENGINE_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("DEPENGINE_PURE_PYTHON", raising=False)
+    return request.param
 
 
 def diamond(eng):
@@ -252,86 +256,40 @@ def test_stats_queueing_delay_and_percentiles():
     assert s.per_name["op"]["p50"] in (500, 510) and s.per_name["op"]["p99"] in (990, 1000)
 
 
-# ---------------------------------------------------------------- the two implementations of the hooks
-def test_the_c_hooks_are_built_where_a_compiler_is():
-    if os.environ.get("DEPENGINE_PURE_PYTHON"):
-        pytest.skip("DEPENGINE_PURE_PYTHON is set")
+# ---------------------------------------------------------------- the two implementations
+def test_the_compiled_core_is_built_where_a_compiler_is():
     import shutil
 
     if shutil.which("cc") is None and shutil.which("gcc") is None:
-        pytest.skip("no C compiler: the install builds only the Python hooks")
-    assert "C" in profiler.IMPLEMENTATIONS, "depengine/_speedups.c was not built: run pip install -e ."
+        pytest.skip("no C compiler: the install builds only the pure-Python engine")
+    assert _compiled.COMPILED_AVAILABLE, f"depengine._core was not built ({_compiled.WHY_NOT_COMPILED})"
 
 
-def _finished_ops():
-    """Ops of every outcome and shape, finished and stamped as a profile would have them."""
-    with de.profile(), de.Engine("threaded", workers=1) as eng:
+def _program_records(core: str) -> list:
+    """One program of ops of every outcome and shape, recorded on one implementation."""
+    with de.profile() as prof, de.Engine("threaded", workers=1, core=core) as eng:
         a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
-        many = [eng.new_var(f"m{k}") for k in range(40)]  # a record longer than the C hooks' stack buffer
-        ops = [eng.push(lambda ctx: None, writes=[a, b], name="two writes"),
-               eng.push(lambda ctx: None, reads=[a, b], writes=[c], name="two reads", priority=3),
-               eng.push(lambda ctx: None, reads=many[:25], writes=many[25:], name="40 vars"),
-               eng.push(lambda ctx: None, name="no vars"),
-               eng.push(lambda ctx: 1 / 0, writes=[c], name="raises"),
-               eng.push(lambda ctx: None, reads=[c], writes=[a], name="skipped")]
+        many = [eng.new_var(f"m{k}") for k in range(40)]  # a record longer than the C store's stack buffer
+        eng.push(lambda ctx: None, writes=[a, b], name="two writes")
+        eng.push(lambda ctx: None, reads=[a, b], writes=[c], name="two reads", priority=3)
+        eng.push(lambda ctx: None, reads=many[:25], writes=many[25:], name="40 vars")
+        eng.push(lambda ctx: None, name="no vars")
+        eng.push(lambda ctx: 1 / 0, writes=[c], name="raises")
+        eng.push(lambda ctx: None, reads=[c], writes=[a], name="skipped")
         with pytest.raises(ZeroDivisionError):
             eng.wait_all()
-    return ops
+    return [(r.id, r.name, r.device, r.kind, r.priority, r.state, r.error, r.reads, r.writes)
+            for r in prof.trace().ops]
 
 
-def _record_all(hooks, ops, error):
-    store = hooks.new_store()
-    for op, (err, origin) in zip(ops, [(None, False)] * 4 + [(error, True), (error, False)], strict=True):
-        hooks.ended(store, op, err, origin)
-    return store
-
-
-def test_c_and_python_hooks_make_the_same_records():
-    if "C" not in profiler.IMPLEMENTATIONS:
-        pytest.skip("depengine._speedups is not built")
-    ops = _finished_ops()
-    records = {}
-    error = ZeroDivisionError("x")
-    for name, hooks in profiler.IMPLEMENTATIONS.items():
-        store = _record_all(hooks, ops, error)
-        # the end time differs (the clock moved on), and with it a skipped op's start
-        records[name] = [tuple(None if i == 10 or (i == 8 and r[11] == "skipped") else x
-                               for i, x in enumerate(r)) for r in _parse(store)]
-        assert [r[2] for r in records[name]] == [op.name for op in ops]
-        assert [r[11] for r in records[name]] == ["done"] * 4 + ["failed", "skipped"]
-        assert records[name][1][5] == 3  # the priority
-        assert records[name][1][13] == [(v, v.version) for v in ops[1].reads]  # read now: their versions now
-    assert records["C"] == records["Python"]
-
-
-def test_the_c_hooks_read_any_object_with_the_fields_generically():
-    if "C" not in profiler.IMPLEMENTATIONS:
-        pytest.skip("depengine._speedups is not built")
-    pushed, started, record_ended, new_store, _ = profiler.IMPLEMENTATIONS["C"]
-    (op, *_rest) = _finished_ops()
-
-    class Lookalike:  # not an Op: the slots' offsets do not apply
-        pass
-
-    fake = Lookalike()
-    for field in ("id", "_name", "device", "kind", "priority", "reads", "writes"):
-        setattr(fake, field, getattr(op, field))
-    fake.reads = list(op.writes)  # a list, not a tuple
-    pushed(fake, "engine")
-    started(fake)
-    assert fake._p_engine == "engine" and fake._p_lane is None and fake._p_push <= fake._p_start
-    assert fake._p_thread == threading.get_ident()
-    flat = new_store()
-    record_ended(flat, fake, None, False)
-    (rec,) = _parse(flat)
-    assert rec[0] == "engine" and rec[2] == op.name and rec[11] == "done"
-    assert rec[13] == [(v, v.version) for v in op.writes]
-    del fake.writes
-    with pytest.raises(AttributeError):
-        record_ended(flat, fake, None, False)
-    assert len(_parse(flat)) == 1  # nothing half-written
-    record_ended(flat, Lookalike(), None, False)  # never stamped: pushed before recording
-    assert len(_parse(flat)) == 1
+def test_both_implementations_record_the_same_program_alike():
+    if not _compiled.COMPILED_AVAILABLE:
+        pytest.skip("depengine._core is not built")
+    compiled, python = _program_records("compiled"), _program_records("python")
+    assert [r[1] for r in python] == ["two writes", "two reads", "40 vars", "no vars", "raises", "skipped"]
+    assert [r[5] for r in python] == ["done"] * 4 + ["failed", "skipped"]
+    assert python[1][4] == 3 and len(python[2][7]) == 25 and len(python[2][8]) == 15
+    assert compiled == python
 
 
 def _parse(store) -> list:
@@ -340,9 +298,13 @@ def _parse(store) -> list:
     return recorder.records()
 
 
-def test_records_of_ops_ending_on_two_threads_at_once_never_interleave(hooks):
-    # The GIL may pass between any two bytecodes; switch it as often as CPython allows.
-    ops = _finished_ops()[:2]
+def test_records_of_ops_ending_on_two_threads_at_once_never_interleave(core):
+    # The Python hooks: the GIL may pass between any two bytecodes; switch it as often as CPython allows.
+    with de.profile(), de.Engine("threaded", workers=1, core="python") as eng:
+        a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
+        ops = [eng.push(lambda ctx: None, writes=[a, b], name="two writes"),
+               eng.push(lambda ctx: None, reads=[a, b], writes=[c], name="two reads")]
+        eng.wait_all()
     flat = profiler._new_store()
     record_ended = profiler.record_ended
     start = threading.Barrier(2)
@@ -370,28 +332,21 @@ def test_records_of_ops_ending_on_two_threads_at_once_never_interleave(hooks):
         assert [v for v, _ in r[13]] == list(op.reads) and [v for v, _ in r[14]] == list(op.writes)
 
 
-def test_the_collector_skips_the_records_while_recording(hooks):
+def test_the_collector_skips_the_records_while_recording():
     import gc
 
     with de.profile() as prof:
-        assert gc.is_tracked(prof._recorder.ops) == (hooks == "Python")
+        assert gc.is_tracked(prof._recorder.ops) == (profiler._set_gc_tracked is None)
     assert gc.is_tracked(prof._recorder.ops)  # afterwards a container like any other
 
 
-def test_switching_implementations():
-    with pytest.raises(ValueError, match="'Fortran' is not available"):
-        profiler.use_implementation("Fortran")
-    with de.profile(), pytest.raises(RuntimeError, match="recording"):
-        profiler.use_implementation("Python")
-
-
 def test_the_packed_store_round_trips_records_and_rejects_others():
-    if "C" not in profiler.IMPLEMENTATIONS:
-        pytest.skip("depengine._speedups is not built")
+    if not _compiled.COMPILED_AVAILABLE:
+        pytest.skip("depengine._core is not built")
     import gc
     import weakref
 
-    store = profiler.IMPLEMENTATIONS["C"].new_store()
+    store = _compiled.core_module.Records()
     big = 2**63 + 5  # a thread ident above the signed range
     record = ["engine", 7, "name", "cpu(0)", "normal", -3, None, 10, 11, big, 12, "failed", ValueError("x"),
               2, 1, "r1", "r2", "w", 4, 5, 6]
@@ -409,7 +364,7 @@ def test_the_packed_store_round_trips_records_and_rejects_others():
         pass
 
     holder = Holder()
-    holder.store = profiler.IMPLEMENTATIONS["C"].new_store()
+    holder.store = _compiled.core_module.Records()
     holder.store.append(["engine", 1, "n", "cpu(0)", "normal", 0, None, 1, 1, None, 1, "done", holder, 0, 0])
     alive = weakref.ref(holder)
     del holder

@@ -1,0 +1,196 @@
+/* depengine._core: the compiled engine core.
+ *
+ * The same engine as depengine/_engine.py (the pure-Python reference), with
+ * vars, ops, the four var transitions, registration, completion, ready
+ * queues and the worker loop in C.  Scheduling state lives in C memory under
+ * one mutex (core->mu), so a worker running a native op body (a C function,
+ * see depengine/_native.py) never takes the GIL: it runs the body, completes
+ * the op and grants its successors in C.  Python op bodies take the GIL to
+ * run.  Anything that touches Python objects' reference counts (failures,
+ * releasing a finished op) happens with the GIL; a native op that finished
+ * cleanly leaves its op on a list that the next thread holding the GIL
+ * releases (core_drain).
+ *
+ * Lock order: the GIL before core->mu.  A thread holding core->mu never
+ * waits for the GIL.
+ *
+ * Files: _core_objects.c (Var, Op, Done), _core_engine.c (push, the
+ * transitions, completion, waits), _core_pool.c (ready queues, workers,
+ * the naive engine's drain), _core_records.c (the profiler's records),
+ * _core_module.c (the module).
+ */
+#ifndef DEPENGINE_CORE_H
+#define DEPENGINE_CORE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if PY_VERSION_HEX < 0x030D0000
+#define PyObject_GetOptionalAttr _PyObject_LookupAttr
+#endif
+
+typedef long long i64;
+typedef int32_t (*native_fn)(void *);
+
+enum { PENDING, RUNNING, DONE, FAILED, SKIPPED };        /* _op.PENDING ... */
+enum { T_NAIVE, T_THREADED, T_PERDEVICE };               /* engine types */
+enum { POOL_CPU, POOL_PRIO, POOL_COPY, NPOOLS };         /* perdevice pools (threaded: POOL_CPU only) */
+#define NEVER_CLEARED LLONG_MAX
+
+typedef struct Core Core;
+typedef struct OpObject OpObject;
+typedef struct VarObject VarObject;
+
+typedef struct Waiter {        /* a wait_for_var blocked on a var */
+    i64 target;                /* the version that ends the wait */
+    int fired;
+    PyObject *failure;         /* new reference, set when fired with a failure */
+    struct Waiter *next;
+} Waiter;
+
+typedef struct Epoch {         /* ops pushed between two wait_all calls, not yet finished */
+    i64 id, count;
+    int closed;
+    struct Epoch *next;        /* the list of closed epochs */
+} Epoch;
+
+struct VarObject {
+    PyObject_HEAD
+    PyObject *name;            /* str */
+    PyObject *engine;          /* the engine (strong) */
+    Core *core;                /* its core (the engine keeps it alive) */
+    PyObject *gpu;             /* the per-device engine's GPU state of the var, or NULL */
+    PyObject *failure;         /* what its last write carries, or NULL */
+    PyObject *solo;            /* (self,) once made */
+    PyObject *weakrefs;
+    i64 serial, version;
+    i64 pending_writes;        /* invariant: == writing + writes queued (composites count each member) */
+    i64 clear_seq;             /* ops with id >= clear_seq do not see the failure */
+    i64 deleted_at;            /* id of the delete op, or -1 */
+    OpObject **q;              /* ops waiting for the var, in push order (a ring) */
+    Py_ssize_t qhead, qlen, qcap;
+    long nread;                /* invariant: nread > 0 implies !writing */
+    int writing;
+    Waiter *waiters;
+    VarObject *fprev, *fnext;  /* the core's list of failed vars */
+    int listed;                /* in that list */
+};
+
+struct OpObject {
+    PyObject_HEAD
+    PyObject *fn;              /* the body; NULL once finished */
+    PyObject *name;            /* str, or NULL until named */
+    PyObject *reads, *writes;  /* tuples of VarObject */
+    PyObject *device, *kind, *stream, *error, *meta, *wcounts, *outcome;
+    PyObject *p_engine, *p_lane;   /* profiler stamps (NULL: not stamped) */
+    PyObject *dict;            /* anything else Python code attaches */
+    Core *core;                /* the core it was pushed to, or NULL */
+    i64 id, priority, p_push, p_start, p_end;
+    unsigned long p_thread;
+    int wait;                  /* vars not granted yet (the +1 of registration included until it ends) */
+    char state, always_run, is_async, native, stamped, started, host_hook, registered;
+    char kind_ix, on_cpu;      /* kind: normal, prioritized, copy, async = 0..3; on the CPU device */
+    native_fn cfn;
+    void *carg;
+    Epoch *epoch;
+    i64 *versions;             /* profiling, native ops: versions seen, recorded later under the GIL */
+    OpObject *next_done;       /* the core's list of ops to release under the GIL */
+};
+
+typedef struct {               /* an entry of a ready queue's heap */
+    i64 key, tie;              /* -priority, then push order */
+    PyObject *item;
+} HeapEntry;
+
+typedef struct Pool {
+    PyObject **fifo;           /* priority-0 items, a ring */
+    Py_ssize_t fhead, flen, fcap;
+    HeapEntry *heap;
+    Py_ssize_t hlen, hcap;
+    i64 tie;
+    pthread_cond_t cv;
+    int idle, stop, threads, exited;
+} Pool;
+
+struct Core {
+    PyObject_HEAD
+    PyObject *engine;          /* borrowed: the engine owns its core */
+    PyObject *weakrefs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;         /* var waiters, epochs, async done, the naive lock */
+    int type, debug, closing, closed, forked, any_deleted, gpu_used;
+    int capturing;             /* record() and bulk() blocks active (Python sets it) */
+    PyObject *prof;            /* the Recorder, or NULL */
+    PyObject *store;           /* its store of records */
+    PyObject *cpu;             /* de.cpu() */
+    PyObject *hooks;           /* the engine's Python hooks: a tuple, see _core_engine.c */
+    PyObject *unreported;      /* list: failures no wait raised, oldest first */
+    i64 seq, nvars, next_epoch;
+    Epoch *epoch, *closed_epochs;
+    VarObject *failed;         /* list of failed vars */
+    Py_ssize_t nfailed;
+    Pool pools[NPOOLS];
+    int pool_of_kind[4];       /* normal, prioritized, copy, async -> pool */
+    OpObject *done_ops;        /* finished native ops to release (and record) under the GIL */
+    Py_ssize_t ndone;
+    Py_tss_t *depth;           /* per thread: > 0 while running this engine's ops */
+    PyObject **naive;          /* naive engine: the ready ops, a ring */
+    Py_ssize_t nhead, nlen, ncap;
+    unsigned long naive_owner; /* the thread draining (the naive engine runs one op at a time) */
+    long naive_count;
+};
+
+/* _core_objects.c */
+extern PyTypeObject VarType, OpType, DoneType;
+VarObject *var_new(Core *core, PyObject *engine, PyObject *name, i64 serial);
+OpObject *op_alloc(void);
+PyObject *op_name(OpObject *op);   /* new reference */
+PyObject *done_new(Core *core, OpObject *op);
+int done_claim(PyObject *done);    /* mu held */
+int objects_ready(void);
+
+/* _core_engine.c */
+extern PyTypeObject CoreType;
+PyObject *core_complete(Core *c, OpObject *op, PyObject *error, int origin, int *nready, OpObject ***ready);
+int complete_native_clean(Core *c, OpObject *op, OpObject ***ready, int *nready);   /* no GIL */
+void core_drain(Core *c);          /* GIL held, mu not held */
+int core_execute_py(Core *c, OpObject *op, OpObject ***ready, int *nready);   /* GIL held */
+int core_in_op(Core *c);
+int push_ready(void);              /* interned names for push's arguments */
+int core_wait_until(Core *c, int (*done)(Core *, void *), void *arg, double timeout);   /* GIL */
+void depth_add(Core *c, long delta);
+int input_failure_visible(Core *c, OpObject *op, PyObject **failure);   /* mu held */
+
+/* _core_pool.c */
+int pool_init(Pool *p);
+void pool_free(Pool *p);
+int pool_put(Pool *p, PyObject *item, i64 priority);   /* mu held; -1: out of memory */
+PyObject *pool_take(Pool *p);                            /* mu held; NULL when empty */
+int pool_empty(Pool *p);
+int core_route(Core *c, OpObject *op);                   /* pool index, or -1: the Python route hook */
+int core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n);   /* GIL held, mu not held */
+PyObject *core_work(Core *c, PyObject *args);            /* a worker thread's body */
+int naive_run(Core *c);                                  /* GIL held: drain ready ops inline */
+PyObject *core_execute_meth(Core *c, PyObject *item);
+PyObject *core_dispatch_meth(Core *c, PyObject *ops);
+PyObject *core_submit_meth(Core *c, PyObject *item);
+
+/* _core_records.c */
+extern PyTypeObject RecordsType;
+int records_add_op(PyObject *store, OpObject *op, PyObject *error, int origin, i64 end,
+                   const i64 *versions, int novars);   /* GIL held */
+int records_module_init(PyObject *m);
+
+/* _core_module.c */
+PyObject *native_error(i64 code, OpObject *op);  /* a new NativeError, or NULL */
+i64 now_ns(void);
+int add_note(PyObject *exc, const char *format, ...);   /* GIL held; 0 or -1 */
+PyObject *fetch_exception(void);   /* the raised exception with its traceback set (new reference) */
+extern PyObject *engine_closed_error, *var_deleted_error, *deadlock_error, *native_error_type;
+extern PyObject *s_priority, *s_execute, *s_address, *s_arg_address, *s_name, *s_qualname, *s_func,
+    *s_failures, *s_origins, *s_members_recorded, *s_add_note, *native_type;
+
+#endif

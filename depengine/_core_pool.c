@@ -1,0 +1,553 @@
+/* The compiled core's ready queues and workers, and the naive engine's drain.
+ *
+ * A pool is a ready queue (priority 0 in a FIFO ring, any other priority in
+ * a heap: higher first, push order among equals) and the threads that take
+ * from it.  The threads are Python threads (threading.Thread, so Python sees
+ * and joins them) that call Core.work(pool) and spend their life in
+ * core_work: they hold the GIL only to run a Python op body or to call into
+ * Python, and run native bodies, complete them and grant their successors
+ * without it.  A worker that finishes an op and finds one of the ops it made
+ * ready bound for its own empty queue runs that op itself (waking a sleeping
+ * thread costs more than a small op).
+ */
+#include "_core.h"
+#include <time.h>
+
+int
+pool_init(Pool *p)
+{
+    memset(p, 0, sizeof *p);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(&p->cv, &attr);
+    pthread_condattr_destroy(&attr);
+    return rc ? -1 : 0;
+}
+
+void
+pool_free(Pool *p)
+{
+    PyMem_RawFree(p->fifo);
+    PyMem_RawFree(p->heap);
+    p->fifo = NULL;
+    p->heap = NULL;
+}
+
+int
+pool_empty(Pool *p)
+{
+    return p->flen == 0 && p->hlen == 0;
+}
+
+static void
+heap_up(HeapEntry *h, Py_ssize_t i)
+{
+    HeapEntry e = h[i];
+    while (i > 0) {
+        Py_ssize_t parent = (i - 1) / 2;
+        if (h[parent].key < e.key || (h[parent].key == e.key && h[parent].tie < e.tie))
+            break;
+        h[i] = h[parent];
+        i = parent;
+    }
+    h[i] = e;
+}
+
+static void
+heap_down(HeapEntry *h, Py_ssize_t n, Py_ssize_t i)
+{
+    HeapEntry e = h[i];
+    for (;;) {
+        Py_ssize_t child = 2 * i + 1;
+        if (child >= n)
+            break;
+        if (child + 1 < n && (h[child + 1].key < h[child].key ||
+                              (h[child + 1].key == h[child].key && h[child + 1].tie < h[child].tie)))
+            child++;
+        if (e.key < h[child].key || (e.key == h[child].key && e.tie < h[child].tie))
+            break;
+        h[i] = h[child];
+        i = child;
+    }
+    h[i] = e;
+}
+
+/* Queue item (borrowed: the core's registration reference keeps an op alive).  mu. */
+int
+pool_put(Pool *p, PyObject *item, i64 priority)
+{
+    if (priority == 0) {
+        if (p->flen == p->fcap) {
+            Py_ssize_t cap = p->fcap ? 2 * p->fcap : 64;
+            PyObject **ring = PyMem_RawMalloc(cap * sizeof(PyObject *));
+            if (ring == NULL)
+                return -1;
+            for (Py_ssize_t i = 0; i < p->flen; i++)
+                ring[i] = p->fifo[(p->fhead + i) % p->fcap];
+            PyMem_RawFree(p->fifo);
+            p->fifo = ring;
+            p->fhead = 0;
+            p->fcap = cap;
+        }
+        p->fifo[(p->fhead + p->flen) % p->fcap] = item;
+        p->flen++;
+    }
+    else {
+        if (p->hlen == p->hcap) {
+            Py_ssize_t cap = p->hcap ? 2 * p->hcap : 16;
+            HeapEntry *h = PyMem_RawRealloc(p->heap, cap * sizeof(HeapEntry));
+            if (h == NULL)
+                return -1;
+            p->heap = h;
+            p->hcap = cap;
+        }
+        p->heap[p->hlen] = (HeapEntry){-priority, p->tie++, item};
+        heap_up(p->heap, p->hlen++);
+    }
+    if (p->idle)
+        pthread_cond_signal(&p->cv);
+    return 0;
+}
+
+/* The best item (higher priority first; priority 0 items in push order), or NULL.  mu. */
+PyObject *
+pool_take(Pool *p)
+{
+    if (p->hlen && (p->heap[0].key < 0 || p->flen == 0)) {
+        PyObject *item = p->heap[0].item;
+        p->heap[0] = p->heap[--p->hlen];
+        if (p->hlen)
+            heap_down(p->heap, p->hlen, 0);
+        return item;
+    }
+    if (p->flen == 0)
+        return NULL;
+    PyObject *item = p->fifo[p->fhead];
+    p->fhead = (p->fhead + 1) % p->fcap;
+    p->flen--;
+    return item;
+}
+
+/* ------------------------------------------------------------- routing */
+
+static int
+touches_gpu(OpObject *op)   /* mu: a var the op names has GPU work the host must wait for */
+{
+    PyObject *lists[2] = {op->reads, op->writes};
+    for (int k = 0; k < 2; k++)
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lists[k]); i++)
+            if (((VarObject *)PyTuple_GET_ITEM(lists[k], i))->gpu != NULL)
+                return 1;
+    return 0;
+}
+
+/* The pool that runs op: an index, -1 for a GPU op (the engine's Python route), -2 naive.  mu. */
+int
+core_route(Core *c, OpObject *op)
+{
+    if (c->type == T_NAIVE)
+        return -2;
+    if (!op->on_cpu)
+        return -1;
+    if (c->gpu_used && (op->kind_ix == 2 || touches_gpu(op)))
+        op->host_hook = 1;   /* the host waits for GPU work first (the engine's Python prepare hook) */
+    return c->pool_of_kind[(int)op->kind_ix];
+}
+
+static int
+naive_append(Core *c, OpObject *op)   /* mu */
+{
+    if (c->nlen == c->ncap) {
+        Py_ssize_t cap = c->ncap ? 2 * c->ncap : 16;
+        PyObject **ring = PyMem_RawMalloc(cap * sizeof(PyObject *));
+        if (ring == NULL)
+            return -1;
+        for (Py_ssize_t i = 0; i < c->nlen; i++)
+            ring[i] = c->naive[(c->nhead + i) % c->ncap];
+        PyMem_RawFree(c->naive);
+        c->naive = ring;
+        c->nhead = 0;
+        c->ncap = cap;
+    }
+    c->naive[(c->nhead + c->nlen) % c->ncap] = (PyObject *)op;
+    c->nlen++;
+    return 0;
+}
+
+/* Hand ready ops to their pools (Python route for GPU ops).  GIL, not mu. */
+int
+core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        OpObject *op = ops[i];
+        pthread_mutex_lock(&c->mu);
+        int r = core_route(c, op), oom = 0;
+        if (r >= 0)
+            oom = pool_put(&c->pools[r], (PyObject *)op, op->priority) < 0;
+        else if (r == -2)
+            oom = naive_append(c, op) < 0;
+        pthread_mutex_unlock(&c->mu);
+        if (oom) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (r == -1) {
+            PyObject *res = PyObject_CallOneArg(PyTuple_GET_ITEM(c->hooks, 2), (PyObject *)op);
+            if (res == NULL)
+                return -1;
+            Py_DECREF(res);
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------- workers */
+
+typedef struct {
+    Core *c;
+    int pool;
+    int gil;            /* this thread holds the GIL now */
+    PyThreadState *ts;  /* its thread state while it does not */
+} Worker;
+
+static void
+gil_take(Worker *w)
+{
+    if (!w->gil) {
+        PyEval_RestoreThread(w->ts);
+        w->gil = 1;
+    }
+}
+
+static void
+gil_drop(Worker *w)
+{
+    if (w->gil) {
+        w->ts = PyEval_SaveThread();
+        w->gil = 0;
+    }
+}
+
+static void
+report_internal_error(Worker *w, const char *what)   /* GIL: an engine bug; the worker lives on */
+{
+    PyErr_WriteUnraisable(PyUnicode_FromFormat("depengine worker of pool %d: %s", w->pool, what));
+}
+
+/* Route ready ops after a completion; returns the one this worker runs next (or NULL).  No mu. */
+static PyObject *
+continue_with(Worker *w, OpObject **ready, int n)
+{
+    Core *c = w->c;
+    Pool *mine = &c->pools[w->pool];
+    PyObject *next = NULL;
+    int python = 0;
+    pthread_mutex_lock(&c->mu);
+    for (int i = 0; i < n; i++) {
+        OpObject *op = ready[i];
+        int r = core_route(c, op);
+        if (r == w->pool && next == NULL && pool_empty(mine) && op->priority >= 0)
+            next = (PyObject *)op;
+        else if (r >= 0) {
+            if (pool_put(&c->pools[r], (PyObject *)op, op->priority) < 0) {
+                fprintf(stderr, "depengine._core: out of memory queueing an op\n");
+                abort();
+            }
+        }
+        else {
+            ready[python++] = op;   /* GPU ops: the Python route, below */
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (python) {
+        gil_take(w);
+        if (core_dispatch_gil(c, ready, python) < 0)
+            report_internal_error(w, "routing a GPU op failed");
+    }
+    return next;
+}
+
+/* Run a native op on this worker: without the GIL unless a failure is involved. */
+static PyObject *
+run_native(Worker *w, OpObject *op)
+{
+    Core *c = w->c;
+    OpObject **ready = NULL;
+    int nready = 0, r;
+    PyObject *failure = NULL;
+    pthread_mutex_lock(&c->mu);
+    if (c->nfailed && !op->always_run)
+        input_failure_visible(c, op, &failure);
+    if (failure == NULL)
+        op->state = RUNNING;
+    pthread_mutex_unlock(&c->mu);
+    if (failure != NULL)
+        goto with_gil;   /* skipped: the failure's references need the GIL */
+    gil_drop(w);
+    if (op->stamped) {
+        op->p_start = now_ns();
+        op->p_thread = PyThread_get_thread_ident();
+        op->started = 1;
+    }
+    int32_t code = op->cfn(op->carg);
+    if (code == 0) {
+        r = complete_native_clean(c, op, &ready, &nready);
+        if (r == 1) {
+            PyObject *next = continue_with(w, ready, nready);
+            PyMem_RawFree(ready);
+            return next;
+        }
+        if (r < 0) {
+            fprintf(stderr, "depengine._core: out of memory completing an op\n");
+            abort();
+        }
+    }
+    gil_take(w);
+    PyObject *error = code ? native_error(code, op) : NULL;
+    if (code && error == NULL) {
+        report_internal_error(w, "making a NativeError failed");
+        error = Py_NewRef(Py_None);   /* still complete the op, as failed */
+    }
+    PyObject *res = core_complete(c, op, error, code != 0, &nready, &ready);
+    Py_XDECREF(error);
+    goto finish;
+with_gil:
+    gil_take(w);
+    pthread_mutex_lock(&c->mu);
+    input_failure_visible(c, op, &failure);
+    Py_XINCREF(failure);
+    pthread_mutex_unlock(&c->mu);
+    res = core_complete(c, op, failure, 0, &nready, &ready);
+    Py_XDECREF(failure);
+finish:
+    if (res == NULL)
+        report_internal_error(w, "completing a native op failed");
+    Py_XDECREF(res);
+    PyObject *next = continue_with(w, ready, nready);
+    PyMem_RawFree(ready);
+    return next;
+}
+
+/* The per-device engine's host side of GPU ordering, before a CPU op that touches GPU work.  GIL. */
+static int
+prepare(Core *c, OpObject *op, OpObject ***ready, int *nready)
+{
+    PyObject *err = PyObject_CallOneArg(PyTuple_GET_ITEM(c->hooks, 3), (PyObject *)op);
+    if (err == NULL)
+        return -1;
+    if (err == Py_None) {
+        Py_DECREF(err);
+        return 0;
+    }
+    PyObject *r = core_complete(c, op, err, 1, nready, ready);   /* GPU work it depends on failed */
+    Py_DECREF(err);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 1;
+}
+
+static PyObject *
+run_item(Worker *w, PyObject *item)
+{
+    Core *c = w->c;
+    OpObject **ready = NULL;
+    int nready = 0;
+    if (Py_IS_TYPE(item, &OpType)) {
+        OpObject *op = (OpObject *)item;
+        if (op->native && !op->host_hook && !op->is_async)
+            return run_native(w, op);
+        gil_take(w);
+        int p = op->host_hook ? prepare(c, op, &ready, &nready) : 0;
+        if (p == 0 && core_execute_py(c, op, &ready, &nready) < 0)
+            p = -1;
+        if (p < 0)
+            report_internal_error(w, "running an op failed");
+    }
+    else {   /* a plan chunk: execute() returns the chunks it made ready */
+        gil_take(w);
+        PyObject *more = PyObject_CallMethodNoArgs(item, s_execute);
+        if (more == NULL)
+            report_internal_error(w, "running a plan chunk failed");
+        else {
+            pthread_mutex_lock(&c->mu);
+            int oom = 0;
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(more); i++)
+                oom |= pool_put(&c->pools[w->pool], PyList_GET_ITEM(more, i), 0) < 0;
+            pthread_mutex_unlock(&c->mu);
+            if (oom)
+                report_internal_error(w, "out of memory queueing plan chunks");
+            /* the chunks stay alive: the plan holds them */
+            Py_DECREF(more);
+        }
+        return NULL;
+    }
+    PyObject *next = continue_with(w, ready, nready);
+    PyMem_RawFree(ready);
+    if (c->done_ops != NULL && w->gil)
+        core_drain(c);
+    return next;
+}
+
+/* Core.work(pool): a worker thread's body, until Core.stop() and an empty queue.  GIL on entry/exit. */
+PyObject *
+core_work(Core *c, PyObject *arg)
+{
+    long index = PyLong_AsLong(arg);
+    if (index < 0 || index >= NPOOLS) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "pool %ld does not exist", index);
+        return NULL;
+    }
+    Worker w = {c, (int)index, 1, NULL};
+    Pool *p = &c->pools[index];
+    depth_add(c, 1);   /* this thread runs the engine's ops: waits on the engine from it deadlock */
+    Py_INCREF(c);
+    gil_drop(&w);
+    pthread_mutex_lock(&c->mu);
+    p->threads++;
+    PyObject *item = NULL;
+    for (;;) {
+        if (item == NULL) {
+            while ((item = pool_take(p)) == NULL && !p->stop) {
+                if (w.gil) {   /* never sleep holding the GIL */
+                    pthread_mutex_unlock(&c->mu);
+                    gil_drop(&w);
+                    pthread_mutex_lock(&c->mu);
+                    continue;
+                }
+                p->idle++;
+                pthread_cond_wait(&p->cv, &c->mu);
+                p->idle--;
+            }
+            if (item == NULL)
+                break;
+        }
+        pthread_mutex_unlock(&c->mu);
+        item = run_item(&w, item);
+        pthread_mutex_lock(&c->mu);
+    }
+    p->threads--;
+    p->exited++;
+    pthread_mutex_unlock(&c->mu);
+    gil_take(&w);
+    depth_add(c, -1);
+    Py_DECREF(c);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------ the naive engine's drain */
+
+static int
+finished(Core *c, void *op)
+{
+    return ((OpObject *)op)->state >= DONE;
+}
+
+/* Run every ready op on this thread, one at a time even with several pushing threads
+ * (another thread's drain runs this thread's ops too).  Re-entrant: an op may push.  GIL. */
+int
+naive_run(Core *c)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    if (c->naive_owner != me) {
+        while (c->naive_owner != 0) {   /* another thread drains: wait for it (it runs our ops too) */
+            Py_BEGIN_ALLOW_THREADS
+            pthread_mutex_lock(&c->mu);
+            while (c->naive_owner != 0)
+                pthread_cond_wait(&c->cv, &c->mu);
+            pthread_mutex_unlock(&c->mu);
+            Py_END_ALLOW_THREADS
+        }
+        c->naive_owner = me;   /* the GIL orders this with the check above */
+    }
+    c->naive_count++;
+    int rc = 0;
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        OpObject *op = NULL;
+        if (c->nlen) {
+            op = (OpObject *)c->naive[c->nhead];
+            c->nhead = (c->nhead + 1) % c->ncap;
+            c->nlen--;
+        }
+        pthread_mutex_unlock(&c->mu);
+        if (op == NULL)
+            break;
+        OpObject **ready = NULL;
+        int nready = 0, is_async = op->is_async;
+        Py_INCREF(op);   /* completion drops the core's reference */
+        if (core_execute_py(c, op, &ready, &nready) < 0)
+            rc = -1;
+        if (rc == 0 && is_async && op->state < DONE) {   /* push returns once done() was called */
+            depth_add(c, 1);
+            rc = core_wait_until(c, finished, op, -1);
+            depth_add(c, -1);
+        }
+        Py_DECREF(op);
+        if (rc == 0 && core_dispatch_gil(c, ready, nready) < 0)
+            rc = -1;
+        PyMem_RawFree(ready);
+        if (rc < 0)
+            break;
+    }
+    if (--c->naive_count == 0) {
+        c->naive_owner = 0;
+        pthread_mutex_lock(&c->mu);
+        pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------ methods for the Python side */
+
+PyObject *
+core_execute_meth(Core *c, PyObject *item)   /* Core.execute(op): a GPU lane runs it here.  GIL. */
+{
+    if (!Py_IS_TYPE(item, &OpType))
+        return PyErr_Format(PyExc_TypeError, "execute(op): %R is not an op of the compiled core", item);
+    OpObject **ready = NULL;
+    int nready = 0;
+    depth_add(c, 1);
+    int rc = core_execute_py(c, (OpObject *)item, &ready, &nready);
+    depth_add(c, -1);
+    PyObject *list = rc < 0 ? NULL : PyList_New(nready);
+    for (int i = 0; list && i < nready; i++)
+        PyList_SET_ITEM(list, i, Py_NewRef(ready[i]));
+    PyMem_RawFree(ready);
+    return list;
+}
+
+PyObject *
+core_dispatch_meth(Core *c, PyObject *ops)   /* Core.dispatch(list of ready ops).  GIL. */
+{
+    PyObject *seq = PySequence_Fast(ops, "dispatch() takes a list of ops");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!Py_IS_TYPE(PySequence_Fast_GET_ITEM(seq, i), &OpType)) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_TypeError, "dispatch(): not an op of the compiled core");
+        }
+    int rc = core_dispatch_gil(c, (OpObject **)PySequence_Fast_ITEMS(seq), n);
+    Py_DECREF(seq);
+    if (rc < 0)
+        return NULL;
+    if (c->type == T_NAIVE && naive_run(c) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyObject *
+core_submit_meth(Core *c, PyObject *item)   /* Core.submit(chunk): a plan run's chunk, on the CPU pool */
+{
+    pthread_mutex_lock(&c->mu);
+    int oom = pool_put(&c->pools[POOL_CPU], item, 0) < 0;
+    pthread_mutex_unlock(&c->mu);
+    if (oom)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
