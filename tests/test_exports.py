@@ -16,7 +16,8 @@ def test_exported_names_are_pinned():
     assert sorted(de.__all__) == sorted([
         "DeadlockError", "DepengineError", "Device", "DeviceUnavailableError", "Engine",
         "EngineClosedError", "NativeError", "Op", "RunContext", "Trace", "TraceError", "Var",
-        "VarDeletedError", "cpu", "default_engine", "devices", "gpu", "native", "plan", "profile", "profiler", "trace",
+        "VarDeletedError", "cpu", "default_engine", "devices", "gpu", "native", "plan", "profile", "profiler",
+        "trace",
     ])
     for name in de.__all__:
         assert getattr(de, name) is not None

@@ -1,0 +1,265 @@
+"""Native op bodies (de.native): ordering, failures, lifetimes, bad input, and GIL-freedom on the core."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import random
+import sys
+import threading
+import time
+import weakref
+
+import numba
+import numpy as np
+import pytest
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+import depengine as de
+from depengine import _compiled
+from tests.conftest import ENGINE_CONFIGS, config_id
+
+CORES = ["python"] + (["compiled"] if _compiled.COMPILED_AVAILABLE else [])
+
+
+@intrinsic
+def _to_ptr(typingctx, addr):
+    """int64 -> void*: a cfunc follows an address stored in its argument block."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(types.int64), codegen
+
+
+@numba.cfunc(types.int32(types.voidptr), nogil=True)
+def scale(p):
+    a = numba.carray(p, (1024,), dtype=np.float64)
+    for i in range(a.shape[0]):
+        a[i] *= 2.0
+    return 0
+
+
+@numba.cfunc(types.int32(types.voidptr), nogil=True)
+def step(p):
+    """data[d] = data[s1] + data[s2] + c, or return the code c when c < 0 (d: [data, d, s1, s2, c])."""
+    d = numba.carray(p, (5,), dtype=np.int64)
+    if d[4] < 0:
+        return d[4]
+    data = numba.carray(_to_ptr(d[0]), (64,), dtype=np.int64)
+    data[d[1]] = data[d[2]] + data[d[3]] + d[4]
+    return 0
+
+
+@numba.cfunc(types.int32(types.voidptr), nogil=True)
+def bump(p):
+    a = numba.carray(p, (1,), dtype=np.int64)
+    a[0] += 1
+    return 0
+
+
+@numba.cfunc(types.float64(types.voidptr), nogil=True)
+def wrong_signature(p):
+    return 0.0
+
+
+def test_the_issue_example_runs_native_ops_in_order_then_a_python_op():
+    buf = np.ones(1024)
+    seen = []
+    with de.Engine("threaded", workers=2) as eng:
+        v = eng.new_var("buf")
+        for _ in range(1000):
+            eng.push(de.native(scale, buf), writes=[v], name="scale")
+        eng.push(lambda ctx: seen.append(buf[:3].copy()), reads=[v])
+        eng.wait_all()
+        assert v.version == 1000
+    assert np.array_equal(seen[0], np.full(3, 2.0 ** 1000))
+
+
+@pytest.mark.parametrize("fn_form", ["cfunc", "ctypes", "address"])
+def test_every_form_of_function(fn_form):
+    proto = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+    fn = {"cfunc": bump, "ctypes": proto(bump.address), "address": bump.address}[fn_form]
+    counter = np.zeros(1, np.int64)
+    with de.Engine() as eng:
+        v = eng.new_var("n")
+        for _ in range(10):
+            eng.push(de.native(fn, counter), writes=[v])
+        eng.push(de.native(fn, counter.ctypes.data), writes=[v])  # an integer address as the argument
+        eng.wait_for_var(v)
+    assert counter[0] == 11
+
+
+# ---------------------------------------------------------------- random programs
+def _program(seed: int, nvars: int = 6, nops: int = 120):
+    rng = random.Random(seed)
+    ops = []
+    for _ in range(nops):
+        dst = rng.randrange(nvars)
+        s1, s2 = rng.randrange(nvars), rng.randrange(nvars)
+        ops.append(("native" if rng.random() < 0.6 else "python", dst, s1, s2, rng.randrange(1, 9)))
+    return ops
+
+
+def _serial(ops, nvars):
+    data = list(range(nvars))
+    for _, dst, s1, s2, c in ops:
+        data[dst] = data[s1] + data[s2] + c
+    return data
+
+
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_native_and_python_ops_mixed_give_the_serial_result(core, config, seed):
+    kind, workers = config
+    nvars = 6
+    ops = _program(seed, nvars)
+    data = np.zeros(64, np.int64)
+    data[:nvars] = np.arange(nvars)
+    blocks = []
+    with de.Engine(kind, workers=workers, core=core) as eng:
+        vs = [eng.new_var(f"x{i}") for i in range(nvars)]
+        for how, dst, s1, s2, c in ops:
+            reads = [vs[s1], vs[s2]]
+            if how == "native":
+                block = np.array([data.ctypes.data, dst, s1, s2, c], np.int64)
+                blocks.append(block)
+                eng.push(de.native(step, block), reads=reads, writes=[vs[dst]])
+            else:
+                def body(ctx, dst=dst, s1=s1, s2=s2, c=c):
+                    data[dst] = data[s1] + data[s2] + c
+                eng.push(body, reads=reads, writes=[vs[dst]])
+        eng.wait_all()
+        versions = [v.version for v in vs]
+    assert list(data[:nvars]) == _serial(ops, nvars), f"seed={seed}"
+    assert versions == [sum(1 for op in ops if op[1] == i) for i in range(nvars)]
+
+
+# ---------------------------------------------------------------- failures
+@pytest.mark.parametrize("core", CORES)
+@pytest.mark.parametrize("kind", ["naive", "threaded", "perdevice"])
+def test_a_non_zero_return_fails_the_op_and_skips_its_dependents(core, kind):
+    data = np.zeros(64, np.int64)
+    ran = []
+    with de.Engine(kind, workers=2, core=core) as eng:
+        a, b, c = eng.new_var("a"), eng.new_var("b"), eng.new_var("c")
+        bad = np.array([data.ctypes.data, 0, 0, 0, -7], np.int64)
+        op = eng.push(de.native(step, bad), writes=[a], name="bad")
+        later = eng.push(de.native(step, np.array([data.ctypes.data, 1, 0, 0, 5], np.int64)), reads=[a],
+                         writes=[b], name="later")
+        eng.push(lambda ctx: ran.append("always"), reads=[a], writes=[c], always_run=True)
+        with pytest.raises(de.NativeError) as info:
+            eng.wait_for_var(a)
+        assert info.value.code == -7
+        assert any("'bad'" in note for note in info.value.__notes__)
+        with pytest.raises(de.NativeError):
+            eng.wait_for_var(b)  # the skipped dependent inherited the failure
+        eng.wait_all()
+        assert (op.state, later.state) == ("failed", "skipped")
+        assert ran == ["always"] and not c.failed and data[1] == 0
+        assert (a.version, b.version, c.version) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_the_argument_lives_until_its_op_ran_and_no_longer(core):
+    gate = threading.Event()
+    with de.Engine("threaded", workers=2, core=core) as eng:
+        v = eng.new_var("v")
+        eng.push(lambda ctx: gate.wait(10), writes=[v])
+        arr = np.zeros(1, np.int64)
+        alive = weakref.ref(arr)
+        eng.push(de.native(bump, arr), writes=[v])
+        del arr
+        gc.collect()
+        assert alive() is not None  # the op holds it while it waits
+        gate.set()
+        eng.wait_all()
+        gc.collect()
+        assert alive() is None
+
+
+def test_bad_input_is_refused_at_native_and_nothing_is_pushed():
+    with de.Engine() as eng:
+        v = eng.new_var("v")
+        with pytest.raises(TypeError, match="not a C function"):
+            de.native(lambda p: 0)
+        with pytest.raises(TypeError, match=r"signature \(void\*,\) -> float64; expected int32\(voidptr\)"):
+            de.native(wrong_signature)
+        bad_proto = ctypes.CFUNCTYPE(ctypes.c_double, ctypes.c_void_p)(bump.address)
+        with pytest.raises(TypeError, match="expected c_int32"):
+            de.native(bad_proto)
+        with pytest.raises(TypeError, match="neither None, an integer address, nor an object exporting"):
+            de.native(bump, "text")
+        with pytest.raises(ValueError, match="not contiguous"):
+            de.native(bump, np.zeros((4, 4))[:, 1])
+        for address in (0, -5):
+            with pytest.raises(ValueError, match="positive"):
+                de.native(address)
+        with pytest.raises(ValueError, match="argument address -1"):
+            de.native(bump, -1)
+        with pytest.raises(TypeError, match="Native cannot be created directly"):
+            type(de.native(bump))()
+        assert v.version == 0 and v._state()["pending_writes"] == 0
+
+
+# ---------------------------------------------------------------- the compiled core without the GIL
+@pytest.mark.skipif(not _compiled.COMPILED_AVAILABLE, reason="depengine._core is not built")
+def test_native_ops_progress_while_the_pushing_thread_holds_the_gil():
+    counter = np.zeros(1, np.int64)
+    n = 2000
+    interval = sys.getswitchinterval()
+    with de.Engine("threaded", workers=2, core="compiled") as eng:
+        v = eng.new_var("n")
+        body = de.native(bump, counter)
+        for _ in range(n):
+            eng.push(body, writes=[v])
+        sys.setswitchinterval(1000.0)  # this thread keeps the GIL for as long as it runs bytecode
+        try:
+            deadline = time.monotonic() + 20
+            while counter[0] < n and time.monotonic() < deadline:
+                pass  # pure bytecode: never releases the GIL
+            reached = int(counter[0])
+        finally:
+            sys.setswitchinterval(interval)
+        eng.wait_all()
+    assert reached == n, f"only {reached} of {n} native ops ran while the pusher held the GIL"
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(bool(os.environ.get("DEPENGINE_PURE_PYTHON")),
+                    reason="runs both cores explicitly in the default pass of the suite")
+@pytest.mark.parametrize("core", CORES)
+def test_a_million_ops_from_four_threads_keep_memory_bounded_and_versions_exact(core, monkeypatch):
+    monkeypatch.delenv("DEPENGINE_DEBUG", raising=False)  # its checks walk each var's queue: O(n) per op
+    per_thread = 250_000
+    counters = [np.zeros(1, np.int64) for _ in range(4)]
+    with de.Engine("threaded", workers=2, core=core) as eng:
+        vs = [eng.new_var(f"v{t}") for t in range(4)]
+        shared = eng.new_var("shared")
+        barrier = threading.Barrier(4)
+        rss = []
+
+        def pusher(t):
+            body = de.native(bump, counters[t])
+            barrier.wait()
+            for k in range(per_thread):
+                eng.push(body, reads=[shared] if k % 64 else [], writes=[vs[t]])
+                if t == 0 and k % 50_000 == 0:
+                    rss.append(_rss_mb())
+
+        threads = [threading.Thread(target=pusher, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        eng.wait_all()
+        versions = [v.version for v in vs]
+    assert versions == [per_thread] * 4 and [int(c[0]) for c in counters] == [per_thread] * 4
+    assert max(rss) - rss[0] < 300, f"memory grew by {max(rss) - rss[0]:.0f} MB while pushing: {rss}"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
