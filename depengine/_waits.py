@@ -69,13 +69,13 @@ class Waits:
                 waiter = None
                 failure = var._failure if self._seq < var._clear_seq else None
         if waiter is not None:
-            if not waiter.event.wait(timeout):
-                with self._guard:
-                    if not waiter.event.is_set():
-                        var._waiters.remove(waiter)
-                        if not var._waiters:
-                            var._waiters = None
-                        raise TimeoutError(f"wait_for_var({var.name!r}) timed out after {timeout}s")
+            try:
+                fired = waiter.event.wait(timeout)
+            except BaseException:  # Ctrl-C: the waiter goes with the wait
+                self._forget_waiter(var, waiter)
+                raise
+            if not fired and self._forget_waiter(var, waiter):
+                raise TimeoutError(f"wait_for_var({var.name!r}) timed out after {timeout}s")
             failure = waiter.failure
         if failure is not None:
             self._report_var_failure(var, failure)
@@ -151,6 +151,16 @@ class Waits:
             _log.error("depengine: a failure no wait reported, at close of %r", self,
                        exc_info=(type(exc), exc, exc.__traceback__))
         self._unreported = []
+
+    def _forget_waiter(self, var: Var, waiter: Waiter) -> bool:
+        """Take an unfired waiter off its var; False if it fired meanwhile."""
+        with self._guard:
+            if waiter.event.is_set():
+                return False
+            var._waiters.remove(waiter)
+            if not var._waiters:
+                var._waiters = None
+            return True
 
     def _close_epoch(self) -> None:
         """Start a new epoch; the current one fires its event once its ops finish (lock held)."""

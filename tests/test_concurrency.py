@@ -164,3 +164,26 @@ def test_default_engine_is_recreated_in_a_forked_child(monkeypatch):
     parent.push(lambda ctx: None, writes=[parent_var])  # the parent's engine is untouched
     parent.wait_all()
     parent.close()
+
+
+@pytest.mark.parametrize("wait", ["wait_for_var", "wait_all"])
+@pytest.mark.parametrize("kind", ["threaded", "perdevice"])
+def test_ctrl_c_ends_a_wait_and_leaves_the_engine_usable(kind, wait, gate):
+    """A SIGINT while the main thread waits raises KeyboardInterrupt there, promptly; the op keeps
+    running and a later wait sees it finish."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    with de.Engine(kind, workers=2) as eng:
+        v = eng.new_var("v")
+        eng.push(gate, writes=[v])
+        assert gate.started.wait(10)
+        main = threading.main_thread().ident
+        threading.Timer(0.05, signal.pthread_kill, args=(main, signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            eng.wait_for_var(v, timeout=20) if wait == "wait_for_var" else eng.wait_all(timeout=20)
+        assert v.version == 0 and v._waiters is None  # the interrupted wait left nothing behind
+        gate.open()
+        eng.wait_for_var(v, timeout=20)
+        assert v.version == 1

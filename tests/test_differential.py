@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import depengine as de
+from depengine import _compiled
 from tests.conftest import ENGINE_CONFIGS, config_id
 from tests.programs import Step, random_program, run_on_engine, run_serial
 
@@ -59,3 +60,21 @@ def test_large_fixed_program(config, seed):
     assert got.versions == want.versions, f"seed={seed}"
     assert got.values == want.values, f"seed={seed}"
     assert got.failed == want.failed, f"seed={seed}"
+
+
+@pytest.mark.skipif(not _compiled.COMPILED_AVAILABLE, reason="depengine._core is not built")
+@pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=config_id)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.data_too_large])
+@given(program=programs(max_ops=150))
+def test_the_compiled_core_and_the_python_reference_agree(config, program):
+    """The same random program (failures, always_run, priorities) on both implementations: the same
+    op states, versions, failed vars and values, op by op."""
+    nvars, steps = program
+    kind, workers = config
+    results = {}
+    for core in ("compiled", "python"):
+        with de.Engine(kind, workers=workers, core=core) as eng:
+            results[core] = run_on_engine(eng, steps, nvars)
+    a, b = results["compiled"], results["python"]
+    assert (a.states, a.versions, a.failed, a.values) == (b.states, b.versions, b.failed, b.values)
