@@ -5,7 +5,8 @@ A system is a :class:`System`: a name, the modules it needs, and
 returns the last output of every column plus the wall time from the first
 submission to the last completion (engine, pool or cluster start-up excluded).
 
-Built in: depengine's engine kinds, pushing every task; ``depengine-replay``,
+Built in: depengine's engine kinds, pushing every task; ``depengine-native``, every
+task a native op body run without the GIL (bench/native_system.py); ``depengine-replay``,
 the threaded engine used the way a program that repeats its steps would use
 it: one period of steps is recorded (``record(execute=False)``), compiled and
 replayed (record and compile are inside the timed region; steps before the
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .kernels import Kernel
+from .native_system import run_depengine_native
 from .static_threads import run_static_threads
 from .taskbench import Graph, ValidationError, dependency_table, expected_outputs, task_output
 
@@ -267,6 +269,7 @@ def _builtin_systems() -> list[System]:
         System("depengine-replay", functools.partial(_run_depengine, "threaded", replay=True)),
         System("depengine-perdevice", functools.partial(_run_depengine, "perdevice")),
         System("depengine-naive", functools.partial(_run_depengine, "naive")),
+        System("depengine-native", run_depengine_native),
         System("futures", _run_futures),
         System("static-threads", run_static_threads),
         System("dask-threaded", _run_dask_threaded, requires=("dask",)),

@@ -112,7 +112,7 @@ typedef struct Pool {
     Py_ssize_t hlen, hcap;
     i64 tie;
     pthread_cond_t cv;
-    int idle, stop, threads, exited;
+    int idle, spinning, stop, threads, exited;   /* idle: asleep on cv; spinning: watching the queue */
 } Pool;
 
 struct Core {

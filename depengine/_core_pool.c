@@ -390,6 +390,33 @@ run_item(Worker *w, PyObject *item)
     return next;
 }
 
+/* Before sleeping, one worker of a pool watches its queue for a few microseconds: waking a sleeping
+ * thread (a futex call answered on another core) costs more than a small op, and a pusher or a
+ * worker finishing its op usually brings the next one sooner.  Only one spins, so that on a small
+ * machine the threads that make the work keep their cores.  mu held on entry and exit; 1 if work
+ * (or stop) arrived. */
+#define SPIN_NS 20000
+static int
+spin_for_work(Core *c, Pool *p)
+{
+    p->spinning = 1;
+    pthread_mutex_unlock(&c->mu);
+    i64 until = now_ns() + SPIN_NS;
+    int found = 0;
+    for (int k = 0; !found; k++) {
+        found = __atomic_load_n(&p->flen, __ATOMIC_ACQUIRE) || __atomic_load_n(&p->hlen, __ATOMIC_ACQUIRE) ||
+                __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE);
+        if (!found && (k & 63) == 63 && now_ns() > until)
+            break;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    pthread_mutex_lock(&c->mu);
+    p->spinning = 0;
+    return found;
+}
+
 /* Core.work(pool): a worker thread's body, until Core.stop() and an empty queue.  GIL on entry/exit. */
 PyObject *
 core_work(Core *c, PyObject *arg)
@@ -417,6 +444,8 @@ core_work(Core *c, PyObject *arg)
                     pthread_mutex_lock(&c->mu);
                     continue;
                 }
+                if (!p->spinning && spin_for_work(c, p))
+                    continue;
                 p->idle++;
                 pthread_cond_wait(&p->cv, &c->mu);
                 p->idle--;

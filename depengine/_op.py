@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from abc import ABCMeta
 
+from ._native import Native
+
 __all__ = ["Done", "Op", "RunContext", "new_op"]
 
 # Op._state values.  "pending" and "ready" are told apart by Op._wait.
@@ -118,9 +120,11 @@ def new_op(fn, reads: tuple, writes: tuple, name, priority: int, always_run: boo
 
 
 def name_of(fn) -> str:
-    """The name an unnamed op takes from its function."""
+    """The name an unnamed op takes from its function (a native body's: its C function's)."""
     name = getattr(fn, "__qualname__", None)
     if name is None:
+        if fn.__class__ is Native:
+            return fn.name
         inner = getattr(fn, "func", None)  # functools.partial
         name = getattr(inner, "__qualname__", None) or type(fn).__name__
     return name

@@ -263,3 +263,24 @@ def test_a_million_ops_from_four_threads_keep_memory_bounded_and_versions_exact(
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_native_ops_are_profiled_like_any_op(core):
+    counter = np.zeros(1, np.int64)
+    data = np.zeros(64, np.int64)
+    with de.profile() as prof, de.Engine("threaded", workers=2, core=core) as eng:
+        a, b = eng.new_var("a"), eng.new_var("b")
+        for _ in range(50):
+            eng.push(de.native(bump, counter), writes=[a], name="bump")
+        eng.push(de.native(step, np.array([data.ctypes.data, 1, 0, 0, 3], np.int64)), reads=[a], writes=[b])
+        eng.push(de.native(step, np.array([data.ctypes.data, 0, 0, 0, -2], np.int64)), writes=[b], name="bad")
+        with pytest.raises(de.NativeError):
+            eng.wait_all()
+    ops = prof.trace().ops
+    assert [r.name for r in ops] == ["bump"] * 50 + ["step", "bad"]
+    assert [r.writes[0][2] for r in ops[:50]] == list(range(1, 51))  # the version each write made
+    assert ops[50].reads == [(a.serial, "a", 50)] and ops[50].writes == [(b.serial, "b", 1)]
+    assert ops[51].state == "failed" and "NativeError" in ops[51].error
+    assert all(r.start >= r.push and r.end >= r.start for r in ops)
+    assert {r.lane for r in ops[:50]} <= {t.name for t in eng.threads()}
