@@ -2,6 +2,11 @@
 
     python -m bench.throughput [--steps 2000] [--width 16] [--workers 2] [--repeats 5]
 
+The depengine systems run on the compiled core; each ``-python`` twin is the
+same engine on the pure-Python reference (``core="python"``), measured in the
+same run; ``depengine-native`` pushes empty native op bodies (a numba cfunc,
+``de.native``) instead of empty Python functions.
+
 Patterns (one var per column, 16 columns):
   trivial     every op writes its own fresh var: no dependencies at all
   chain       every op writes the same var: one long chain
@@ -34,8 +39,9 @@ def _neighbours(width: int, i: int) -> list[int]:
     return [j for j in (i - 1, i + 1) if 0 <= j < width]
 
 
-def run_depengine(kind, pattern, width, steps, workers) -> float:
-    with de.Engine(kind, workers=workers) as eng:
+def run_depengine(kind, pattern, width, steps, workers, core=None, native=False) -> float:
+    fn = de.native(_empty_cfunc()) if native else _empty
+    with de.Engine(kind, workers=workers, core=core) as eng:
         n = width * steps
         if pattern == "trivial":
             vs = [eng.new_var() for _ in range(n)]
@@ -50,7 +56,7 @@ def run_depengine(kind, pattern, width, steps, workers) -> float:
         push = eng.push
         start = time.perf_counter()
         for reads, writes in plan:
-            push(_empty, reads=reads, writes=writes)
+            push(fn, reads=reads, writes=writes)
         eng.wait_all()
         return time.perf_counter() - start
 
@@ -97,10 +103,38 @@ def run_dask(pattern, width, steps, workers) -> float:
     return time.perf_counter() - start
 
 
+def _empty_cfunc():
+    """A native op body that does nothing (a numba cfunc, compiled once, cached)."""
+    import numba
+    from numba import types
+
+    global _EMPTY_CFUNC
+    if _EMPTY_CFUNC is None:
+        _EMPTY_CFUNC = numba.cfunc(types.int32(types.voidptr), nogil=True, cache=True)(_empty_native)
+    return _EMPTY_CFUNC
+
+
+def _empty_native(p):
+    return 0
+
+
+_EMPTY_CFUNC = None
+
+
+def _depengine(kind, core=None, native=False):
+    return lambda *a: run_depengine(kind, *a, core=core, native=native)
+
+
+# compiled core by default; "-python": the same engine on the pure-Python reference
 SYSTEMS = {
-    "depengine-naive": lambda *a: run_depengine("naive", *a),
-    "depengine-threaded": lambda *a: run_depengine("threaded", *a),
-    "depengine-perdevice": lambda *a: run_depengine("perdevice", *a),
+    "depengine-naive": _depengine("naive"),
+    "depengine-naive-python": _depengine("naive", "python"),
+    "depengine-threaded": _depengine("threaded"),
+    "depengine-threaded-python": _depengine("threaded", "python"),
+    "depengine-perdevice": _depengine("perdevice"),
+    "depengine-perdevice-python": _depengine("perdevice", "python"),
+    "depengine-native": _depengine("threaded", native=True),
+    "depengine-native-python": _depengine("threaded", "python", native=True),
     "futures": run_futures,
     "dask-threaded": run_dask,
 }
@@ -120,11 +154,18 @@ def main(argv=None) -> int:
     print(f"{'pattern':12s} {'system':22s} {'us/op':>8s} {'range':>16s}")
     for pattern in args.patterns:
         n = args.width * args.steps
+        medians = {}
         for name in args.systems:
             runs = [SYSTEMS[name](pattern, args.width, args.steps, args.workers) / n * 1e6
                     for _ in range(args.repeats)]
-            print(f"{pattern:12s} {name:22s} {statistics.median(runs):8.2f} "
+            medians[name] = statistics.median(runs)
+            print(f"{pattern:12s} {name:26s} {medians[name]:8.2f} "
                   f"{min(runs):7.2f}-{max(runs):7.2f}", flush=True)
+        for name in args.systems:
+            python = medians.get(f"{name}-python")
+            if python:
+                print(f"{pattern:12s} {name:26s} compiled core {python / medians[name]:.2f}x faster than "
+                      "the pure-Python reference", flush=True)
     return 0
 
 

@@ -100,6 +100,14 @@ struct OpObject {
     OpObject *next_done;       /* the core's list of ops to release under the GIL */
 };
 
+typedef struct {               /* depengine.native's op body, in C form */
+    PyObject_HEAD
+    native_fn fn;
+    void *arg;
+    PyObject *name;            /* str */
+    PyObject *keep;            /* the argument's owner and buffer export, kept alive; or None */
+} NativeObject;
+
 typedef struct {               /* an entry of a ready queue's heap */
     i64 key, tie;              /* -priority, then push order */
     PyObject *item;
@@ -122,6 +130,7 @@ struct Core {
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* var waiters, epochs, async done, the naive lock */
     int type, debug, closing, closed, forked, any_deleted, gpu_used;
+    i64 spin_ns;               /* how long an idle worker watches its queue before it sleeps */
     int capturing;             /* record() and bulk() blocks active (Python sets it) */
     PyObject *prof;            /* the Recorder, or NULL */
     PyObject *store;           /* its store of records */
@@ -144,7 +153,8 @@ struct Core {
 };
 
 /* _core_objects.c */
-extern PyTypeObject VarType, OpType, DoneType;
+extern PyTypeObject VarType, OpType, DoneType, NativeType;
+PyObject *native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep);
 VarObject *var_new(Core *core, PyObject *engine, PyObject *name, i64 serial);
 OpObject *op_alloc(void);
 PyObject *op_name(OpObject *op);   /* new reference */
@@ -155,7 +165,8 @@ int objects_ready(void);
 /* _core_engine.c */
 extern PyTypeObject CoreType;
 PyObject *core_complete(Core *c, OpObject *op, PyObject *error, int origin, int *nready, OpObject ***ready);
-int complete_native_clean(Core *c, OpObject *op, OpObject ***ready, int *nready);   /* no GIL */
+int complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject ***ready,
+                          int *nready);   /* no GIL */
 void core_drain(Core *c);          /* GIL held, mu not held */
 int core_execute_py(Core *c, OpObject *op, OpObject ***ready, int *nready);   /* GIL held */
 int core_in_op(Core *c);

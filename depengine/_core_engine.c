@@ -6,6 +6,7 @@
  */
 #include "_core.h"
 #include <limits.h>
+#include <stdlib.h>
 #include <time.h>
 
 /* ------------------------------------------------------- growable arrays */
@@ -289,6 +290,8 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     c->engine = engine;
     c->type = etype;
     c->debug = debug;
+    const char *spin = getenv("DEPENGINE_SPIN_US");
+    c->spin_ns = spin && *spin ? (i64)(atof(spin) * 1000) : 20000;
     c->hooks = Py_NewRef(hooks);
     c->cpu = Py_NewRef(cpu);
     c->unreported = PyList_New(0);
@@ -539,15 +542,19 @@ done:
     Py_RETURN_NONE;
 }
 
-/* A native op that returned 0: complete it without the GIL when nothing needs Python.
- * 1: done (op on the release list); 0: it needs the GIL (nothing changed); -1: out of memory.  No GIL. */
+/* A native op that returned 0, on a worker of pool mine: complete it without the GIL when nothing
+ * needs Python, and in the same critical section hand the ops it made ready to their pools and find
+ * what this worker runs next (*next: one of them if its queue is empty, else the head of its queue).
+ * GPU ops made ready are left in *ready_out for the caller (they need the GIL to be routed).
+ * 1: done (the op is on the release list); 0: it needs the GIL (nothing changed); -1: out of memory. */
 int
-complete_native_clean(Core *c, OpObject *op, OpObject ***ready_out, int *nready)
+complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject ***ready_out, int *nready)
 {
     Py_ssize_t nr = PyTuple_GET_SIZE(op->reads), nw = PyTuple_GET_SIZE(op->writes);
     OpVec ready = {0};
     *nready = 0;
     *ready_out = NULL;
+    *next = NULL;
     i64 *versions = NULL;
     if (c->prof != NULL && op->p_engine != NULL &&
         (versions = PyMem_RawMalloc((nr + nw + 1) * sizeof(i64))) == NULL)
@@ -586,8 +593,26 @@ complete_native_clean(Core *c, OpObject *op, OpObject ***ready_out, int *nready)
     c->ndone++;
     if (c->debug)
         check_op_vars(op);
+    Pool *p = &c->pools[mine];
+    int python = 0, best = -1;
+    for (int i = 0; i < ready.n; i++)   /* the highest priority of those bound for this empty queue */
+        if (pool_empty(p) && core_route(c, ready.items[i]) == mine &&
+            (best < 0 || ready.items[i]->priority > ready.items[best]->priority))
+            best = i;
+    for (int i = 0; i < ready.n; i++) {
+        OpObject *nxt = ready.items[i];
+        int r = core_route(c, nxt);
+        if (i == best)
+            *next = (PyObject *)nxt;
+        else if (r >= 0)
+            oom |= pool_put(&c->pools[r], (PyObject *)nxt, nxt->priority) < 0;
+        else
+            ready.items[python++] = nxt;
+    }
+    if (*next == NULL)
+        *next = pool_take(p);
     pthread_mutex_unlock(&c->mu);
-    *nready = ready.n;
+    *nready = python;
     *ready_out = ready.items;
     return oom ? -1 : 1;
 }

@@ -81,8 +81,27 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* make_native(address, arg_address, name, keep): depengine.native's body in C form. */
+static PyObject *
+make_native(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyLong_Check(args[0]) || !PyLong_Check(args[1]) || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "make_native(address: int, arg_address: int, name: str, keep)");
+        return NULL;
+    }
+    void *fn = PyLong_AsVoidPtr(args[0]), *arg = PyLong_AsVoidPtr(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (fn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "make_native: the function address is NULL");
+        return NULL;
+    }
+    return native_new((native_fn)fn, arg, args[2], args[3]);
+}
+
 static PyMethodDef module_functions[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
+    {"make_native", (PyCFunction)(void (*)(void))make_native, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -111,6 +130,7 @@ PyInit__core(void)
     if (PyModule_AddObjectRef(m, "Var", (PyObject *)&VarType) < 0 ||
         PyModule_AddObjectRef(m, "Op", (PyObject *)&OpType) < 0 ||
         PyModule_AddObjectRef(m, "Done", (PyObject *)&DoneType) < 0 ||
+        PyModule_AddObjectRef(m, "Native", (PyObject *)&NativeType) < 0 ||
         PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddIntConstant(m, "NAIVE", T_NAIVE) < 0 ||
         PyModule_AddIntConstant(m, "THREADED", T_THREADED) < 0 ||

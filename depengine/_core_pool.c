@@ -235,19 +235,24 @@ report_internal_error(Worker *w, const char *what)   /* GIL: an engine bug; the 
     PyErr_WriteUnraisable(PyUnicode_FromFormat("depengine worker of pool %d: %s", w->pool, what));
 }
 
-/* Route ready ops after a completion; returns the one this worker runs next (or NULL).  No mu. */
+/* Route ready ops after a completion, under one lock: the one of highest priority bound for this
+ * worker's empty queue is the one it runs next, or else the head of its queue (NULL: none).  No mu. */
 static PyObject *
 continue_with(Worker *w, OpObject **ready, int n)
 {
     Core *c = w->c;
     Pool *mine = &c->pools[w->pool];
     PyObject *next = NULL;
-    int python = 0;
+    int python = 0, best = -1;
     pthread_mutex_lock(&c->mu);
+    int empty = pool_empty(mine);
+    for (int i = 0; empty && i < n; i++)
+        if (core_route(c, ready[i]) == w->pool && (best < 0 || ready[i]->priority > ready[best]->priority))
+            best = i;
     for (int i = 0; i < n; i++) {
         OpObject *op = ready[i];
         int r = core_route(c, op);
-        if (r == w->pool && next == NULL && pool_empty(mine) && op->priority >= 0)
+        if (i == best)
             next = (PyObject *)op;
         else if (r >= 0) {
             if (pool_put(&c->pools[r], (PyObject *)op, op->priority) < 0) {
@@ -255,10 +260,11 @@ continue_with(Worker *w, OpObject **ready, int n)
                 abort();
             }
         }
-        else {
+        else
             ready[python++] = op;   /* GPU ops: the Python route, below */
-        }
     }
+    if (next == NULL)
+        next = pool_take(mine);
     pthread_mutex_unlock(&c->mu);
     if (python) {
         gil_take(w);
@@ -292,9 +298,14 @@ run_native(Worker *w, OpObject *op)
     }
     int32_t code = op->cfn(op->carg);
     if (code == 0) {
-        r = complete_native_clean(c, op, &ready, &nready);
+        PyObject *next;
+        r = complete_native_clean(c, op, w->pool, &next, &ready, &nready);
         if (r == 1) {
-            PyObject *next = continue_with(w, ready, nready);
+            if (nready) {   /* GPU ops made ready: routed with the GIL */
+                gil_take(w);
+                if (core_dispatch_gil(c, ready, nready) < 0)
+                    report_internal_error(w, "routing a GPU op failed");
+            }
             PyMem_RawFree(ready);
             return next;
         }
@@ -395,13 +406,14 @@ run_item(Worker *w, PyObject *item)
  * worker finishing its op usually brings the next one sooner.  Only one spins, so that on a small
  * machine the threads that make the work keep their cores.  mu held on entry and exit; 1 if work
  * (or stop) arrived. */
-#define SPIN_NS 20000
 static int
 spin_for_work(Core *c, Pool *p)
 {
+    if (c->spin_ns <= 0)
+        return 0;
     p->spinning = 1;
     pthread_mutex_unlock(&c->mu);
-    i64 until = now_ns() + SPIN_NS;
+    i64 until = now_ns() + c->spin_ns;
     int found = 0;
     for (int k = 0; !found; k++) {
         found = __atomic_load_n(&p->flen, __ATOMIC_ACQUIRE) || __atomic_load_n(&p->hlen, __ATOMIC_ACQUIRE) ||
@@ -437,6 +449,7 @@ core_work(Core *c, PyObject *arg)
     PyObject *item = NULL;
     for (;;) {
         if (item == NULL) {
+            int spun = 0;
             while ((item = pool_take(p)) == NULL && !p->stop) {
                 if (w.gil) {   /* never sleep holding the GIL */
                     pthread_mutex_unlock(&c->mu);
@@ -444,11 +457,15 @@ core_work(Core *c, PyObject *arg)
                     pthread_mutex_lock(&c->mu);
                     continue;
                 }
-                if (!p->spinning && spin_for_work(c, p))
+                if (!spun && !p->spinning) {   /* then look again, under mu, before sleeping */
+                    spun = 1;
+                    spin_for_work(c, p);
                     continue;
+                }
                 p->idle++;
                 pthread_cond_wait(&p->cv, &c->mu);
                 p->idle--;
+                spun = 0;
             }
             if (item == NULL)
                 break;

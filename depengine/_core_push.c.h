@@ -263,7 +263,14 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
             op->kind_ix = (char)i;
     op->on_cpu = device == c->cpu || PyObject_RichCompareBool(device, c->cpu, Py_EQ) > 0;
     PyErr_Clear();
-    if ((PyObject *)Py_TYPE(fn) == native_type && !is_async) {
+    if (Py_IS_TYPE(fn, &NativeType) && !is_async) {
+        op->cfn = ((NativeObject *)fn)->fn;
+        op->carg = ((NativeObject *)fn)->arg;
+        op->native = 1;
+        if (op->name == NULL)
+            op->name = Py_NewRef(((NativeObject *)fn)->name);
+    }
+    else if ((PyObject *)Py_TYPE(fn) == native_type && !is_async) {
         PyObject *addr = PyObject_GetAttr(fn, s_address), *arg = addr ? PyObject_GetAttr(fn, s_arg_address) : NULL;
         op->cfn = addr ? (native_fn)PyLong_AsVoidPtr(addr) : NULL;
         op->carg = arg && arg != Py_None ? PyLong_AsVoidPtr(arg) : NULL;
@@ -349,13 +356,16 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
         c->any_deleted = 1;
     }
     i64 backlog = epoch->count;
+    int route = wait == 0 ? core_route(c, op) : -3;
+    if (route >= 0)   /* ready at once, for a C pool: queued under the same lock */
+        oom |= pool_put(&c->pools[route], (PyObject *)op, op->priority) < 0;
     pthread_mutex_unlock(&c->mu);
     PyMem_Free(counts);
     if (oom) {
         fprintf(stderr, "depengine._core: out of memory registering op #%lld\n", seq);
         abort();   /* the var queues are half updated: nothing sane remains */
     }
-    if (wait == 0 && core_dispatch_gil(c, &op, 1) < 0)
+    if (route != -3 && route < 0 && core_dispatch_gil(c, &op, 1) < 0)
         goto after_error;
     if (c->type == T_NAIVE && naive_run(c) < 0)
         goto after_error;

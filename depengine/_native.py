@@ -22,7 +22,7 @@ import numpy as np
 
 from ._errors import DepengineError
 
-__all__ = ["Native", "NativeError", "native"]
+__all__ = ["NATIVE_TYPES", "Native", "NativeError", "native"]
 
 _PROTO = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 
@@ -61,6 +61,8 @@ def native(fn, arg=None) -> Native:
     """An op body running the C function ``fn(arg)``; see the module's documentation."""
     address, name = _function_address(fn)
     keep, arg_address = _argument(arg)
+    if _C is not None:  # the compiled core's form: it reads the function and argument directly
+        return _C.make_native(address, arg_address, name, keep)
     body = object.__new__(Native)
     body.address = address
     body.name = name
@@ -123,3 +125,21 @@ def _argument(arg) -> tuple[object, int]:
     else:  # Fortran order: numpy reads the strides and starts at the first byte
         address = np.asarray(view).ctypes.data
     return (arg, view), address
+
+
+def _c_native():
+    """depengine._core, when built and not set aside by DEPENGINE_PURE_PYTHON, else None."""
+    import os
+
+    if os.environ.get("DEPENGINE_PURE_PYTHON"):
+        return None
+    try:
+        from . import _core
+    except ImportError:
+        return None
+    return _core
+
+
+_C = _c_native()
+# what native() may return: the Python class, and the compiled core's C form
+NATIVE_TYPES = (Native,) if _C is None else (Native, _C.Native)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABCMeta
 
-from ._native import Native
+from ._native import NATIVE_TYPES
 
 __all__ = ["Done", "Op", "RunContext", "new_op"]
 
@@ -123,7 +123,7 @@ def name_of(fn) -> str:
     """The name an unnamed op takes from its function (a native body's: its C function's)."""
     name = getattr(fn, "__qualname__", None)
     if name is None:
-        if fn.__class__ is Native:
+        if fn.__class__ in NATIVE_TYPES:
             return fn.name
         inner = getattr(fn, "func", None)  # functools.partial
         name = getattr(inner, "__qualname__", None) or type(fn).__name__
