@@ -84,6 +84,7 @@ def get(dsk, keys, cache=None, num_workers=None, *, engine=None, callbacks=None,
         _, start_state, pretask, posttask, _ = unpack_callbacks(active)
         started = []
         state: dict = {}
+        compute = None
         ok = False
         try:
             if active:  # callbacks see the graph as dask.local shows it: task-spec nodes
@@ -103,6 +104,10 @@ def get(dsk, keys, cache=None, num_workers=None, *, engine=None, callbacks=None,
                 compute.start(eng, plan, observed, bool(priorities))
             compute.wait(rerun_exceptions_locally)
             ok = True
+        except BaseException:
+            if compute is not None:  # Ctrl-C or an error here: no task starts or calls back now
+                compute.abandon()
+            raise
         finally:
             for cb in started:
                 if cb[4]:

@@ -14,7 +14,8 @@ var that some other user of the engine would be told about.
 
 Ctrl-C: while the tasks are pushed, SIGINT is deferred (the engine's push
 must not be cut in the middle) but stops the compute at once; while the
-caller waits, it interrupts the wait.  Either way the compute is stopped,
+caller waits, it interrupts the wait (within ``_POLL`` seconds even when the
+signal lands just before the wait blocks, where Python would not see it).  Either way the compute is stopped,
 ``finish`` callbacks run, ``KeyboardInterrupt`` propagates, and the ops still
 queued drain as no-ops: the engine stays usable.
 """
@@ -30,6 +31,8 @@ from ._graph import Plan
 from ._node import CALL, Node
 
 __all__ = ["Compute"]
+
+_POLL = 0.1  # seconds between two looks at pending signals while the caller waits
 
 
 class Compute:
@@ -61,7 +64,8 @@ class Compute:
         self.done.set()
 
     def abandon(self) -> None:
-        """The caller gives up (Ctrl-C or an error of its own): nothing more runs or calls back."""
+        """The caller gives up (Ctrl-C, or an error of its own, wherever it struck): nothing more
+        runs or calls back."""
         with self.lock:
             self.stop = True
 
@@ -151,11 +155,7 @@ class Compute:
         if not plan.outputs:
             self.done.set()
             return
-        try:
-            _deferring_sigint(self, _push, engine, plan, observed, priorities)
-        except BaseException:
-            self.abandon()
-            raise
+        _deferring_sigint(self, _push, engine, plan, observed, priorities)
 
     def wait(self, rerun: bool) -> None:
         """Wait for the requested tasks; raise the first failure.
@@ -164,11 +164,9 @@ class Compute:
         same inputs (none was released: it never finished), so that a debugger
         stops in it; if it raises nothing this time, the original is raised.
         """
-        try:
-            self.done.wait()
-        except BaseException:
-            self.abandon()
-            raise
+        done = self.done
+        while not done.wait(_POLL):  # a SIGINT that lands just before the wait blocks would
+            pass                     # otherwise go unnoticed until the compute ends
         if self.error is not None:
             node, exc = self.error
             if rerun:

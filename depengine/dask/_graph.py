@@ -24,6 +24,7 @@ by unprioritised inputs.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from numbers import Real
 
@@ -36,8 +37,27 @@ __all__ = ["Plan", "build", "run_subgraph"]
 
 _KEYLIKE = (str, tuple, int, float)          # what dask treats as a key when the graph has it
 _NESTED = (list, dict, set, frozenset, GraphNode, TaskRef)  # arguments the fast path leaves to dask
-# dask's task of fused tasks (private to dask; absent: nothing is substituted)
-_SUBGRAPH = getattr(_task_spec, "_execute_subgraph", None)
+
+
+def _fused_task_function():
+    """dask's function of a task of fused tasks, if it is the one ``run_subgraph`` stands in for.
+
+    It is private to dask: with any other signature (older dask releases
+    differ) nothing is substituted and dask's own function runs.
+    """
+    fn = getattr(_task_spec, "_execute_subgraph", None)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params]
+    if names[:3] != ["inner_dsk", "outkey", "inkeys"] or len(params) != 4 or \
+            params[3].kind is not inspect.Parameter.VAR_POSITIONAL:
+        return None
+    return fn
+
+
+_SUBGRAPH = _fused_task_function()
 _OPEN, _DONE = 1, 2  # Node.mark; 0: not walked yet
 
 
