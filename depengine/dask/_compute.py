@@ -2,7 +2,7 @@
 
 Every task of the plan is pushed at once, dependencies first: the task writes
 the var of its key (when some task reads it) and reads the vars of the tasks
-it needs; the plan's rank is the op's priority.  The engine then runs each
+it needs; the plan's rank gives the op's priority (see ``_push``).  The engine then runs each
 task as soon as its inputs exist, on its workers.  The calling thread only
 waits for one event, set by the task that completes the last requested key
 or by the first task that fails.
@@ -37,6 +37,8 @@ _POLL = 0.1  # seconds between two looks at pending signals while the caller wai
 
 class Compute:
     """The shared state of one ``get``: what its tasks read and the caller waits on."""
+
+    GC_GRACE = 1.0  # seconds of waiting before the garbage collector may run again (see get)
 
     __slots__ = ("_order", "context", "done", "dsk", "error", "last_output", "lock", "outputs",
                  "posttask", "pretask", "state", "stop")
@@ -157,16 +159,20 @@ class Compute:
             return
         _deferring_sigint(self, _push, engine, plan, observed, priorities)
 
-    def wait(self, rerun: bool) -> None:
+    def wait(self, rerun: bool, patience_over) -> None:
         """Wait for the requested tasks; raise the first failure.
 
         With ``rerun`` the failed task runs again in this thread first, on the
         same inputs (none was released: it never finished), so that a debugger
         stops in it; if it raises nothing this time, the original is raised.
+        ``patience_over()`` is called once the wait has lasted ``GC_GRACE`` seconds.
         """
         done = self.done
+        waited = 0.0
         while not done.wait(_POLL):  # a SIGINT that lands just before the wait blocks would
-            pass                     # otherwise go unnoticed until the compute ends
+            waited += _POLL          # otherwise go unnoticed until the compute ends
+            if waited >= self.GC_GRACE:
+                patience_over()
         if self.error is not None:
             node, exc = self.error
             if rerun:
@@ -183,6 +189,16 @@ def _inputs(n: Node) -> list:
 
 
 def _push(c: Compute, engine, plan: Plan, observed: bool, priorities: bool) -> None:
+    """Push every task, in plan order.
+
+    Priorities: a task that reads other tasks gets ``len(tasks) + 1 - rank``
+    (> 0, earlier first); a task that reads none gets 0, the engine's FIFO
+    path, which is cheaper and keeps plan order among them.  Any ready task
+    of the first kind starts before any of the second: started branches are
+    finished (and their inputs released) before new inputs are made, which
+    is what depth first is for.  Priority annotations rank above all that
+    (every task then takes the first kind, per annotation rank).
+    """
     tasks = plan.tasks
     push = engine.push
     new_var = engine.new_var
@@ -196,8 +212,14 @@ def _push(c: Compute, engine, plan: Plan, observed: bool, priorities: bool) -> N
         n.c = c
         if named:
             name = n.key if n.key.__class__ is str else str(n.key)
-        prio = -i if ranks is None else ranks[n.prio] * span - i
-        reads = tuple([d.var for d in n.deps])
+        deps = n.deps
+        if ranks is not None:
+            prio = (ranks[n.prio] + 1) * span - i
+        elif deps:
+            prio = span - i
+        else:
+            prio = 0
+        reads = [d.var for d in deps] if deps else ()
         fn = n.run_observed if observed else n.run
         if n.readers:
             v = n.var = new_var(name)

@@ -170,10 +170,7 @@ def run_subgraph(inner: dict, outkey, inkeys, *values):
         inner = {k: v for k, v in inner.items() if k not in given}
     plan = build(inner, [outkey], given)
     for n in plan.tasks:
-        n.value = n.call()
-        for d in n.release:
-            if next(d.left) == d.last:
-                d.value = None
+        n.store(n.call())
     return plan.value(outkey)
 
 
@@ -241,31 +238,47 @@ def _finish(n: Node, nodes: dict, tasks: list) -> bool:
     """Resolve ``n``'s dependencies to nodes (aliases followed); True if its task deps differ in height."""
     n.mark = _DONE
     kind = n.kind
-    if kind == DATA:
+    if kind < CALL:
+        if kind == ALIAS:
+            n.fwd = nodes[n.depkeys[0]].fwd
+            n.height = n.fwd.height
         return False
-    if kind == ALIAS:
-        n.fwd = nodes[n.depkeys[0]].fwd
-        n.height = n.fwd.height
-        return False
-    resolved = [nodes[k].fwd for k in n.depkeys]
-    if kind == CALL:
-        n.refs = tuple(resolved) if n.args is None else tuple(zip(n.refs, resolved, strict=True))
-    else:
-        n.refs = tuple(resolved)
-    deps = [d for d in dict.fromkeys(resolved) if d.kind >= CALL]
-    uneven = False
-    if deps:
-        height = deps[0].height
-        for d in deps:
-            d.readers += 1
-            if d.height != height:
-                uneven = True
-                height = max(height, d.height)
-        n.height = height + 1
-    else:
-        n.height = 1
-    n.deps = tuple(deps)
     tasks.append(n)
+    depkeys = n.depkeys
+    if not depkeys:
+        n.height = 1
+        return False
+    if len(depkeys) == 1:  # most tasks: a chain link, an elementwise step
+        d = nodes[depkeys[0]].fwd
+        n.refs = (d,) if kind == SPEC or n.args is None else ((n.refs[0], d),)
+        if d.kind >= CALL:
+            if not d.readers:
+                d.left = itertools.count()
+            d.readers += 1
+            n.deps = (d,)
+            n.height = d.height + 1
+        else:
+            n.height = 1
+        return False
+    resolved = [nodes[k].fwd for k in depkeys]
+    n.refs = tuple(resolved) if kind == SPEC or n.args is None else tuple(zip(n.refs, resolved, strict=True))
+    uneven = False
+    height = 0
+    deps = []
+    for d in dict.fromkeys(resolved):
+        if d.kind >= CALL:
+            deps.append(d)
+            if not d.readers:
+                d.left = itertools.count()
+            d.readers += 1
+            h = d.height
+            if h != height:
+                if height:
+                    uneven = True
+                if h > height:
+                    height = h
+    n.height = height + 1
+    n.deps = tuple(deps)
     return uneven
 
 
@@ -273,6 +286,7 @@ def _walk(roots: list, nodes: dict, dsk, cache) -> tuple[list, bool]:
     """First walk: build every node reachable from ``roots``; post-order of task nodes."""
     tasks: list[Node] = []
     uneven = False
+    get = nodes.get
     for root in roots:
         if root.mark:
             continue
@@ -282,16 +296,18 @@ def _walk(roots: list, nodes: dict, dsk, cache) -> tuple[list, bool]:
             n = stack[-1]
             depkeys = n.depkeys
             i = n.at
-            if i < len(depkeys):
-                n.at = i + 1
+            while i < len(depkeys):
                 k = depkeys[i]
-                m = nodes.get(k)
+                i += 1
+                m = get(k)
                 if m is None:
                     m = nodes[k] = _lookup(k, dsk, cache, n)
                 if not m.mark:
+                    n.at = i
                     m.mark = _OPEN
                     stack.append(m)
-                elif m.mark == _OPEN:
+                    break
+                if m.mark == _OPEN:
                     cycle = [s.key for s in stack[next(j for j, s in enumerate(stack) if s is m):]]
                     path = " -> ".join(repr(k) for k in [*cycle, m.key])
                     raise ValueError(f"Cycle detected in the dask graph: {path}")
@@ -369,11 +385,6 @@ def build(dsk, keys: list, cache=None, priorities: dict | None = None) -> Plan:
         n.out = True
     if uneven or len({r.fwd.height for r in roots}) > 1:
         tasks = _tallest_first(roots, len(tasks))
-    for n in tasks:
-        if n.readers and not n.out:
-            n.left = itertools.count()
-            n.last = n.readers - 1
-        n.release = tuple(d for d in n.deps if not d.out)
     if priorities:
         _apply_priorities(tasks, nodes, priorities)
     return Plan(nodes, tasks, outputs)

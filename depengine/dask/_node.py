@@ -44,14 +44,12 @@ class Node:
         "key",
         "kind",
         "kwargs",      # CALL: literal keyword arguments or None
-        "last",        # readers - 1: the reader that draws this number from `left` releases the value
-        "left",        # itertools.count drawn once by each reader that finished
+        "left",        # itertools.count drawn once by each reader that ran: readers - 1 means the last
         "mark",        # 0 new, 1 on the DFS stack, 2 finished (2 + k in later walks)
         "out",         # True when the value was requested: never released
         "prio",        # priority annotation, propagated to dependencies (None: none)
         "readers",     # number of distinct tasks that read this node
         "refs",        # CALL: nodes (args None) or (position, node); SPEC: nodes parallel to depkeys
-        "release",     # deps whose values this task lets go of once it ran (requested ones excluded)
         "spec",        # SPEC: the dask GraphNode
         "value",
         "var",         # the engine var this task writes, when some task reads it
@@ -71,7 +69,7 @@ class Node:
         self.mark = 0
         self.at = 0
         self.args = self.kwargs = self.fn = self.spec = None
-        self.refs = self.deps = self.release = ()
+        self.refs = self.deps = ()
 
     def call(self):
         """Compute this task's value from the values of its dependencies."""
@@ -88,18 +86,21 @@ class Node:
             return self.fn(*args) if kwargs is None else self.fn(*args, **kwargs)
         return self.spec(dict(zip(self.depkeys, [d.value for d in refs], strict=True)))
 
+    def store(self, value) -> None:
+        """Keep this task's value; let go of each input whose last reader this was."""
+        self.value = value
+        for d in self.deps:
+            if next(d.left) == d.readers - 1 and not d.out:
+                d.value = None
+
     def run(self, ctx) -> None:
         """The op's function when no callback watches: run, store, release, signal."""
         c = self.c
         if c.stop:
             return
         try:
-            value = c.context.copy().run(self.call)
-            self.value = value
-            for d in self.release:
-                if next(d.left) == d.last:
-                    d.value = None
-            self.refs = self.release = ()  # a long chain of nodes is not kept alive link by link
+            self.store(c.context.copy().run(self.call))
+            self.refs = self.deps = ()  # a long chain of nodes is not kept alive link by link
             if self.out and next(c.outputs) == c.last_output:
                 c.done.set()
         except BaseException as exc:  # the compute reports it; the engine never sees it
