@@ -15,7 +15,11 @@ outside the timed region (both schedulers convert it inside ``get``); the
 arrays are timed from ``compute()`` to its return, the way a user sees them
 (dask's own graph optimisation is inside, the same for both).  Figures are
 medians in ms and µs per task; the ratio is dask.threaded / depengine of the
-medians.  Every result is checked against the other scheduler's.
+medians.  Every result is checked against the other scheduler's.  A third
+row, ``bodies alone``, times the tasks' own functions called one after
+another in one thread with no scheduler (the graph dask hands a scheduler,
+in depengine's order): what the work itself costs here, the figure any
+scheduler's time on two GIL-sharing threads is to be read against.
 """
 
 from __future__ import annotations
@@ -75,17 +79,39 @@ def _schedulers() -> dict:
     return {"dask-threaded": dask.threaded.get, "depengine": depengine.dask.get}
 
 
+def _bodies_alone(graph, keys) -> float:
+    """Seconds the tasks' own functions take, called one after another in this thread: no
+    scheduler at all (the graph as dask hands it to a scheduler, in depengine's order)."""
+    from depengine.dask import _graph as plan_of
+
+    if keys is None:  # a collection: take the graph dask.compute passes
+        seen = {}
+
+        def spy(dsk, keys, **kwargs):
+            seen["dsk"], seen["keys"] = dsk.__dask_graph__(), keys
+            return None
+
+        graph.compute(scheduler=spy)
+        graph, keys = seen["dsk"], seen["keys"]
+    plan = plan_of.build(graph, keys if isinstance(keys, list) else [keys])
+    start = time.perf_counter()
+    for n in plan.tasks:
+        n.store(n.call())
+    return time.perf_counter() - start
+
+
 def measure(name: str, tasks: int, workers: int, repeats: int) -> dict:
     graph, keys, ntasks = _graph(name, tasks)
-    times: dict[str, list[float]] = {"dask-threaded": [], "depengine": []}
+    times: dict[str, list[float]] = {"dask-threaded": [], "depengine": [], "bodies alone": []}
     results = {}
-    for system in times:  # warm both (pools, engines, imports) outside the figures
+    for system in ("dask-threaded", "depengine"):  # warm both (pools, engines, imports) outside the figures
         _run(system, graph, keys, workers)
     for _ in range(repeats):
-        for system in times:
+        for system in ("dask-threaded", "depengine"):
             seconds, value = _run(system, graph, keys, workers)
             times[system].append(seconds)
             results[system] = value
+        times["bodies alone"].append(_bodies_alone(graph, keys))
     a, b = results["dask-threaded"], results["depengine"]
     if not (np.allclose(a, b) if isinstance(a, np.ndarray) else a == b):
         raise AssertionError(f"{name}: the two schedulers disagree")

@@ -249,3 +249,18 @@ def test_bad_priority_annotation_is_refused_before_anything_runs():
     with pytest.raises(TypeError, match=r"priority annotation 'high' of key .* must be a number"):
         x.compute(scheduler="depengine")
     assert ran == []
+
+
+def test_a_forked_child_computes_on_engines_of_its_own():
+    import os
+
+    assert dd.get({"x": (inc, 1)}, "x") == 2  # the parent's shared engine exists
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        try:
+            ok = dd.get({"x": (inc, 41)}, "x") == 42
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert dd.get({"x": (inc, 2)}, "x") == 3

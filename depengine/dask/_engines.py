@@ -109,3 +109,14 @@ def shutdown() -> None:
         _nested.clear()
     for eng in engines:
         eng.close()
+
+
+def _forget_after_fork() -> None:
+    # The parent's engines are unusable here (depengine marks them closed) and _lock may be held.
+    global _lock
+    _lock = threading.Lock()
+    _shared.clear()
+    _nested.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

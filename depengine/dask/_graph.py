@@ -11,15 +11,15 @@ Order.  dask's local scheduler pays ``dask.order`` (about 20 µs a task) for
 three things: depth first, so that results are released early; a critical
 path first; ties broken the same way every time.  The walk here gives them
 for a fraction of that: the post-order of a depth-first walk from the
-outputs is the push order, and its position is the op's priority (earlier
-first), so a worker always takes the ready task that finishes the oldest
-started branch, like dask's LIFO stack.  When siblings differ in height (the
-longest chain of tasks below them) a second walk visits the tallest first,
-which starts the critical path first; graphs whose siblings are even (arrays,
-bags, reductions) skip it.  ``dask.annotate(priority=p)`` ranks above that:
-a higher ``p`` runs first, and a task's dependencies inherit the highest
-priority of the tasks that need them, so a prioritised result is not held up
-by unprioritised inputs.
+outputs is the push order and ranks the tasks (``_compute._push`` turns
+ranks into engine priorities), so a worker takes the ready task that
+finishes the oldest started branch, like dask's LIFO stack.  When siblings
+differ in height (the longest chain of tasks below them) a second walk
+visits the tallest first, which starts the critical path first; graphs
+whose siblings are even (arrays, bags, reductions) skip it.
+``dask.annotate(priority=p)`` ranks above that: a higher ``p`` runs first,
+and a task's dependencies inherit the highest priority of the tasks that
+need them, so a prioritised result is not held up by unprioritised inputs.
 """
 
 from __future__ import annotations
