@@ -79,20 +79,26 @@ def _schedulers() -> dict:
     return {"dask-threaded": dask.threaded.get, "depengine": depengine.dask.get}
 
 
+class _Captured(Exception):
+    pass
+
+
 def _bodies_alone(graph, keys) -> float:
     """Seconds the tasks' own functions take, called one after another in this thread: no
     scheduler at all (the graph as dask hands it to a scheduler, in depengine's order)."""
     from depengine.dask import _graph as plan_of
 
-    if keys is None:  # a collection: take the graph dask.compute passes
+    if keys is None:  # a collection: take the graph dask.compute passes, run nothing
         seen = {}
 
         def spy(dsk, keys, **kwargs):
             seen["dsk"], seen["keys"] = dsk.__dask_graph__(), keys
-            return None
+            raise _Captured
 
-        graph.compute(scheduler=spy)
-        graph, keys = seen["dsk"], seen["keys"]
+        try:
+            graph.compute(scheduler=spy)
+        except _Captured:
+            graph, keys = seen["dsk"], seen["keys"]
     plan = plan_of.build(graph, keys if isinstance(keys, list) else [keys])
     start = time.perf_counter()
     for n in plan.tasks:

@@ -181,6 +181,23 @@ def test_a_result_is_released_as_soon_as_its_last_reader_ran():
     assert Big.live == {n - 1}  # step 5 went once "keep" had read it
 
 
+def test_a_compute_leaves_nothing_for_the_garbage_collector():
+    # values go as soon as nobody holds them: no reference cycle keeps a node (and its value) alive
+    Big.live.clear()
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        dsk = {"a": (Big, 1), "b": "a", "c": (lambda a: Big(a.i + 1), "b")}
+        with de.Engine("naive") as eng:  # every op has completed when get returns
+            c = dd.get(dsk, "c", engine=eng)
+        assert Big.live == {2} and c.i == 2
+        del c
+        assert Big.live == set()
+    finally:
+        if was_on:
+            gc.enable()
+
+
 def _chunk(block_id=None):
     import numpy as np
 

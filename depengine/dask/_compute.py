@@ -87,7 +87,7 @@ class Compute:
                 if d.kind < CALL:  # data, as dask.local does: in the cache from the start
                     cache[k] = d.value
         for n in plan.nodes.values():  # requested data
-            n = n.fwd
+            n = n.fwd or n
             if n.out and n.kind < CALL:
                 cache[n.key] = n.value
         self.state = {

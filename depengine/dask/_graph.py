@@ -72,7 +72,8 @@ class Plan:
         self.outputs = outputs  # distinct task nodes whose value was requested
 
     def value(self, key):
-        return self.nodes[key].fwd.value
+        n = self.nodes[key]
+        return (n.fwd or n).value
 
 
 class _Known:
@@ -240,8 +241,9 @@ def _finish(n: Node, nodes: dict, tasks: list) -> bool:
     kind = n.kind
     if kind < CALL:
         if kind == ALIAS:
-            n.fwd = nodes[n.depkeys[0]].fwd
-            n.height = n.fwd.height
+            t = nodes[n.depkeys[0]]
+            n.fwd = t = t.fwd or t
+            n.height = t.height
         return False
     tasks.append(n)
     depkeys = n.depkeys
@@ -249,7 +251,8 @@ def _finish(n: Node, nodes: dict, tasks: list) -> bool:
         n.height = 1
         return False
     if len(depkeys) == 1:  # most tasks: a chain link, an elementwise step
-        d = nodes[depkeys[0]].fwd
+        d = nodes[depkeys[0]]
+        d = d.fwd or d
         n.refs = (d,) if kind == SPEC or n.args is None else ((n.refs[0], d),)
         if d.kind >= CALL:
             if not d.readers:
@@ -260,7 +263,7 @@ def _finish(n: Node, nodes: dict, tasks: list) -> bool:
         else:
             n.height = 1
         return False
-    resolved = [nodes[k].fwd for k in depkeys]
+    resolved = [m.fwd or m for m in map(nodes.__getitem__, depkeys)]
     n.refs = tuple(resolved) if kind == SPEC or n.args is None else tuple(zip(n.refs, resolved, strict=True))
     uneven = False
     height = 0
@@ -323,7 +326,7 @@ def _tallest_first(roots: list, count: int) -> list:
     by_height = _height_desc
     tasks: list[Node] = []
     seen = _DONE + 1
-    for root in sorted({r.fwd for r in roots if r.fwd.kind >= CALL}, key=by_height):
+    for root in sorted({r for r in (r.fwd or r for r in roots) if r.kind >= CALL}, key=by_height):
         if root.mark == seen:
             continue
         root.mark = seen
@@ -355,7 +358,7 @@ def _apply_priorities(tasks: list, nodes: dict, priorities: dict) -> None:
             continue
         if isinstance(p, bool) or not isinstance(p, Real):
             raise TypeError(f"priority annotation {p!r} of key {key!r} must be a number")
-        n = n.fwd
+        n = n.fwd or n
         if n.prio is None or p > n.prio:
             n.prio = p
     for n in reversed(tasks):  # dependents come after their dependencies
@@ -379,11 +382,11 @@ def build(dsk, keys: list, cache=None, priorities: dict | None = None) -> Plan:
     tasks, uneven = _walk(roots, nodes, dsk, cache)
     outputs = []
     for n in roots:
-        n = n.fwd
+        n = n.fwd or n
         if n.kind >= CALL and not n.out:
             outputs.append(n)
         n.out = True
-    if uneven or len({r.fwd.height for r in roots}) > 1:
+    if uneven or len({(r.fwd or r).height for r in roots}) > 1:
         tasks = _tallest_first(roots, len(tasks))
     if priorities:
         _apply_priorities(tasks, nodes, priorities)

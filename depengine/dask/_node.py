@@ -39,7 +39,7 @@ class Node:
         "deps",        # distinct task nodes this task reads (data nodes excluded)
         "depkeys",     # keys this node depends on, as the graph names them
         "fn",          # CALL: the function
-        "fwd",         # ALIAS: the node it resolves to; any other node: itself
+        "fwd",         # ALIAS: the node it resolves to (never an alias); None for any other node
         "height",      # longest chain of tasks ending here (1 for a task without task deps)
         "key",
         "kind",
@@ -59,7 +59,7 @@ class Node:
         self.key = key
         self.kind = kind
         self.depkeys = depkeys
-        self.fwd = self
+        self.fwd = None  # not self: a node must not hold itself, or only the collector frees it
         self.value = None
         self.var = None
         self.out = False
