@@ -56,7 +56,26 @@ def _graph(name: str, n: int):
     chunks = 100 if name == "array" else 1000
     x = da.random.random((4000, 4000), chunks=(chunks, chunks))
     y = ((x + x.T) * 2 - 1).mean(axis=0)
-    return y, None, len(y.__dask_graph__())
+    return y, None, len(_captured(y)[0])  # the tasks a scheduler gets, after dask's optimisation
+
+
+class _Captured(Exception):
+    pass
+
+
+def _captured(collection):
+    """The graph and keys ``dask.compute`` hands a scheduler for ``collection`` (nothing runs)."""
+    seen = {}
+
+    def spy(dsk, keys, **kwargs):
+        seen["dsk"], seen["keys"] = dsk.__dask_graph__(), keys
+        raise _Captured
+
+    try:
+        collection.compute(scheduler=spy)
+    except _Captured:
+        pass
+    return seen["dsk"], seen["keys"]
 
 
 def _run(system: str, graph, keys, workers: int):
@@ -79,26 +98,13 @@ def _schedulers() -> dict:
     return {"dask-threaded": dask.threaded.get, "depengine": depengine.dask.get}
 
 
-class _Captured(Exception):
-    pass
-
-
 def _bodies_alone(graph, keys) -> float:
     """Seconds the tasks' own functions take, called one after another in this thread: no
     scheduler at all (the graph as dask hands it to a scheduler, in depengine's order)."""
     from depengine.dask import _graph as plan_of
 
-    if keys is None:  # a collection: take the graph dask.compute passes, run nothing
-        seen = {}
-
-        def spy(dsk, keys, **kwargs):
-            seen["dsk"], seen["keys"] = dsk.__dask_graph__(), keys
-            raise _Captured
-
-        try:
-            graph.compute(scheduler=spy)
-        except _Captured:
-            graph, keys = seen["dsk"], seen["keys"]
+    if keys is None:  # a collection: take the graph dask.compute passes
+        graph, keys = _captured(graph)
     plan = plan_of.build(graph, keys if isinstance(keys, list) else [keys])
     start = time.perf_counter()
     for n in plan.tasks:

@@ -92,6 +92,26 @@ def test_legacy_tuples_keys_and_literals():
     assert dd.get(dsk, ["t", "u", "v", "w", "n", "lit", "d"]) == (3, "not-a-key!", 31, 33, 102, 2, ["k"])
 
 
+def test_legacy_arguments_holding_keys_and_tasks_match_dask():
+    import collections
+
+    import dask.local
+
+    point = collections.namedtuple("point", "a b")
+    dsk = {
+        "x": 1, ("y", 0): 2,
+        "lists": (list, [[("y", 0), "x"], [(inc, "x"), 5], ("x", (inc, ("y", 0)))]),
+        "sets": (sorted, {"x", ("y", 0), 7}),
+        "dicts": (dict, {"a": "x", "b": [(inc, "x")], "c": {"d": ("y", 0)}}),  # values, as in dask
+        "deep": (add, (add, (inc, "x"), (inc, (inc, ("y", 0)))), 100),
+        "no keys": (add, (inc, 1), (1, (2, 3)).__len__()),
+        "named": (lambda p: p.a + p.b, point("x", 3)),  # namedtuples: dask's own converter
+        "same key twice": (lambda *a: a, "x", ["x", ("x", "x")], "x"),
+    }
+    keys = list(dsk)[2:]
+    assert dd.get(dsk, keys) == dask.local.get_sync(dsk, keys)
+
+
 def test_results_are_shaped_like_dask():
     dsk = {"x": 1, "y": (inc, "x"), "z": (add, "x", "y")}
     assert dd.get(dsk, "z") == 3

@@ -2,10 +2,10 @@
 
 Every task of the plan is pushed at once, dependencies first: the task writes
 the var of its key (when some task reads it) and reads the vars of the tasks
-it needs; the plan's rank gives the op's priority (see ``_push``).  The engine then runs each
-task as soon as its inputs exist, on its workers.  The calling thread only
-waits for one event, set by the task that completes the last requested key
-or by the first task that fails.
+it needs; the plan's rank gives the op's priority (see ``_push``).  The
+engine then runs each task as soon as its inputs exist, on its workers.  The
+calling thread only waits for one event, set by the task that completes the
+last requested key or by the first task that fails.
 
 Failures never reach the engine: the task catches what it raised, stops the
 compute (tasks not started yet return at once) and wakes the caller, which
@@ -15,9 +15,10 @@ var that some other user of the engine would be told about.
 Ctrl-C: while the tasks are pushed, SIGINT is deferred (the engine's push
 must not be cut in the middle) but stops the compute at once; while the
 caller waits, it interrupts the wait (within ``_POLL`` seconds even when the
-signal lands just before the wait blocks, where Python would not see it).  Either way the compute is stopped,
-``finish`` callbacks run, ``KeyboardInterrupt`` propagates, and the ops still
-queued drain as no-ops: the engine stays usable.
+signal lands just before the wait blocks, where Python would not see it).
+Either way the compute is stopped, ``finish`` callbacks run,
+``KeyboardInterrupt`` propagates, and the ops still queued drain as no-ops:
+the engine stays usable.
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ class Compute:
 def _inputs(n: Node) -> list:
     """The nodes (tasks and data) a task node reads."""
     if n.kind == CALL and n.args is not None:
-        return [d for _, d in n.refs]
+        found = []
+        for _, d in n.refs:
+            found.extend(d.nodes() if d.__class__ is not Node else (d,))
+        return found
     return list(n.refs)
 
 

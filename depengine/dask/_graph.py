@@ -24,6 +24,7 @@ need them, so a prioritised result is not held up by unprioritised inputs.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 from numbers import Real
@@ -36,7 +37,9 @@ from ._node import ALIAS, CALL, DATA, SPEC, Node
 __all__ = ["Plan", "build", "run_subgraph"]
 
 _KEYLIKE = (str, tuple, int, float)          # what dask treats as a key when the graph has it
-_NESTED = (list, dict, set, frozenset, GraphNode, TaskRef)  # arguments the fast path leaves to dask
+# arguments the quick pass leaves to _nested (dicts are values: dask does not look into them)
+_NESTED = (list, set, frozenset, GraphNode, TaskRef)
+_NONE = type(None)
 
 
 def _fused_task_function():
@@ -96,9 +99,13 @@ def _is_key(a, dsk, cache) -> bool:
 
 
 def _legacy_call(n: Node, task: tuple, dsk, cache) -> bool:
-    """Fill ``n`` from a legacy ``(fn, *args)`` whose arguments are keys or plain values.
+    """Fill ``n`` from a legacy ``(fn, *args)``.
 
-    Returns False (``n`` untouched) for anything nested: dask converts those.
+    Arguments that are keys become refs and anything else a value, in one
+    quick pass; at the first list, set or tuple that is no key, or task
+    inside the task, :func:`_legacy_nested` takes over (dicts are values:
+    dask does not look into them).  Returns False (``n``
+    untouched) for what only dask converts faithfully.
     """
     refs = []
     holes = []
@@ -106,18 +113,21 @@ def _legacy_call(n: Node, task: tuple, dsk, cache) -> bool:
     args = task[1:]
     for a in args:
         cls = a.__class__
-        if cls is str or cls is tuple or cls is int or isinstance(a, _KEYLIKE):
-            try:
-                hit = a in dsk or (cache is not None and a in cache)
-            except TypeError:  # a tuple holding something unhashable is no key
-                hit = False
-            if hit:
+        if cls is str or cls is int:
+            if _is_key(a, dsk, cache):
                 refs.append(a)
                 holes.append(i)
-            elif isinstance(a, tuple):
-                return False  # a nested task, or a tuple that may hold keys
-        elif isinstance(a, _NESTED):
-            return False
+        elif cls is tuple:
+            if (a and callable(a[0])) or not _is_key(a, dsk, cache):  # a task, or a tuple of values
+                return _legacy_nested(n, task, dsk, cache)
+            refs.append(a)
+            holes.append(i)
+        elif isinstance(a, _NESTED) or (isinstance(a, _KEYLIKE) and not _is_key(a, dsk, cache)
+                                        and isinstance(a, tuple)):
+            return _legacy_nested(n, task, dsk, cache)
+        elif isinstance(a, _KEYLIKE) and _is_key(a, dsk, cache):
+            refs.append(a)
+            holes.append(i)
         i += 1
     n.kind = CALL
     n.fn = task[0]
@@ -126,6 +136,95 @@ def _legacy_call(n: Node, task: tuple, dsk, cache) -> bool:
         n.args = args
         n.refs = tuple(holes)  # positions for now; (position, node) once resolved
     return True
+
+
+def _legacy_nested(n: Node, task: tuple, dsk, cache) -> bool:
+    """``_legacy_call`` for arguments that hold keys or tasks: they become :class:`_Nested`."""
+    keys: list = []
+    try:
+        top = _nested(None, task[1:], dsk, cache, keys, True)
+    except _Unsupported:
+        return False
+    n.kind = CALL
+    n.fn = task[0]
+    n.depkeys = tuple(dict.fromkeys(keys))
+    n.args = tuple(top.parts)
+    n.refs = tuple(top.holes)  # (position, key or _Nested): resolved in _finish
+    return True
+
+
+class _Unsupported(Exception):
+    """A legacy argument only dask's own converter handles."""
+
+
+class _Nested:
+    """An argument made at call time from values of keys: a list, tuple or set that holds
+    keys or tasks, or a task inside a task (legacy graphs).  Its ``value`` is computed like a node's."""
+
+    __slots__ = ("build", "holes", "parts")
+
+    def __init__(self, build, parts: list, holes: list) -> None:
+        self.build = build  # parts -> value
+        self.parts = parts  # literal parts, with holes
+        self.holes = holes  # (position, key or _Nested); (position, node or _Nested) once resolved
+
+    @property
+    def value(self):
+        parts = list(self.parts)
+        for i, d in self.holes:
+            parts[i] = d.value
+        return self.build(parts)
+
+    def resolve(self, by_key: dict) -> _Nested:
+        self.holes = [(i, x.resolve(by_key) if x.__class__ is _Nested else by_key[x]) for i, x in self.holes]
+        return self
+
+    def nodes(self):
+        for _, x in self.holes:
+            yield from (x.nodes() if x.__class__ is _Nested else (x,))
+
+
+def _apply(fn, parts):
+    return fn(*parts)
+
+
+def _nested(build, items, dsk, cache, keys: list, always: bool = False):
+    """``items`` as the parts of an argument: a _Nested if some part is a key or needs a call
+    (or ``always``), else ``items`` itself, a value.  Keys found are appended to ``keys``."""
+    parts = list(items)
+    holes = []
+    for i, a in enumerate(parts):
+        cls = a.__class__
+        sub = None
+        if cls is tuple:
+            if a and callable(a[0]):  # a task inside the task
+                sub = _nested(functools.partial(_apply, a[0]), a[1:], dsk, cache, keys, True)
+            elif _is_key(a, dsk, cache):
+                keys.append(a)
+                holes.append((i, a))
+            else:
+                sub = _nested(tuple, a, dsk, cache, keys)
+        elif cls is str or cls is int or cls is float:
+            if _is_key(a, dsk, cache):
+                keys.append(a)
+                holes.append((i, a))
+        elif cls is list or cls is set or cls is frozenset:
+            sub = _nested(cls, a, dsk, cache, keys)
+        elif cls is _NONE or cls is dict:
+            pass
+        elif isinstance(a, _KEYLIKE):  # subclasses: numpy floats, namedtuples, ...
+            if _is_key(a, dsk, cache):
+                keys.append(a)
+                holes.append((i, a))
+            elif isinstance(a, tuple):
+                raise _Unsupported
+        elif isinstance(a, _NESTED):
+            raise _Unsupported
+        if sub.__class__ is _Nested:
+            holes.append((i, sub))
+    if holes or always:
+        return _Nested(build, parts, holes)
+    return items
 
 
 def _task_call(n: Node, task: Task) -> bool:
@@ -250,6 +349,11 @@ def _finish(n: Node, nodes: dict, tasks: list) -> bool:
     if not depkeys:
         n.height = 1
         return False
+    refs = n.refs
+    if kind == CALL and refs and refs[0].__class__ is tuple:  # arguments with _Nested parts
+        by_key = {k: (m.fwd or m) for k, m in zip(depkeys, map(nodes.__getitem__, depkeys), strict=True)}
+        n.refs = tuple((i, x.resolve(by_key) if x.__class__ is _Nested else by_key[x]) for i, x in refs)
+        return _count_reads(n, dict.fromkeys(by_key.values()))
     if len(depkeys) == 1:  # most tasks: a chain link, an elementwise step
         d = nodes[depkeys[0]]
         d = d.fwd or d
@@ -264,11 +368,16 @@ def _finish(n: Node, nodes: dict, tasks: list) -> bool:
             n.height = 1
         return False
     resolved = [m.fwd or m for m in map(nodes.__getitem__, depkeys)]
-    n.refs = tuple(resolved) if kind == SPEC or n.args is None else tuple(zip(n.refs, resolved, strict=True))
+    n.refs = tuple(resolved) if kind == SPEC or n.args is None else tuple(zip(refs, resolved, strict=True))
+    return _count_reads(n, dict.fromkeys(resolved))
+
+
+def _count_reads(n: Node, inputs) -> bool:
+    """Set ``n``'s task deps and height from its distinct input nodes; True if their heights differ."""
     uneven = False
     height = 0
     deps = []
-    for d in dict.fromkeys(resolved):
+    for d in inputs:
         if d.kind >= CALL:
             deps.append(d)
             if not d.readers:
