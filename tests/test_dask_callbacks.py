@@ -22,7 +22,9 @@ STATE_KEYS = {"dependencies", "dependents", "waiting", "waiting_data", "cache", 
 
 
 @pytest.fixture(autouse=True)
-def bridge_engines_closed():
+def bridge_engines_closed(monkeypatch):
+    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
+    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
     yield
     dd.shutdown()
 

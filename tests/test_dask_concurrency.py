@@ -23,7 +23,9 @@ WAIT = 10  # seconds any event or barrier may take before the test fails
 
 
 @pytest.fixture(autouse=True)
-def bridge_engines_closed():
+def bridge_engines_closed(monkeypatch):
+    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
+    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
     yield
     dd.shutdown()
 
@@ -42,6 +44,14 @@ def test_num_workers_argument_and_config(workers):
     barrier.reset()
     with dask.config.set(num_workers=workers):
         assert len(set(dd.get(dsk, list(dsk)))) == workers
+
+
+def test_depengine_engine_picks_the_kind_of_the_bridge_engines(monkeypatch):
+    dsk = {"t": (threading.get_ident,)}
+    assert dd.get(dsk, "t") != threading.get_ident()  # threaded by default
+    dd.shutdown()
+    monkeypatch.setenv("DEPENGINE_ENGINE", "naive")
+    assert dd.get(dsk, "t") == threading.get_ident()  # the naive engine runs it right here
 
 
 def test_contextvars_of_the_caller_are_visible_in_tasks():

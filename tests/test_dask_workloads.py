@@ -18,7 +18,9 @@ import depengine.dask as dd
 
 
 @pytest.fixture(autouse=True)
-def bridge_engines_closed():
+def bridge_engines_closed(monkeypatch):
+    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
+    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
     yield
     dd.shutdown()
 
