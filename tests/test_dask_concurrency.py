@@ -236,6 +236,33 @@ def test_a_reduction_over_more_data_than_allowed_streams(workers):
     assert _chunk.peak <= 6 * workers, _chunk.peak
 
 
+_CAPPED = """
+import resource, numpy as np, dask.array as da, depengine.dask as dd
+dd.get({"warm": 1}, "warm", num_workers=2)  # threads and their stacks exist before the cap
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, resource.RLIM_INFINITY))
+try:
+    np.ones(400 * 2**20 // 8)  # the cap is real: 400 MB at once do not fit
+    raise SystemExit("the address space cap did not hold")
+except MemoryError:
+    pass
+x = da.map_blocks(lambda block_id=None: np.ones(2**17), chunks=((2**17,) * 1500,), dtype=float,
+                  meta=np.array((), float))
+print(x.sum().compute(scheduler="depengine", num_workers=2, optimize_graph=False))
+"""
+
+
+def test_a_reduction_over_more_data_than_the_process_may_hold():
+    # 1.5 GB of chunks through one sum, in a process capped at 300 MB more than it had
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _CAPPED], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout) == 1500 * 2**17
+
+
 # --------------------------------------------------------------- ordering
 def _order_of(dsk, keys, **kwargs):
     order = []
