@@ -37,9 +37,13 @@ from ._node import ALIAS, CALL, DATA, SPEC, Node
 __all__ = ["Plan", "build", "run_subgraph"]
 
 _KEYLIKE = (str, tuple, int, float)          # what dask treats as a key when the graph has it
-# arguments the quick pass leaves to _nested (dicts are values: dask does not look into them)
-_NESTED = (list, set, frozenset, GraphNode, TaskRef)
-_NONE = type(None)
+# What an argument of a legacy task is, by its exact class (dicts are values: dask does
+# not look into them): a scalar that may be a key, a tuple (a key, a task or a tuple of
+# parts), a list or set of parts, a plain value, a key or else only for dask's converter
+# (namedtuples), only for dask's converter (subclasses of the containers, task-spec nodes).
+_SCALAR, _TUPLE, _CONTAINER, _VALUE, _KEY_OR_FOREIGN, _FOREIGN = range(1, 7)
+_KINDS: dict[type, int] = {str: _SCALAR, int: _SCALAR, float: _SCALAR, tuple: _TUPLE, list: _CONTAINER,
+                           set: _CONTAINER, frozenset: _CONTAINER, dict: _VALUE, type(None): _VALUE}
 
 
 def _fused_task_function():
@@ -98,36 +102,47 @@ def _is_key(a, dsk, cache) -> bool:
         return False
 
 
+def _kind_of(cls) -> int:
+    """What an argument of class ``cls`` is to a legacy task (see _KINDS), learnt once per class."""
+    if issubclass(cls, (str, int, float)):
+        kind = _SCALAR
+    elif issubclass(cls, tuple):
+        kind = _KEY_OR_FOREIGN  # a namedtuple, say: a key, or dask converts it
+    elif issubclass(cls, (list, set, frozenset, GraphNode, TaskRef)):
+        kind = _FOREIGN
+    else:
+        kind = _VALUE
+    _KINDS[cls] = kind
+    return kind
+
+
 def _legacy_call(n: Node, task: tuple, dsk, cache) -> bool:
     """Fill ``n`` from a legacy ``(fn, *args)``.
 
     Arguments that are keys become refs and anything else a value, in one
-    quick pass; at the first list, set or tuple that is no key, or task
-    inside the task, :func:`_legacy_nested` takes over (dicts are values:
-    dask does not look into them).  Returns False (``n``
-    untouched) for what only dask converts faithfully.
+    quick pass; from the first list, set or tuple that is no key, or task
+    inside the task, on, :func:`_legacy_nested` takes over (dicts are
+    values: dask does not look into them).  Returns False (``n`` untouched)
+    for what only dask converts faithfully.
     """
     refs = []
     holes = []
+    kinds = _KINDS
     i = 0
     args = task[1:]
     for a in args:
-        cls = a.__class__
-        if cls is str or cls is int:
+        kind = kinds.get(a.__class__) or _kind_of(a.__class__)
+        if kind == _SCALAR:
             if _is_key(a, dsk, cache):
                 refs.append(a)
                 holes.append(i)
-        elif cls is tuple:
+        elif kind == _TUPLE:
             if (a and callable(a[0])) or not _is_key(a, dsk, cache):  # a task, or a tuple of values
-                return _legacy_nested(n, task, dsk, cache)
+                return _legacy_nested(n, task, dsk, cache, i, refs, holes)
             refs.append(a)
             holes.append(i)
-        elif isinstance(a, _NESTED) or (isinstance(a, _KEYLIKE) and not _is_key(a, dsk, cache)
-                                        and isinstance(a, tuple)):
-            return _legacy_nested(n, task, dsk, cache)
-        elif isinstance(a, _KEYLIKE) and _is_key(a, dsk, cache):
-            refs.append(a)
-            holes.append(i)
+        elif kind != _VALUE:
+            return _legacy_nested(n, task, dsk, cache, i, refs, holes)
         i += 1
     n.kind = CALL
     n.fn = task[0]
@@ -138,18 +153,21 @@ def _legacy_call(n: Node, task: tuple, dsk, cache) -> bool:
     return True
 
 
-def _legacy_nested(n: Node, task: tuple, dsk, cache) -> bool:
-    """``_legacy_call`` for arguments that hold keys or tasks: they become :class:`_Nested`."""
-    keys: list = []
+def _legacy_nested(n: Node, task: tuple, dsk, cache, start: int, keys: list, positions: list) -> bool:
+    """``_legacy_call`` from argument ``start`` on, its quick pass having found ``keys`` at
+    ``positions`` before it: arguments that hold keys or tasks become :class:`_Nested`."""
+    parts = list(task[1:])
+    holes = list(zip(positions, keys, strict=True))
     try:
-        top = _nested(None, task[1:], dsk, cache, keys, True)
+        for i in range(start, len(parts)):
+            _part(parts, i, holes, dsk, cache, keys)
     except _Unsupported:
         return False
     n.kind = CALL
     n.fn = task[0]
     n.depkeys = tuple(dict.fromkeys(keys))
-    n.args = tuple(top.parts)
-    n.refs = tuple(top.holes)  # (position, key or _Nested): resolved in _finish
+    n.args = tuple(parts)
+    n.refs = tuple(holes)  # (position, key or _Nested): resolved in _finish
     return True
 
 
@@ -192,39 +210,31 @@ def _nested(build, items, dsk, cache, keys: list, always: bool = False):
     """``items`` as the parts of an argument: a _Nested if some part is a key or needs a call
     (or ``always``), else ``items`` itself, a value.  Keys found are appended to ``keys``."""
     parts = list(items)
-    holes = []
-    for i, a in enumerate(parts):
-        cls = a.__class__
-        sub = None
-        if cls is tuple:
-            if a and callable(a[0]):  # a task inside the task
-                sub = _nested(functools.partial(_apply, a[0]), a[1:], dsk, cache, keys, True)
-            elif _is_key(a, dsk, cache):
-                keys.append(a)
-                holes.append((i, a))
-            else:
-                sub = _nested(tuple, a, dsk, cache, keys)
-        elif cls is str or cls is int or cls is float:
-            if _is_key(a, dsk, cache):
-                keys.append(a)
-                holes.append((i, a))
-        elif cls is list or cls is set or cls is frozenset:
-            sub = _nested(cls, a, dsk, cache, keys)
-        elif cls is _NONE or cls is dict:
-            pass
-        elif isinstance(a, _KEYLIKE):  # subclasses: numpy floats, namedtuples, ...
-            if _is_key(a, dsk, cache):
-                keys.append(a)
-                holes.append((i, a))
-            elif isinstance(a, tuple):
-                raise _Unsupported
-        elif isinstance(a, _NESTED):
-            raise _Unsupported
-        if sub.__class__ is _Nested:
-            holes.append((i, sub))
+    holes: list = []
+    for i in range(len(parts)):
+        _part(parts, i, holes, dsk, cache, keys)
     if holes or always:
         return _Nested(build, parts, holes)
     return items
+
+
+def _part(parts: list, i: int, holes: list, dsk, cache, keys: list) -> None:
+    """Look at ``parts[i]``: a key or a _Nested goes to ``holes`` (and keys to ``keys``)."""
+    a = parts[i]
+    kind = _KINDS.get(a.__class__) or _kind_of(a.__class__)
+    if kind == _VALUE:
+        return
+    if kind == _TUPLE and a and callable(a[0]):  # a task inside the task
+        holes.append((i, _nested(functools.partial(_apply, a[0]), a[1:], dsk, cache, keys, True)))
+    elif kind != _CONTAINER and kind != _FOREIGN and _is_key(a, dsk, cache):
+        keys.append(a)
+        holes.append((i, a))
+    elif kind in (_TUPLE, _CONTAINER):
+        sub = _nested(a.__class__, a, dsk, cache, keys)
+        if sub.__class__ is _Nested:
+            holes.append((i, sub))
+    elif kind != _SCALAR:  # no key, and only dask knows how to rebuild it
+        raise _Unsupported
 
 
 def _task_call(n: Node, task: Task) -> bool:
