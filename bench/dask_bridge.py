@@ -79,6 +79,8 @@ def _captured(collection):
 
 
 def _run(system: str, graph, keys, workers: int):
+    if system == "depengine 1 worker":
+        system, workers = "depengine", 1
     if keys is None:  # a collection
         scheduler = _schedulers()[system]
         start = time.perf_counter()
@@ -112,14 +114,15 @@ def _bodies_alone(graph, keys) -> float:
     return time.perf_counter() - start
 
 
-def measure(name: str, tasks: int, workers: int, repeats: int) -> dict:
+def measure(name: str, tasks: int, workers: int, repeats: int, one_worker: bool = False) -> dict:
     graph, keys, ntasks = _graph(name, tasks)
-    times: dict[str, list[float]] = {"dask-threaded": [], "depengine": [], "bodies alone": []}
+    systems = ["dask-threaded", "depengine"] + (["depengine 1 worker"] if one_worker else [])
+    times: dict[str, list[float]] = {s: [] for s in [*systems, "bodies alone"]}
     results = {}
-    for system in ("dask-threaded", "depengine"):  # warm both (pools, engines, imports) outside the figures
+    for system in systems:  # warm them all (pools, engines, imports) outside the figures
         _run(system, graph, keys, workers)
     for _ in range(repeats):
-        for system in ("dask-threaded", "depengine"):
+        for system in systems:
             seconds, value = _run(system, graph, keys, workers)
             times[system].append(seconds)
             results[system] = value
@@ -138,16 +141,18 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tasks", type=int, default=5000, help="N of fan-in and chain")
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    p.add_argument("--one-worker", action="store_true",
+                   help="also time depengine with one worker: what the second thread gains")
     args = p.parse_args(argv)
     print(f"workers={args.workers}, median of {args.repeats} alternating runs (min-max); "
           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC")
-    print(f"{'workload':12s} {'tasks':>6s} {'system':14s} {'ms':>9s} {'range':>17s} {'us/task':>8s}  ratio")
+    print(f"{'workload':12s} {'tasks':>6s} {'system':18s} {'ms':>9s} {'range':>17s} {'us/task':>8s}  ratio")
     for name in args.workloads:
-        m = measure(name, args.tasks, args.workers, args.repeats)
+        m = measure(name, args.tasks, args.workers, args.repeats, args.one_worker)
         for system, ts in m["times"].items():
             med = m["median"][system]
             ratio = f"{m['ratio']:.1f}x" if system == "depengine" else ""
-            print(f"{name:12s} {m['ntasks']:6d} {system:14s} {med * 1e3:9.1f} "
+            print(f"{name:12s} {m['ntasks']:6d} {system:18s} {med * 1e3:9.1f} "
                   f"{min(ts) * 1e3:8.1f}-{max(ts) * 1e3:8.1f} {med / m['ntasks'] * 1e6:8.1f}  {ratio}",
                   flush=True)
     return 0

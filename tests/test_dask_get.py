@@ -294,3 +294,8 @@ def test_import_depengine_does_not_import_dask():
     code = "import sys, depengine; assert 'dask' not in sys.modules, 'dask imported'; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_exported_names_are_pinned():
+    assert sorted(dd.__all__) == ["SCHEDULER_NAME", "get", "register", "shutdown"]
+    assert dd.SCHEDULER_NAME == "depengine"

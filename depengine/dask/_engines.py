@@ -102,7 +102,10 @@ def _get_nested(workers: int | None) -> Engine:
 
 
 def shutdown() -> None:
-    """Close every engine this module created (their threads end); later computes make new ones."""
+    """Close every engine this module created (their threads end); later computes make new ones.
+
+    Call it while no compute runs: one still pushing would find its engine closed.
+    """
     with _lock:
         engines = list(_shared.values()) + list(_nested.values())
         _shared.clear()
