@@ -1,6 +1,7 @@
 """One key of a dask graph as depengine runs it: how its value is computed, what it holds.
 
-A :class:`Node` is built once per key a compute needs (see ``_graph.py``).
+A :class:`Node` is built once per key a compute needs (``_convert.py`` reads
+the graph's value of the key, ``_graph.py`` links and orders the nodes).
 Task nodes become engine ops whose function is :meth:`Node.run` (nobody
 watches) or :meth:`Node.run_observed` (dask callbacks or a ``cache`` mapping
 want to see every step).  The value lives on the node itself, not in a
@@ -12,7 +13,9 @@ Forms of a task, fastest first (``kind``):
 
 - ``CALL`` with ``args is None``: ``fn(*values of refs, **kwargs)``;
 - ``CALL`` with a template: ``args`` holds the literal arguments, ``refs`` the
-  ``(position, node)`` pairs filled in at run time;
+  ``(position, node)`` pairs filled in at run time (a legacy argument that
+  holds keys or tasks is a ``_convert.Nested`` in place of the node: it has
+  a ``value`` too, computed when read);
 - ``SPEC``: any other dask task-spec node, called as dask calls it,
   ``spec({key: value of each dependency})``.
 
