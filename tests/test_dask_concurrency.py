@@ -180,7 +180,7 @@ def test_a_result_is_released_as_soon_as_its_last_reader_ran():
         seen[i] = sorted(Big.live)
         return Big(i)
 
-    n = 30
+    n = 12
     dsk = {("s", 0): (Big, 0), "keep": (lambda s: s.i, ("s", 5))}  # a second reader of step 5
     dsk.update({("s", i): (step, ("s", i - 1), i) for i in range(1, n)})
     last, kept = dd.get(dsk, [("s", n - 1), "keep"], num_workers=1)  # "keep" runs last
