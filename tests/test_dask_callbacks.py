@@ -120,12 +120,19 @@ def test_nested_computes_leave_callbacks_to_the_outer_one():
 
 
 def test_progress_bar():
+    import dask.array as da
+    import numpy as np
+
     out = io.StringIO()
     x = dask.delayed(add)(dask.delayed(inc)(1), dask.delayed(inc)(2))
     with ProgressBar(out=out, dt=0.001):
         assert x.compute(scheduler="depengine") == 5
-    text = out.getvalue()
-    assert "100% Completed" in text
+    assert "100% Completed" in out.getvalue()
+    out = io.StringIO()
+    a = da.arange(400.0, chunks=20).reshape(20, 20).rechunk(5)  # the example, small
+    with ProgressBar(out=out, dt=0.001):
+        assert a.std().compute(scheduler="depengine") == pytest.approx(np.arange(400.0).std())
+    assert "100% Completed" in out.getvalue()
 
 
 def test_profiler_records_every_task_under_its_key():
