@@ -258,12 +258,13 @@ def test_rerun_exceptions_locally(how):
     assert threads[0] != threading.get_ident()
     threads.clear()
     if how == "argument":
-        with pytest.raises(Oops, match="oops 1 2"):
+        with pytest.raises(Oops, match="oops 1 2") as info:
             dd.get(dsk, "y", rerun_exceptions_locally=True)
     else:
-        with dask.config.set(rerun_exceptions_locally=True), pytest.raises(Oops, match="oops 1 2"):
+        with dask.config.set(rerun_exceptions_locally=True), pytest.raises(Oops, match="oops 1 2") as info:
             dd.get(dsk, "y")
     assert len(threads) == 2 and threads[1] == threading.get_ident()  # rerun here, on the same input
+    assert info.value.__notes__ == ["depengine.dask: raised by task 'y' (run again in the calling thread)"]
 
 
 # ------------------------------------------------------------ registration

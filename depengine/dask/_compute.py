@@ -176,9 +176,14 @@ class Compute:
                 patience_over()
         if self.error is not None:
             node, exc = self.error
+            note = f"depengine.dask: raised by task {node.key!r}"
             if rerun:
-                self.context.copy().run(node.call)
-            exc.add_note(f"depengine.dask: raised by task {node.key!r}")
+                try:
+                    self.context.copy().run(node.call)
+                except BaseException as again:
+                    again.add_note(note + " (run again in the calling thread)")
+                    raise
+            exc.add_note(note)
             raise exc
 
 
