@@ -65,10 +65,13 @@ class _Captured(Exception):
 
 def _captured(collection):
     """The graph and keys ``dask.compute`` hands a scheduler for ``collection`` (nothing runs)."""
+    from dask.utils import ensure_dict
+
     seen = {}
 
     def spy(dsk, keys, **kwargs):
-        seen["dsk"], seen["keys"] = dsk.__dask_graph__(), keys
+        graph = dsk.__dask_graph__() if hasattr(dsk, "__dask_graph__") else dsk  # older dask: a graph
+        seen["dsk"], seen["keys"] = ensure_dict(graph), keys
         raise _Captured
 
     try:
