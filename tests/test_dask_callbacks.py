@@ -21,12 +21,7 @@ STATE_KEYS = {"dependencies", "dependents", "waiting", "waiting_data", "cache", 
               "finished", "released"}
 
 
-@pytest.fixture(autouse=True)
-def bridge_engines_closed(monkeypatch):
-    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
-    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
-    yield
-    dd.shutdown()
+pytestmark = pytest.mark.usefixtures("dask_bridge")  # the bridge's engines: see conftest
 
 
 def _diamond():

@@ -22,12 +22,7 @@ import depengine.dask as dd
 WAIT = 10  # seconds any event or barrier may take before the test fails
 
 
-@pytest.fixture(autouse=True)
-def bridge_engines_closed(monkeypatch):
-    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
-    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
-    yield
-    dd.shutdown()
+pytestmark = pytest.mark.usefixtures("dask_bridge")  # the bridge's engines: see conftest
 
 
 def _meet(barrier):

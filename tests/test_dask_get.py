@@ -23,13 +23,7 @@ from dask.utils_test import GetFunctionTestMixin, add, inc
 import depengine as de
 import depengine.dask as dd
 
-
-@pytest.fixture(autouse=True)
-def bridge_engines_closed(monkeypatch):
-    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
-    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
-    yield
-    dd.shutdown()
+pytestmark = pytest.mark.usefixtures("dask_bridge")  # the bridge's engines: see conftest
 
 
 class TestDepengineGet(GetFunctionTestMixin):

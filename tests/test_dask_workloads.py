@@ -16,13 +16,7 @@ import dask.threaded
 
 import depengine.dask as dd
 
-
-@pytest.fixture(autouse=True)
-def bridge_engines_closed(monkeypatch):
-    """The bridge's own engines: threaded whatever DEPENGINE_ENGINE says, closed after each test."""
-    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
-    yield
-    dd.shutdown()
+pytestmark = pytest.mark.usefixtures("dask_bridge")  # the bridge's engines: see conftest
 
 
 def both(*collections, **kwargs):
