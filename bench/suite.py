@@ -161,7 +161,7 @@ def summary_table(result: dict) -> str:
         lines.append(row)
     if metgs:
         ref = metgs.get("dask-threaded")
-        for name in ("depengine-threaded", "depengine-replay"):
+        for name in ("depengine-threaded", "depengine-replay", "dask-on-depengine"):
             ours = metgs.get(name)
             if ref and ours and ref.value_us and ours.value_us:
                 lines.append(f"METG ratio dask-threaded / {name}: {ref.value_us / ours.value_us:.1f}x")

@@ -16,8 +16,10 @@ runs, which replay traces of repeated steps); ``concurrent.futures.ThreadPoolExe
 (a task submits a function that takes its dependencies' ``Future.result()``,
 the way a user would write it); ``static-threads``, no scheduler at all
 (see bench/static_threads.py: the floor for a Python scheduler here);
-``dask.threaded.get`` and
-``dask.distributed`` on an in-process ``LocalCluster`` (both from the bench
+``dask.threaded.get``;
+``dask-on-depengine``, the same dask graph run by ``depengine.dask.get`` (dask's
+scheduler interface on the threaded engine: issue 16); and
+``dask.distributed`` on an in-process ``LocalCluster`` (dask from the bench
 extra).  More peers plug in through the ``depengine.bench_systems`` entry
 point group: each entry point names a callable returning a ``System``; they
 run only when importable.
@@ -249,6 +251,18 @@ def _run_dask_threaded(graphs: list[Graph], kernel: Kernel, workers: int) -> Run
     return Run(seconds, _collect(graphs, keys, values), sum(g.ntasks() for g in graphs))
 
 
+def _run_dask_depengine(graphs: list[Graph], kernel: Kernel, workers: int) -> Run:
+    import depengine as de
+    import depengine.dask
+
+    with de.Engine("threaded", workers=workers) as eng:  # what get(num_workers=) makes, kept for the run
+        start = time.perf_counter()
+        dsk, keys = _dask_graph(graphs, kernel)
+        values = depengine.dask.get(dsk, keys, engine=eng)
+        seconds = time.perf_counter() - start
+    return Run(seconds, _collect(graphs, keys, values), sum(g.ntasks() for g in graphs))
+
+
 def _run_dask_distributed(graphs: list[Graph], kernel: Kernel, workers: int) -> Run:
     from distributed import Client, LocalCluster
 
@@ -273,6 +287,7 @@ def _builtin_systems() -> list[System]:
         System("futures", _run_futures),
         System("static-threads", run_static_threads),
         System("dask-threaded", _run_dask_threaded, requires=("dask",)),
+        System("dask-on-depengine", _run_dask_depengine, requires=("dask",)),
         System("dask-distributed", _run_dask_distributed, requires=("dask", "distributed")),
     ]
 

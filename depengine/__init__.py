@@ -6,7 +6,10 @@ dependency and runs each op as soon as it may, in parallel where it can.
 The public names are those of ``__all__``: the classes and functions below
 and three public submodules, ``plan`` (recorded graphs and plans),
 ``profiler`` and ``trace``.  Every other module is private (its name starts
-with an underscore).
+with an underscore), except the optional subpackages that need a third-party
+package and are imported by name: ``depengine.dask`` (dask) and
+``depengine.mpi`` (mpi4py).  They are left out of ``__all__`` and ``dir()``
+so that ``from depengine import *`` never imports them.
 """
 
 from . import plan, profiler, trace
@@ -53,3 +56,8 @@ __all__ = [
     "trace",
 ]
 
+_OPTIONAL = ("dask", "mpi")
+
+
+def __dir__() -> list[str]:
+    return sorted(n for n in globals() if n not in _OPTIONAL)

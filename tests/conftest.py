@@ -76,6 +76,16 @@ def no_thread_left_behind():
     assert not leaked, f"threads left running after the test: {leaked}"
 
 
+@pytest.fixture
+def dask_bridge(monkeypatch):
+    """depengine.dask for a test: its own engines threaded whatever DEPENGINE_ENGINE says,
+    and closed after the test (their threads must not outlive it)."""
+    bridge = pytest.importorskip("depengine.dask")
+    monkeypatch.delenv("DEPENGINE_ENGINE", raising=False)
+    yield bridge
+    bridge.shutdown()
+
+
 class Gate:
     """An op body that reports it started, then blocks until opened."""
 
