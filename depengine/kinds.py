@@ -14,6 +14,10 @@ def engine_class(kind: str) -> type:
         from .threaded import ThreadedEngine
 
         return ThreadedEngine
+    if kind == "mpi":  # imports mpi4py only when an engine is built
+        from .mpi import MpiEngine
+
+        return MpiEngine
     from .perdevice import PerDeviceEngine
 
     return PerDeviceEngine

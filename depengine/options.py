@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 __all__ = ["KINDS", "EngineOptions", "usable_cores"]
 
-KINDS = ("naive", "threaded", "perdevice")
+KINDS = ("naive", "threaded", "perdevice", "mpi")
 DEFAULT_KIND = "perdevice"
 
 # option name -> (environment variable, kinds that accept it)

@@ -1,0 +1,441 @@
+"""``Engine("mpi")``: the same program on every rank, each op on the owner of what it writes.
+
+Every rank runs the same program and pushes the same ops in the same order
+(a sequential task flow, as in StarPU-MPI).  A var has an owner rank and, to
+be moved, a NumPy buffer of the same shape and dtype on every rank: the
+owner's is authoritative, the others' are replicas that received data lands
+in.  An op runs on the owner of its writes (or on ``execute_on``).  Every
+rank plans each push the same way from state it keeps identically (each
+var's write count and the set of ranks whose copy is current), so no message
+is needed to agree on who sends what:
+
+- the executing rank receives each var it names whose current version it
+  lacks, from the var's owner (a replica stays valid until the next write:
+  one send per version per rank that needs it);
+- after the op, a var written away from its owner is sent back to it;
+- ranks that neither run the op nor own what it needs only update that state.
+
+Transfers are ops of the rank's own local engine (a send reads the var, a
+receive writes it), so the local engine orders them with everything else:
+the read-after-write, write-after-read and write-after-write rules are the
+local engine's.  Sends and receives are async ops: no worker ever waits on
+MPI (see transport.py).  A failed var travels as a failure, so dependents are
+skipped on every rank.
+
+Waits are per rank; ``fetch``, ``wait_all``, ``gather_trace`` and ``close`` are
+collective and check that every rank pushed the same op sequence (a running
+hash of every push and new var).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+import zlib
+
+import numpy as np
+
+from ..device import cpu
+from ..engine import Engine
+from ..errors import EngineClosedError, VarDeletedError
+from ..op import name_of
+from ..var import Var
+from . import transfers
+from .errors import MpiUnavailableError, ProgramMismatchError
+from .wire import MAX_DIMS, dtype_code
+
+__all__ = ["MpiEngine", "RemoteOp"]
+
+_engines: weakref.WeakSet = weakref.WeakSet()
+_M64 = (1 << 64) - 1
+_NEW_VAR, _FETCH = -1, -2  # tags in the running hash (strings hash differently in every process)
+
+
+def import_mpi():
+    """mpi4py's MPI module, or a clear error saying how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise MpiUnavailableError(
+            "Engine('mpi') needs mpi4py and an MPI library: pip install 'depengine[mpi]' "
+            f"(or: pip install mpi4py mpich), then start ranks with mpiexec -n N ({exc})") from exc
+    return MPI
+
+
+class _MVar:
+    """What every rank knows of one var, kept identical on all of them."""
+
+    __slots__ = ("buffer", "gen", "holders", "name", "order", "owner", "raw", "serial", "var", "writer")
+
+    def __init__(self, var: Var, serial: int, owner: int, buffer: np.ndarray | None) -> None:
+        self.var = var          # this rank's local var
+        self.name = var.name
+        self.serial = serial    # the same on every rank: the var's place in the order of new_var calls
+        self.owner = owner
+        self.buffer = buffer
+        self.order = "F" if buffer is not None and not buffer.flags.c_contiguous else "C"
+        self.raw = None if buffer is None else buffer.reshape(-1, order="A").view(np.uint8)
+        self.gen = 0            # writes pushed so far
+        # bit r set: rank r's copy is version gen
+        # invariant: holders >> owner & 1  (the owner always ends up with the latest version)
+        self.holders = 1 << owner
+        self.writer = "(initial value)"  # name of the op that pushed the last write
+
+
+class RemoteOp:
+    """What ``push`` returns on a rank that does not run the op: it runs on rank ``rank``."""
+
+    __slots__ = ("name", "rank")
+    state = "remote"
+    error = None
+
+    def __init__(self, name: str, rank: int) -> None:
+        self.name = name
+        self.rank = rank
+
+    def __repr__(self) -> str:
+        return f"<RemoteOp {self.name!r} on rank {self.rank}>"
+
+
+class MpiEngine(Engine):
+    """A local engine per rank plus MPI.  Build it with ``de.Engine("mpi", workers=k, comm=None)``.
+
+    ``comm`` is an mpi4py intracommunicator (default ``MPI.COMM_WORLD``);
+    ``local`` is the kind of each rank's own engine (``"threaded"`` by default,
+    ``"naive"`` or ``"perdevice"``); other options go to it.  Without
+    ``mpiexec`` the world has one rank and the engine behaves like its local
+    engine.  ``rank`` and ``size`` say where this process stands.
+    """
+
+    kind = "mpi"
+
+    def __init__(self, kind=None, *, workers=None, comm=None, local="threaded", **options) -> None:
+        MPI = import_mpi()
+        if local not in ("naive", "threaded", "perdevice"):
+            raise ValueError(f"local={local!r} must be 'naive', 'threaded' or 'perdevice'")
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        elif not isinstance(comm, MPI.Intracomm) or comm == MPI.COMM_NULL:
+            raise TypeError(f"comm={comm!r} must be an mpi4py intracommunicator (such as MPI.COMM_WORLD)")
+        if MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+            raise MpiUnavailableError("Engine('mpi') needs MPI initialised with MPI_THREAD_MULTIPLE "
+                                      "(mpi4py's default: leave mpi4py.rc.thread_level at 'multiple')")
+        self._closing = self._closed = False
+        self._broken: BaseException | None = None
+        self._capturing = 0
+        self._local = Engine(local, workers=workers, **options)
+        self.options = self._local.options
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self._lock = threading.Lock()  # one push (or new_var, fetch) at a time: the order is the program
+        self._vars: dict[Var, _MVar] = {}
+        self._serials = 0
+        self._hash = 0
+        self._count = 0                # pushes (and new_var calls) so far: the same on every rank
+        self._first = self._last = "(none)"
+        self._since_sync = 0
+        self._sent = [0] * self.size   # transfers pushed to each rank
+        self._recvd = [0] * self.size  # transfers pushed from each rank
+        self._log = None               # op id -> where it stands, while a profile records
+        self._transport = None
+        if self.size > 1:
+            from .peers import encode_identity, install_sigusr1
+            from .transport import Transport
+
+            identities = transfers.allgather_json(MPI, comm, encode_identity())
+            self._transport = Transport(MPI, comm, self.rank, self.size, identities)
+            install_sigusr1(_peers)
+            _peers.append(self._transport.peers)
+        _engines.add(self)
+
+    # ------------------------------------------------------------------ vars
+    def new_var(self, name: str | None = None, owner: int = 0, buffer: np.ndarray | None = None) -> Var:
+        """A var owned by rank ``owner`` whose data lives in ``buffer`` on every rank.
+
+        ``buffer`` is a contiguous, writeable NumPy array of the same shape and
+        dtype on every rank (None: a var that only orders ops, never moved).
+        Collective: every rank creates the same vars in the same order.
+        """
+        self._check_open("new_var")
+        if name is not None and name.__class__ is not str:
+            raise TypeError(f"var name={name!r} must be a str or None")
+        if owner.__class__ is not int or not 0 <= owner < self.size:
+            raise ValueError(f"new_var({name!r}): owner={owner!r} must be a rank in [0, {self.size})")
+        if buffer is not None:
+            _check_buffer(buffer, name)
+        with self._lock:
+            serial = self._serials
+            var = self._local.new_var(f"v{serial}" if name is None else name)
+            self._serials = serial + 1
+            mv = self._vars[var] = _MVar(var, serial, owner, buffer)
+            shape = (-1,) if buffer is None else buffer.shape
+            code = 0 if buffer is None else zlib.crc32(dtype_code(buffer.dtype) + mv.order.encode())
+            self._mix((_NEW_VAR, serial, owner, shape, code), var.name, f"new_var({var.name!r})")
+        return var
+
+    def owner_of(self, var: Var) -> int:
+        """The rank that owns ``var``."""
+        return self._mvar(var, "owner_of").owner
+
+    def delete_var(self, var: Var, on_delete=None) -> None:
+        """Release this rank's copy of ``var`` once its pending ops are done (a local call:
+        a var is deleted when the program drops it, which each rank sees at its own time)."""
+        mv = self._mvar(var, "delete_var")
+        self._local.delete_var(var, on_delete)
+        with self._lock:
+            self._vars.pop(mv.var, None)
+
+    # ------------------------------------------------------------------- push
+    def push(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False, device=None,
+             kind="normal", pure=False, execute_on=None, _async=False):
+        """Push ``fn(ctx)`` on every rank; it runs on the owner of ``writes`` (or ``execute_on``).
+
+        Returns the local :class:`~depengine.Op` on the rank that runs it and
+        a :class:`RemoteOp` elsewhere.  Bad input raises the same error on
+        every rank before anything is pushed.
+        """
+        self._check_open("push")
+        if not callable(fn):
+            raise TypeError(f"fn={fn!r} is not callable")
+        if priority.__class__ is not int:
+            raise TypeError(f"priority={priority!r} must be an int")
+        if name is not None and name.__class__ is not str:
+            raise TypeError(f"name={name!r} must be a str or None")
+        if device is not None and device != cpu():
+            raise ValueError(f"device={device!r}: Engine('mpi') runs ops on cpu() only")
+        if kind not in ("normal", "prioritized", "copy", "async"):
+            raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
+        writes = self._as_mvars(writes, "writes")
+        wset = {mv.var for mv in writes}
+        reads = [mv for mv in self._as_mvars(reads, "reads") if mv.var not in wset]
+        if name is None:
+            name = name_of(fn)
+        x = self._executor(name, writes, execute_on)
+        for mv in (*reads, *writes):
+            if mv.owner != x and mv.buffer is None:
+                raise ValueError(f"op {name!r} runs on rank {x} but var {mv.name!r} (owned by rank "
+                                 f"{mv.owner}) has no buffer to move there: pass buffer= to new_var, "
+                                 "or run the op on its owner with execute_on=")
+        with self._lock:
+            self._mix((zlib.crc32(name.encode("utf-8", "surrogatepass")), x,
+                       tuple(mv.serial for mv in reads), tuple(mv.serial for mv in writes)), name, name, x)
+            return self._plan(fn, reads, writes, name, priority, always_run, kind, pure, x, _async)
+
+    def push_async(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False, device=None,
+                   kind="async", execute_on=None):
+        """Push ``fn(ctx, done)`` like :meth:`push`; it completes when ``done(error=None)`` is called."""
+        return self.push(fn, reads, writes, name, priority, always_run, device, kind, False, execute_on, True)
+
+    def _executor(self, name: str, writes: list[_MVar], execute_on) -> int:
+        if execute_on is not None:
+            if execute_on.__class__ is not int or not 0 <= execute_on < self.size:
+                raise ValueError(f"op {name!r}: execute_on={execute_on!r} must be a rank in [0, {self.size})")
+            return execute_on
+        if not writes:
+            raise ValueError(f"op {name!r} writes no var, so no owner says where it runs: "
+                             "pass execute_on=rank")
+        owners = sorted({mv.owner for mv in writes})
+        if len(owners) > 1:
+            raise ValueError(f"op {name!r} writes vars owned by ranks {owners}: pass execute_on=rank")
+        return owners[0]
+
+    def _plan(self, fn, reads, writes, name, priority, always_run, kind, pure, x, is_async):
+        """Push this rank's part of one op (lock held): receives, the op, sends, write-backs."""
+        me = self.rank
+        bit = 1 << x
+        moves = []  # (var, from, to, version): the executing rank lacks the current version
+        for mv in (*reads, *writes):
+            if not mv.holders & bit:
+                moves.append((mv, mv.owner, x, mv.gen))
+                mv.holders |= bit
+        backs = []  # (var, from, to, version): written away from its owner
+        for mv in writes:
+            mv.gen += 1
+            mv.writer = name
+            if mv.owner == x:
+                mv.holders = bit
+            else:
+                mv.holders = bit | (1 << mv.owner)
+                backs.append((mv, x, mv.owner, mv.gen))
+        if me != x and not any(me == m[1] for m in moves) and not any(me == b[2] for b in backs):
+            return RemoteOp(name, x)  # this rank has no part in it
+        log = self._log
+        for mv, src, dst, gen in moves:
+            if me == src:
+                self._send(mv, dst, gen, 0)
+        for mv, src, dst, gen in moves:
+            if me == dst:
+                self._recv(mv, src, gen, 1)
+        op = RemoteOp(name, x)
+        if me == x:
+            push = self._local.push
+            op = push(fn, [mv.var for mv in reads], [mv.var for mv in writes], name, priority, always_run,
+                      None, kind, pure, True) if is_async else \
+                push(fn, [mv.var for mv in reads], [mv.var for mv in writes], name, priority, always_run,
+                     None, kind, pure)
+            if log is not None:
+                log[op.id] = (self._count, 2, None)
+        for mv, src, dst, gen in backs:
+            if me == src:
+                self._send(mv, dst, gen, 3)
+            elif me == dst:
+                self._recv(mv, src, gen, 4)
+        return op
+
+    def _send(self, mv: _MVar, dst: int, gen: int, stage: int) -> None:
+        seq = self._sent[dst]
+        self._sent[dst] = seq + 1
+        op = transfers.push_send(self, mv, dst, seq, gen)
+        if self._log is not None:
+            self._log[op.id] = (self._count, stage,
+                                ("send", self.rank, dst, mv.serial, mv.name, gen, mv.raw.nbytes))
+
+    def _recv(self, mv: _MVar, src: int, gen: int, stage: int) -> None:
+        seq = self._recvd[src]
+        self._recvd[src] = seq + 1
+        op = transfers.push_recv(self, mv, src, seq, gen)
+        if self._log is not None:
+            self._log[op.id] = (self._count, stage,
+                                ("recv", src, self.rank, mv.serial, mv.name, gen, mv.raw.nbytes))
+
+    def _mix(self, item: tuple, name: str, what: str, x: int | None = None) -> None:
+        """Add one push (or new_var) to the running hash of this rank's op sequence (lock held)."""
+        self._hash = hash((self._hash, item)) & _M64  # ints and tuples of ints hash alike in every process
+        self._count += 1
+        self._last = what if x is None else f"{what!r} on rank {x} (#{self._count})"
+        if not self._since_sync:
+            self._first = self._last
+        self._since_sync += 1
+
+    # ---------------------------------------------------------------- waiting
+    def wait_for_var(self, var: Var, timeout: float | None = None) -> None:
+        """Return once this rank's pending writes to ``var`` (its own ops' and received versions)
+        are done; raises the failure of this rank's copy.  Not collective: see :meth:`fetch`."""
+        self._local.wait_for_var(self._mvar(var, "wait_for_var").var, timeout)
+
+    def wait_all(self, timeout: float | None = None) -> None:
+        """Collective: check that all ranks pushed the same ops, then wait for this rank's ops.
+
+        Raises :class:`ProgramMismatchError` on every rank when the op
+        sequences differ, else this rank's oldest unreported failure.
+        """
+        deadline = transfers.deadline(timeout)
+        self._sync("wait_all()", timeout)
+        self._local.wait_all(transfers.left(deadline))
+
+    def fetch(self, var: Var, timeout: float | None = None) -> np.ndarray:
+        """Collective: the latest value of ``var`` on every rank (a copy), or its failure raised."""
+        mv = self._mvar(var, "fetch")
+        if mv.buffer is None:
+            raise ValueError(f"fetch({mv.name!r}): the var has no buffer")
+        deadline = transfers.deadline(timeout)
+        self._sync(f"fetch({mv.name!r})", timeout)
+        with self._lock:
+            self._mix((_FETCH, mv.serial), mv.name, f"fetch({mv.name!r})")
+            for r in range(self.size):
+                if not mv.holders & (1 << r):
+                    mv.holders |= 1 << r
+                    if self.rank == mv.owner:
+                        self._send(mv, r, mv.gen, 0)
+                    elif self.rank == r:
+                        self._recv(mv, mv.owner, mv.gen, 1)
+        self._local.wait_for_var(mv.var, transfers.left(deadline))
+        return np.array(mv.buffer, copy=True)
+
+    def _sync(self, what: str, timeout: float | None) -> None:
+        self._check_open(what)
+        if self._transport is None:
+            return
+        with self._lock:
+            record = {"what": what, "count": self._count, "hash": self._hash, "first": self._first,
+                      "last": self._last}
+        try:
+            self._transport.sync(record, timeout)
+        except ProgramMismatchError as exc:
+            self._broken = exc
+            raise
+        with self._lock:
+            self._since_sync = 0
+            self._first = "(none)"
+
+    # ------------------------------------------------------------------ traces
+    def gather_trace(self, prof, timeout: float | None = None):
+        """Collective: rank 0 gets one :class:`~depengine.Trace` of every rank's part of ``prof``
+        (one process per rank, transfers as dependencies); the other ranks get None."""
+        from .traces import gather_trace
+
+        self._sync("gather_trace()", timeout)
+        return gather_trace(self, prof, timeout)
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Collective: finish this rank's ops, tell the other ranks, wait for theirs, stop."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        transfers.close(self)
+        self._closed = True
+        _engines.discard(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def record(self, execute: bool = True):
+        raise NotImplementedError("record() is not supported by Engine('mpi') yet: push the ops")
+
+    def bulk(self, size: int = 64):
+        """Group this thread's small local CPU ops (see Engine.bulk); transfers are never bulked."""
+        return self._local.bulk(size)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "closing" if self._closing else "open"
+        return (f"<MpiEngine rank={self.rank} size={self.size} local={self._local.kind!r} "
+                f"workers={self.options.workers} vars={len(self._vars)} pushes={self._count} {state}>")
+
+    # ---------------------------------------------------------------- helpers
+    def _check_open(self, what: str) -> None:
+        if self._closing:
+            raise EngineClosedError(f"{what} on a closed engine")
+        if self._broken is not None:
+            raise ProgramMismatchError(f"{what}: the engine stopped after the ranks' op sequences "
+                                       f"diverged ({self._broken})")
+
+    def _mvar(self, var, role: str) -> _MVar:
+        mv = self._vars.get(var)
+        if mv is not None:
+            return mv
+        if var.__class__ is not Var:
+            raise TypeError(f"{role}: {var!r} is not a Var (create vars with Engine.new_var)")
+        if var.deleted:
+            raise VarDeletedError(f"{role}: var {var.name!r} was deleted")
+        raise ValueError(f"{role}: var {var.name!r} belongs to another engine")
+
+    def _as_mvars(self, vs, role: str) -> list[_MVar]:
+        if vs.__class__ is Var:
+            vs = (vs,)
+        elif not isinstance(vs, (list, tuple, set, frozenset)):
+            raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")
+        out = {}
+        for v in vs:
+            mv = self._mvar(v, role)
+            out[mv.var] = mv
+        return list(out.values())
+
+
+def _check_buffer(buffer, name) -> None:
+    if not isinstance(buffer, np.ndarray):
+        raise TypeError(f"new_var({name!r}): buffer={type(buffer).__name__} must be a NumPy array or None")
+    if not (buffer.flags.c_contiguous or buffer.flags.f_contiguous):
+        raise ValueError(f"new_var({name!r}): the buffer must be contiguous (np.ascontiguousarray)")
+    if not buffer.flags.writeable:
+        raise ValueError(f"new_var({name!r}): the buffer must be writeable (received data lands in it)")
+    if buffer.ndim > MAX_DIMS:
+        raise ValueError(f"new_var({name!r}): buffers of more than {MAX_DIMS} dimensions are not supported")
+    try:
+        dtype_code(buffer.dtype)
+    except ValueError as exc:
+        raise ValueError(f"new_var({name!r}): {exc}") from None
+
+
+_peers: list = []  # liveness bookkeeping of every engine, for the SIGUSR1 handler
