@@ -62,6 +62,7 @@ class Control:
         self._want_byes = False
         self._byes_event = threading.Event()
         self._gathering: set[int] = set()
+        self._root_clock = (0, 0)  # (rank 0's perf counter, this rank's) at the last verdict
 
     # ------------------------------------------------------------- messages
     def _send_ctl(self, dst: int, obj: dict) -> None:
@@ -164,7 +165,8 @@ class Control:
                      + "; ".join(_describe(r, records[r]) for r in [0, *differ[:7]])
                      + (f"; and {len(differ) - 7} more rank(s) differ" if len(differ) > 7 else ""))
         for r in range(1, self.size):
-            self._send_ctl(r, {"t": "verdict", "k": k, "error": error, "kind": "mismatch"})
+            self._send_ctl(r, {"t": "verdict", "k": k, "error": error, "kind": "mismatch",
+                               "ns": time.perf_counter_ns()})
         self._verdict(k, None if error is None else ProgramMismatchError(error))
 
     def _on_verdict(self, src: int, obj: dict) -> None:
@@ -172,6 +174,8 @@ class Control:
         if src != 0 or not (error is None or isinstance(error, str)) or kind not in ("mismatch", "failed"):
             raise ValueError("bad verdict")
         cls = ProgramMismatchError if kind == "mismatch" else RankFailedError
+        if obj.get("ns").__class__ is int:  # rank 0's clock when it sent this
+            self._root_clock = (obj["ns"], time.perf_counter_ns())
         self._verdict(obj["k"], None if error is None else cls(error))
 
     def _verdict(self, k: int, error: BaseException | None) -> None:
@@ -287,6 +291,12 @@ class Control:
         self._check_byes()
 
     # ---------------------------------------------------------------- gather
+    def clock_offset(self) -> int:
+        """This rank's perf counter minus rank 0's, as seen at the last sync (nanoseconds; the
+        error is one message's latency)."""
+        root, mine = self._root_clock
+        return mine - root if root else 0
+
     def gather(self, payload: bytes, timeout: float | None) -> list[bytes] | None:
         """Rank 0 gets every rank's ``payload`` (its own first); the others get None."""
         MPI = self.MPI

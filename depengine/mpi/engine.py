@@ -39,6 +39,7 @@ from ..device import cpu
 from ..engine import Engine
 from ..errors import EngineClosedError, VarDeletedError
 from ..op import name_of
+from ..profiler import active_recorder
 from ..var import Var
 from . import transfers
 from .errors import MpiUnavailableError, ProgramMismatchError
@@ -135,15 +136,18 @@ class MpiEngine(Engine):
         self._since_sync = 0
         self._sent = [0] * self.size   # transfers pushed to each rank
         self._recvd = [0] * self.size  # transfers pushed from each rank
-        self._log = None               # op id -> where it stands, while a profile records
+        self._bytes = [0, 0]           # bytes of the transfers pushed: sent, received
+        self._log = None               # op id -> (push, stage, name, transfer) of the last profile
+        self._log_of = None            # the profile's recorder
+        self._log_now = None           # _log while that profile records
         self._transport = None
         if self.size > 1:
             from .peers import encode_identity, install_sigusr1
             from .transport import Transport
 
+            install_sigusr1(_peers)  # before any collective call: a rank may die during them
             identities = transfers.allgather_json(MPI, comm, encode_identity())
             self._transport = Transport(MPI, comm, self.rank, self.size, identities)
-            install_sigusr1(_peers)
             _peers.append(self._transport.peers)
         _engines.add(self)
 
@@ -175,6 +179,12 @@ class MpiEngine(Engine):
     def owner_of(self, var: Var) -> int:
         """The rank that owns ``var``."""
         return self._mvar(var, "owner_of").owner
+
+    def traffic(self) -> dict[str, int]:
+        """What this rank has pushed so far: ops, transfers sent and received, and their bytes."""
+        with self._lock:
+            return {"pushes": self._count, "sends": sum(self._sent), "receives": sum(self._recvd),
+                    "bytes_sent": self._bytes[0], "bytes_received": self._bytes[1]}
 
     def delete_var(self, var: Var, on_delete=None) -> None:
         """Release this rank's copy of ``var`` once its pending ops are done (a local call:
@@ -218,6 +228,7 @@ class MpiEngine(Engine):
         with self._lock:
             self._mix((zlib.crc32(name.encode("utf-8", "surrogatepass")), x,
                        tuple(mv.serial for mv in reads), tuple(mv.serial for mv in writes)), name, name, x)
+            self._logging()
             return self._plan(fn, reads, writes, name, priority, always_run, kind, pure, x, _async)
 
     def push_async(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False, device=None,
@@ -258,7 +269,7 @@ class MpiEngine(Engine):
                 backs.append((mv, x, mv.owner, mv.gen))
         if me != x and not any(me == m[1] for m in moves) and not any(me == b[2] for b in backs):
             return RemoteOp(name, x)  # this rank has no part in it
-        log = self._log
+        log = self._log_now
         for mv, src, dst, gen in moves:
             if me == src:
                 self._send(mv, dst, gen, 0)
@@ -273,7 +284,7 @@ class MpiEngine(Engine):
                 push(fn, [mv.var for mv in reads], [mv.var for mv in writes], name, priority, always_run,
                      None, kind, pure)
             if log is not None:
-                log[op.id] = (self._count, 2, None)
+                log[op.id] = (self._count, 2, name, None)
         for mv, src, dst, gen in backs:
             if me == src:
                 self._send(mv, dst, gen, 3)
@@ -284,18 +295,27 @@ class MpiEngine(Engine):
     def _send(self, mv: _MVar, dst: int, gen: int, stage: int) -> None:
         seq = self._sent[dst]
         self._sent[dst] = seq + 1
+        self._bytes[0] += mv.raw.nbytes
         op = transfers.push_send(self, mv, dst, seq, gen)
-        if self._log is not None:
-            self._log[op.id] = (self._count, stage,
-                                ("send", self.rank, dst, mv.serial, mv.name, gen, mv.raw.nbytes))
+        if self._log_now is not None:
+            self._log_now[op.id] = (self._count, stage, op.name,
+                                    ("send", self.rank, dst, mv.serial, mv.name, gen, mv.raw.nbytes))
 
     def _recv(self, mv: _MVar, src: int, gen: int, stage: int) -> None:
         seq = self._recvd[src]
         self._recvd[src] = seq + 1
+        self._bytes[1] += mv.raw.nbytes
         op = transfers.push_recv(self, mv, src, seq, gen)
-        if self._log is not None:
-            self._log[op.id] = (self._count, stage,
-                                ("recv", src, self.rank, mv.serial, mv.name, gen, mv.raw.nbytes))
+        if self._log_now is not None:
+            self._log_now[op.id] = (self._count, stage, op.name,
+                                    ("recv", src, self.rank, mv.serial, mv.name, gen, mv.raw.nbytes))
+
+    def _logging(self) -> None:
+        """While a profile records, note where each op this rank pushes stands (lock held)."""
+        rec = active_recorder()
+        if rec is not None and rec is not self._log_of:
+            self._log, self._log_of = {}, rec
+        self._log_now = self._log if rec is not None else None
 
     def _mix(self, item: tuple, name: str, what: str, x: int | None = None) -> None:
         """Add one push (or new_var) to the running hash of this rank's op sequence (lock held)."""
@@ -331,6 +351,7 @@ class MpiEngine(Engine):
         self._sync(f"fetch({mv.name!r})", timeout)
         with self._lock:
             self._mix((_FETCH, mv.serial), mv.name, f"fetch({mv.name!r})")
+            self._logging()
             for r in range(self.size):
                 if not mv.holders & (1 << r):
                     mv.holders |= 1 << r

@@ -1,15 +1,19 @@
-"""Whether the other ranks are alive: process checks on this host, pings elsewhere.
+"""Whether the other ranks are alive: process checks on this host, pings everywhere.
 
 Every rank learns at start-up where the others run (host name, process id,
 and the process's start time, so that a reused pid is not taken for the
 rank).  While this rank waits on a peer, the progress thread checks it every
-``heartbeat`` seconds: a peer on this host is dead when its process is gone
-or a zombie; a peer on another host is pinged and is dead when nothing came
-from it for ``timeout`` seconds (``DEPENGINE_MPI_TIMEOUT``, default 30).
-``mpiexec -disable-auto-cleanup`` (MPICH's hydra) tells the survivors of a
-dead rank with SIGUSR1; the engine then checks at once instead of waiting
-for the next heartbeat.  (Without that flag hydra kills every rank as soon
-as one dies.)
+``HEARTBEAT`` seconds: a peer on this host is dead when its process is gone
+or a zombie; any peer is pinged when quiet (its progress thread answers,
+busy or not) and has failed when nothing came from it for ``timeout``
+seconds (``DEPENGINE_MPI_TIMEOUT``, default 30; ``inf``: never): it died on
+another host, or hangs (stopped, or its progress thread cannot run).
+
+MPICH's launcher kills every rank as soon as one dies; with
+``mpiexec -disable-auto-cleanup`` it first sends the survivors SIGUSR1, which
+the engine catches (when the program has no handler of its own) to check its
+peers at once, and kills them shortly after.  The checks here are what ends
+the wait where the launcher leaves the survivors running.
 """
 
 from __future__ import annotations
@@ -73,7 +77,9 @@ class Peers:
             try:
                 timeout = float(env) if env else 30.0
             except ValueError:
-                raise ValueError(f"DEPENGINE_MPI_TIMEOUT={env!r} must be a number of seconds") from None
+                timeout = -1.0
+            if not timeout > 0:
+                raise ValueError(f"DEPENGINE_MPI_TIMEOUT={env!r} must be a number of seconds > 0 (or inf)")
         self.timeout = timeout
         now = time.monotonic()
         self.last_heard = [now] * len(identities)
@@ -91,15 +97,15 @@ class Peers:
             if peer in self.dead or peer == self.rank:
                 continue
             ident = self.identities[peer]
-            if self.same_host[peer]:
-                if not _alive(ident["pid"], ident["start"]):
-                    found.append((peer, f"rank {peer} died (process {ident['pid']} on host {ident['host']} "
-                                        "is gone)"))
+            if self.same_host[peer] and not _alive(ident["pid"], ident["start"]):
+                found.append((peer, f"rank {peer} died (process {ident['pid']} on host {ident['host']} "
+                                    "is gone)"))
                 continue
             quiet = now - self.last_heard[peer]
             if quiet > self.timeout:
-                found.append((peer, f"rank {peer} (host {ident['host']}) sent nothing for {quiet:.0f} s "
-                                    f"(DEPENGINE_MPI_TIMEOUT={self.timeout:g}): it died or hangs"))
+                found.append((peer, f"rank {peer} (process {ident['pid']} on host {ident['host']}) answered "
+                                    f"nothing for {quiet:.1f} s (DEPENGINE_MPI_TIMEOUT={self.timeout:g}): "
+                                    "it died or hangs"))
             elif quiet > HEARTBEAT and now - self.pinged[peer] > HEARTBEAT:
                 self.pinged[peer] = now
                 ping(peer)

@@ -1,9 +1,9 @@
 """The send and receive ops the mpi engine pushes to its local engine, and its shutdown.
 
 A send op reads the var and is pushed with ``always_run=True``: when the
-version it reads failed, it sends the failure instead of the data, so the
-receiver's copy fails with the same exception and its dependents are
-skipped.  A receive op writes the var, also with ``always_run=True``, so it
+version it reads failed, it sends the failure along with the bytes, so the
+receiver's copy holds the same bytes, fails with the same exception, and its
+dependents are skipped.  A receive op writes the var, also with ``always_run=True``, so it
 always consumes its message; its outcome (data or failure) becomes the state
 of the receiver's copy.  Both are async ops at a high priority: they only post
 MPI requests and return.
@@ -33,13 +33,8 @@ def push_send(engine, mv, dst: int, seq: int, gen: int):
 
     def send(ctx, done) -> None:
         failure = ctx.input_failure
-        if failure is None:
-            head = wire.encode_data(mv.serial, gen, mv.buffer, mv.order, mv.raw)
-            parts = [head] if mv.raw.nbytes <= wire.INLINE_MAX else [head, mv.raw]
-        else:
-            head, body = wire.encode_failure(mv.serial, gen, failure, rank, writer)
-            parts = [head, body] if body else [head]
-        transport.send(dst, seq, parts, done)
+        body = b"" if failure is None else wire.failure_body(failure, rank, writer)
+        transport.send(dst, seq, wire.encode(mv.serial, gen, mv.buffer, mv.order, mv.raw, body), done)
     return engine._local.push_async(send, (mv.var,), (), "mpi send", PRIORITY, True)
 
 

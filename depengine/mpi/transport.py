@@ -15,10 +15,12 @@ received into a var's buffer before its header fits (see wire.py), and a
 payload only when MPI reports exactly the buffer's size.
 
 The progress thread never blocks in MPI (MPICH's blocking calls spin a core:
-a blocking probe used 1.7 s of CPU in a 2 s wait here).  It polls with
-exponential back-off: again at once after progress, then sleeping 10 µs,
-20 µs, ... up to 200 µs while transfers or syncs are pending and 5 ms when
-idle, and any thread that posts work wakes it.  Control messages (syncs,
+a blocking probe used 1.7 s of CPU in a 2 s wait here).  It polls, and
+between polls that found nothing it sleeps a quarter of the time it has
+waited so far (at most 1 ms while transfers or syncs are pending, 5 ms when
+idle): a message is noticed within a quarter of the time it took to come,
+and a long wait costs a few hundred polls a second.  Any thread that posts
+work wakes it.  Control messages (syncs,
 goodbyes, pings) are handled by control.py on a second communicator.
 """
 
@@ -41,15 +43,16 @@ __all__ = ["Incoming", "Transport"]
 _log = logging.getLogger("depengine")
 
 HEADER, PAYLOAD, BODY, RECEIVING, FINISHED = range(5)
-_BUSY = (0.0, 0.0, 10e-6, 20e-6, 50e-6, 100e-6, 200e-6)
-_IDLE = (*_BUSY, 500e-6, 1e-3, 2e-3, 5e-3)
+_MIN_SLEEP = 5e-6   # below this the progress thread polls again at once
+_BUSY_CAP = 1e-3    # the longest sleep while transfers or syncs are pending
+_IDLE_CAP = 5e-3    # ... and while nothing is
 
 
 class Incoming:
     """A transfer this rank waits for: var ``serial`` at version ``gen`` from rank ``src``."""
 
-    __slots__ = ("busy", "buffer", "declared", "done", "gen", "key", "name", "order", "queue", "raw", "seq",
-                 "serial", "src", "state")
+    __slots__ = ("busy", "buffer", "declared", "done", "failure", "gen", "key", "name", "order", "queue",
+                 "raw", "seq", "serial", "src", "state")
 
     def __init__(self, src: int, seq: int, tag: int, serial: int, gen: int, name: str, buffer: np.ndarray,
                  raw: np.ndarray, order: str, done) -> None:
@@ -61,6 +64,7 @@ class Incoming:
         self.queue: deque = deque()  # (message, size) matched for this transfer, in arrival order
         self.busy = False            # a thread is handling its messages
         self.declared = 0            # size of the failure description announced by the header
+        self.failure: BaseException | None = None  # the failure the sender's version carries
 
 
 class _Pending:
@@ -93,7 +97,7 @@ class Transport(Control):
         self._kicked = False
         self._expected: dict[tuple[int, int], Incoming] = {}
         self._arrived: dict[tuple[int, int], list] = {}   # messages matched before their recv op ran
-        self._dead_keys: set[tuple[int, int]] = set()     # a rejected transfer's payload is dropped
+        self._dead_keys: dict[tuple[int, int], int] = {}  # messages of rejected transfers still to drop
         self._active: list[_Pending] = []
         self._stop = False
         Control.__init__(self, comm, identities)
@@ -182,41 +186,42 @@ class Transport(Control):
                 return
             why = wire.mismatch(h, inc.serial, inc.gen, inc.buffer, inc.order)
             if why is not None:
-                if not h.inline:
-                    self._drop_next(inc.key)
+                if not h.inline:  # drop the description and the bytes that follow
+                    self._drop_next(inc.key, 2 if h.body else 1)
                 self._finish(inc, TransferError(f"{where} does not fit: {why}; the buffer was not written"))
-            elif h.kind == wire.FAILURE:
-                if h.inline:
-                    body = bytes(buf[wire.HEADER_SIZE:])
-                    self._finish(inc, wire.failure_from_body(body, inc.src, self.rank, inc.name))
-                else:
-                    inc.state, inc.declared = BODY, h.nbytes
             elif h.inline:
-                inc.raw[:] = np.frombuffer(buf, np.uint8, offset=wire.HEADER_SIZE)
-                self._finish(inc, None)
+                start = wire.HEADER_SIZE + h.body
+                if h.body:
+                    body = bytes(buf[wire.HEADER_SIZE:start])
+                    inc.failure = wire.failure_from_body(body, inc.src, self.rank, inc.name)
+                inc.raw[:] = np.frombuffer(buf, np.uint8, offset=start)
+                self._finish(inc, inc.failure)
             else:
-                inc.state = PAYLOAD
+                inc.state, inc.declared = (BODY, h.body) if h.body else (PAYLOAD, 0)
+        elif inc.state == BODY:
+            if count != inc.declared:
+                self._discard(msg)
+                self._drop_next(inc.key, 1)
+                self._finish(inc, TransferError(f"{where} holds a failure description of {count} bytes where "
+                                                f"its header announced {inc.declared}"))
+                return
+            buf = bytearray(count)
+            msg.Recv([buf, MPI.BYTE])
+            inc.failure = wire.failure_from_body(bytes(buf), inc.src, self.rank, inc.name)
+            inc.state = PAYLOAD
         elif inc.state == PAYLOAD:
             if count != inc.raw.nbytes:
                 self._discard(msg)
-                self._finish(inc, TransferError(f"{where} holds {count} bytes of payload where its header "
-                                                f"announced {inc.raw.nbytes}; the buffer was not written"))
+                self._finish(inc, TransferError(f"{where} holds {count} bytes where its header announced "
+                                                f"{inc.raw.nbytes}; the buffer was not written"))
                 return
             inc.state = RECEIVING
             req = msg.Irecv([inc.raw, MPI.BYTE])
             if req.Test():
-                self._finish(inc, None)
+                self._finish(inc, inc.failure)
             else:
-                self._watch(_Pending([req], lambda err: self._finish(inc, err), inc.src, -1, None))
-        elif inc.state == BODY:
-            if count != inc.declared:
-                self._discard(msg)
-                self._finish(inc, TransferError(f"{where} holds a failure of {count} bytes where its header "
-                                                f"announced {inc.declared}"))
-                return
-            buf = bytearray(count)
-            msg.Recv([buf, MPI.BYTE])
-            self._finish(inc, wire.failure_from_body(bytes(buf), inc.src, self.rank, inc.name))
+                self._watch(_Pending([req], lambda err: self._finish(inc, err or inc.failure), inc.src, -1,
+                                     None))
         else:  # a message after the transfer was complete: a sender that does not follow the protocol
             self._discard(msg)
 
@@ -239,9 +244,9 @@ class Transport(Control):
         except self.MPI.Exception:
             pass
 
-    def _drop_next(self, key) -> None:
+    def _drop_next(self, key, n: int) -> None:
         with self._lock:
-            self._dead_keys.add(key)
+            self._dead_keys[key] = self._dead_keys.get(key, 0) + n
 
     # ----------------------------------------------------------------- progress
     def kick(self) -> None:
@@ -253,7 +258,8 @@ class Transport(Control):
     def _run(self) -> None:
         _set_timer_slack()
         st = self.MPI.Status()
-        idle = 0
+        clock = time.perf_counter
+        idle_since = None
         while True:
             try:
                 got = self._poll(st)
@@ -266,18 +272,21 @@ class Transport(Control):
             if self._stop and not self._busy():
                 return
             if got:
-                idle = 0
+                idle_since = None
                 continue
-            idle += 1
-            steps = _BUSY if self._busy() else _IDLE
-            delay = steps[min(idle, len(steps) - 1)]
-            if delay:
-                with self._cv:
-                    if not self._kicked:
-                        self._cv.wait(delay)
-                    if self._kicked:
-                        self._kicked = False
-                        idle = 0
+            t = clock()
+            if idle_since is None:
+                idle_since = t
+            # sleep a quarter of the time waited so far: latency stays within a quarter of the wait
+            delay = min(_BUSY_CAP if self._busy() else _IDLE_CAP, (t - idle_since) / 4)
+            if delay < _MIN_SLEEP:
+                continue
+            with self._cv:
+                if not self._kicked:
+                    self._cv.wait(delay)
+                if self._kicked:
+                    self._kicked = False
+                    idle_since = None
 
     def _busy(self) -> bool:
         return bool(self._active or self._expected or self._waiting_ctl())
@@ -302,7 +311,9 @@ class Transport(Control):
                         inc.busy = True
                         ready.append(inc)
                 elif key in self._dead_keys:
-                    self._dead_keys.discard(key)
+                    left = self._dead_keys.pop(key) - 1
+                    if left:
+                        self._dead_keys[key] = left
                     self._discard(msg)
                 else:
                     self._arrived.setdefault(key, []).append(item)

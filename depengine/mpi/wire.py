@@ -1,12 +1,16 @@
 """What travels between ranks, and how a received message is checked before it is used.
 
-A transfer of one var version is a header message, optionally followed by a
-payload message on the same tag (MPI keeps the two in order).  The header is
-a fixed little-endian struct: magic, kind (data or failure), the var's serial
-and version, dtype, order, shape and the payload size, and whether the
-payload travels inline (small transfers: one message).  A failure's payload is
-JSON: the exception's type, arguments, message, remote traceback text, and
-the rank and op that raised it.
+A transfer of one var version carries the var's bytes and, when that version
+failed, a description of the failure: the receiver's copy then holds the same
+bytes as the owner's and fails with the same exception.  It is a header
+message, followed (for large transfers) by the failure description and the
+bytes as messages of their own on the same tag; MPI keeps them in order.
+The header is a fixed little-endian struct: magic, kind (data or failure),
+the var's serial and version, dtype, order, shape, the sizes of the bytes and
+of the description, and whether both travel inline in the header's message
+(small transfers: one message).  A failure description is JSON: the
+exception's type, arguments, message, remote traceback text, and the rank
+and op that raised it.
 
 Receiving never trusts a message.  The header is checked against the var the
 receiver expects (serial, version, dtype, shape, size) before one byte reaches
@@ -27,16 +31,16 @@ import numpy as np
 
 from .errors import RemoteError, RemoteTraceback, TransferError
 
-__all__ = ["HEADER_SIZE", "INLINE_MAX", "MAX_BODY", "Header", "decode_header", "encode_data",
-           "encode_failure", "failure_from_body", "mismatch"]
+__all__ = ["HEADER_SIZE", "INLINE_MAX", "MAX_BODY", "Header", "decode_header", "encode", "failure_body",
+           "failure_from_body", "mismatch"]
 
 MAGIC = b"DEP1"
 DATA, FAILURE = 1, 2
 FLAG_INLINE = 1
 MAX_DIMS = 16
-_STRUCT = struct.Struct("<4sBBBB8sQQQ" + "Q" * MAX_DIMS)
+_STRUCT = struct.Struct("<4sBBBB8sQQQQ" + "Q" * MAX_DIMS)
 HEADER_SIZE = _STRUCT.size
-INLINE_MAX = 4096          # payloads up to this size travel in the header's message
+INLINE_MAX = 4096          # bytes and description up to this size travel in the header's message
 MAX_BODY = 1 << 20         # the largest failure description a receiver accepts
 _MAX_TEXT = 64 * 1024      # traceback text kept per failure (its head and tail)
 
@@ -44,13 +48,7 @@ _MAX_TEXT = 64 * 1024      # traceback text kept per failure (its head and tail)
 class Header:
     """A decoded transfer header."""
 
-    __slots__ = ("dtype", "gen", "inline", "kind", "nbytes", "order", "serial", "shape")
-
-    def describe(self) -> str:
-        if self.kind == FAILURE:
-            return f"a failure of var #{self.serial} v{self.gen}"
-        return (f"var #{self.serial} v{self.gen} as {self.dtype} {self.shape} order {self.order} "
-                f"[{self.nbytes} bytes]")
+    __slots__ = ("body", "dtype", "gen", "inline", "kind", "nbytes", "order", "serial", "shape")
 
 
 def dtype_code(dtype: np.dtype) -> bytes:
@@ -63,28 +61,17 @@ def dtype_code(dtype: np.dtype) -> bytes:
     return code
 
 
-def _pack(kind: int, serial: int, gen: int, dtype: bytes, order: str, shape: tuple, nbytes: int,
-          inline: bool) -> bytes:
-    dims = list(shape) + [0] * (MAX_DIMS - len(shape))
-    return _STRUCT.pack(MAGIC, kind, len(shape), 0 if order == "C" else 1, FLAG_INLINE if inline else 0,
-                        dtype, serial, gen, nbytes, *dims)
-
-
-def encode_data(serial: int, gen: int, buffer: np.ndarray, order: str, flat: np.ndarray) -> bytes:
-    """The header message of a data transfer: with the payload appended when it is at most
-    ``INLINE_MAX`` bytes; otherwise the caller sends ``flat`` as a second message."""
-    inline = flat.nbytes <= INLINE_MAX
-    head = _pack(DATA, serial, gen, dtype_code(buffer.dtype), order, buffer.shape, flat.nbytes, inline)
-    return head + flat.tobytes() if inline else head
-
-
-def encode_failure(serial: int, gen: int, exc: BaseException, rank: int, op_name: str) -> tuple[bytes, bytes]:
-    """``(header, body)`` of a failure transfer; the body is inline in the header message when
-    small (then the second element is empty)."""
-    body = failure_body(exc, rank, op_name)
-    inline = len(body) <= INLINE_MAX
-    head = _pack(FAILURE, serial, gen, b"", "C", (), len(body), inline)
-    return (head + body, b"") if inline else (head, body)
+def encode(serial: int, gen: int, buffer: np.ndarray, order: str, raw: np.ndarray, body: bytes = b"") -> list:
+    """The messages of a transfer of ``buffer`` (``raw``: its bytes) with failure description ``body``
+    (empty for a clean version): one message when everything fits ``INLINE_MAX``."""
+    inline = len(body) + raw.nbytes <= INLINE_MAX
+    dims = list(buffer.shape) + [0] * (MAX_DIMS - buffer.ndim)
+    head = _STRUCT.pack(MAGIC, FAILURE if body else DATA, buffer.ndim, 0 if order == "C" else 1,
+                        FLAG_INLINE if inline else 0, dtype_code(buffer.dtype), serial, gen, raw.nbytes,
+                        len(body), *dims)
+    if inline:
+        return [head + body + raw.tobytes()]
+    return [head, body, raw] if body else [head, raw]
 
 
 def decode_header(data: bytes | bytearray) -> Header:
@@ -92,7 +79,7 @@ def decode_header(data: bytes | bytearray) -> Header:
     if len(data) < HEADER_SIZE:
         raise TransferError(f"a message of {len(data)} bytes is too short for a transfer header "
                             f"({HEADER_SIZE} bytes)")
-    magic, kind, ndim, order, flags, dtype, serial, gen, nbytes, *dims = _STRUCT.unpack_from(data)
+    magic, kind, ndim, order, flags, dtype, serial, gen, nbytes, body, *dims = _STRUCT.unpack_from(data)
     if magic != MAGIC:
         raise TransferError(f"a message that is not a depengine transfer (magic {magic!r})")
     if kind not in (DATA, FAILURE) or ndim > MAX_DIMS or order > 1:
@@ -102,15 +89,18 @@ def decode_header(data: bytes | bytearray) -> Header:
     h.serial = serial
     h.gen = gen
     h.nbytes = nbytes
+    h.body = body
     h.inline = bool(flags & FLAG_INLINE)
     h.order = "CF"[order]
     h.shape = tuple(dims[:ndim])
     try:
-        h.dtype = np.dtype(dtype.rstrip(b"\0").decode("ascii")) if kind == DATA else None
+        h.dtype = np.dtype(dtype.rstrip(b"\0").decode("ascii"))
     except (UnicodeDecodeError, TypeError, ValueError):
         raise TransferError(f"a transfer header with an unknown dtype code {dtype!r}") from None
-    if h.inline and len(data) != HEADER_SIZE + nbytes:
-        raise TransferError(f"a transfer header announces {nbytes} inline bytes but its message holds "
+    if (kind == FAILURE) != (body > 0):
+        raise TransferError(f"a corrupt transfer header (kind {kind} with a description of {body} bytes)")
+    if h.inline and len(data) != HEADER_SIZE + nbytes + body:
+        raise TransferError(f"a transfer header announces {nbytes + body} inline bytes but its message holds "
                             f"{len(data) - HEADER_SIZE}")
     if not h.inline and len(data) != HEADER_SIZE:
         raise TransferError(f"a transfer header of {len(data)} bytes (expected {HEADER_SIZE})")
@@ -121,8 +111,8 @@ def mismatch(h: Header, serial: int, gen: int, buffer: np.ndarray, order: str) -
     """Why header ``h`` does not fit the var the receiver expects, or None when it does."""
     if h.serial != serial or h.gen != gen:
         return f"it carries var #{h.serial} v{h.gen} where var #{serial} v{gen} was expected"
-    if h.kind == FAILURE:
-        return None if h.nbytes <= MAX_BODY else f"its failure description of {h.nbytes} bytes is too large"
+    if h.body > MAX_BODY:
+        return f"its failure description of {h.body} bytes is too large (at most {MAX_BODY})"
     if h.dtype != buffer.dtype or h.shape != buffer.shape or h.nbytes != buffer.nbytes or (
             h.order != order and buffer.ndim > 1):
         return (f"it holds {h.dtype} {h.shape} order {h.order} [{h.nbytes} bytes] but the buffer here is "
