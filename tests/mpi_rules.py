@@ -285,6 +285,36 @@ def rule_no_deadlock_large_ring():
             eng.wait_all(TIMEOUT)
 
 
+def rule_ops_arrays_and_distributed_cholesky():
+    import ops as nd
+
+    with engine() as eng:
+        nd.set_engine(eng)
+        try:
+            last = eng.size - 1
+            a = nd.array(np.arange(6.0).reshape(2, 3), owner=last)
+            b = nd.ones((2, 3), owner=0)
+            assert (a.owner, b.owner) == (last, 0)
+            a += b  # runs on a's owner, reading b from rank 0
+            c = nd.zeros((2, 3), owner=last)
+            nd.add(a, a, out=c)
+            want = (np.arange(6.0).reshape(2, 3) + 1) * 2
+            assert np.array_equal(c.asnumpy(), want)  # gathers on every rank
+            n, tile = 300, 64
+            x = np.random.default_rng(3).random((n, n))
+            s = (x + x.T) / 2 + n * np.eye(n)
+            grid = (eng.size, 1)
+            factor = nd.linalg.cholesky(nd.array(s), tile=tile, grid=grid)
+            assert np.allclose(factor.asnumpy(), np.linalg.cholesky(s), rtol=0, atol=1e-10)
+            if eng.size > 1:
+                _expect(ValueError, "grid", nd.linalg.cholesky, nd.array(s), tile=tile, grid=(eng.size, 2))
+                assert eng.traffic()["sends"] + eng.traffic()["receives"] > 0
+            del factor, a, b, c
+            eng.wait_all(TIMEOUT)
+        finally:
+            nd.set_engine(None)
+
+
 def rule_mismatch_wait_all():
     eng = de.Engine("mpi", workers=2)
     if eng.size == 1:

@@ -250,3 +250,14 @@ def test_a_trace_keeps_its_origin():
         eng.push(lambda ctx: None, writes=[eng.new_var()])
         eng.wait_all()
     assert prof.trace().origin_ns > 0
+
+
+def test_arrays_have_owner_ranks_only_on_an_mpi_engine(nd_engine):
+    import ops as nd
+
+    a = nd.array([1.0, 2.0], owner=0)
+    assert a.owner == 0 and nd.zeros(3, owner=None).owner == 0
+    with pytest.raises(ValueError, match="owner ranks on Engine"):
+        nd.ones(3, owner=1)
+    with pytest.raises(ValueError, match="grid"):
+        nd.linalg.cholesky(nd.array(np.eye(4)), tile=2, grid=(2, 1))

@@ -68,7 +68,7 @@ class _MVar:
 
     __slots__ = ("buffer", "gen", "holders", "name", "order", "owner", "raw", "serial", "var", "writer")
 
-    def __init__(self, var: Var, serial: int, owner: int, buffer: np.ndarray | None) -> None:
+    def __init__(self, var: Var, serial: int, owner: int, buffer: np.ndarray | None, everywhere: int) -> None:
         self.var = var          # this rank's local var
         self.name = var.name
         self.serial = serial    # the same on every rank: the var's place in the order of new_var calls
@@ -79,7 +79,7 @@ class _MVar:
         self.gen = 0            # writes pushed so far
         # bit r set: rank r's copy is version gen
         # invariant: holders >> owner & 1  (the owner always ends up with the latest version)
-        self.holders = 1 << owner
+        self.holders = everywhere if buffer is not None and everywhere else 1 << owner
         self.writer = "(initial value)"  # name of the op that pushed the last write
 
 
@@ -152,11 +152,14 @@ class MpiEngine(Engine):
         _engines.add(self)
 
     # ------------------------------------------------------------------ vars
-    def new_var(self, name: str | None = None, owner: int = 0, buffer: np.ndarray | None = None) -> Var:
+    def new_var(self, name: str | None = None, owner: int = 0, buffer: np.ndarray | None = None, *,
+                uninitialized: bool = False) -> Var:
         """A var owned by rank ``owner`` whose data lives in ``buffer`` on every rank.
 
         ``buffer`` is a contiguous, writeable NumPy array of the same shape and
         dtype on every rank (None: a var that only orders ops, never moved).
+        ``uninitialized=True`` says the buffer holds nothing yet (``np.empty``):
+        the first op to write it runs without receiving its contents.
         Collective: every rank creates the same vars in the same order.
         """
         self._check_open("new_var")
@@ -166,14 +169,17 @@ class MpiEngine(Engine):
             raise ValueError(f"new_var({name!r}): owner={owner!r} must be a rank in [0, {self.size})")
         if buffer is not None:
             _check_buffer(buffer, name)
+        if uninitialized.__class__ is not bool:
+            raise TypeError(f"new_var({name!r}): uninitialized={uninitialized!r} must be a bool")
         with self._lock:
             serial = self._serials
             var = self._local.new_var(f"v{serial}" if name is None else name)
             self._serials = serial + 1
-            mv = self._vars[var] = _MVar(var, serial, owner, buffer)
+            everywhere = (1 << self.size) - 1 if uninitialized else 0
+            mv = self._vars[var] = _MVar(var, serial, owner, buffer, everywhere)
             shape = (-1,) if buffer is None else buffer.shape
             code = 0 if buffer is None else zlib.crc32(dtype_code(buffer.dtype) + mv.order.encode())
-            self._mix((_NEW_VAR, serial, owner, shape, code), var.name, f"new_var({var.name!r})")
+            self._mix((_NEW_VAR, serial, owner, shape, code, everywhere), var.name, f"new_var({var.name!r})")
         return var
 
     def owner_of(self, var: Var) -> int:
