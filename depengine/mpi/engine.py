@@ -50,6 +50,8 @@ __all__ = ["MpiEngine", "RemoteOp"]
 _engines: weakref.WeakSet = weakref.WeakSet()
 _M64 = (1 << 64) - 1
 _NEW_VAR, _FETCH = -1, -2  # tags in the running hash (strings hash differently in every process)
+_CPU = cpu()
+_OP_KINDS = frozenset(("normal", "prioritized", "copy", "async"))
 
 
 def import_mpi():
@@ -132,7 +134,8 @@ class MpiEngine(Engine):
         self._serials = 0
         self._hash = 0
         self._count = 0                # pushes (and new_var calls) so far: the same on every rank
-        self._first = self._last = "(none)"
+        self._first = self._last = None  # (what, rank or None, count) of a push, formatted on demand
+        self._codes: dict[str, int] = {}  # op name -> its crc32, for the hash
         self._since_sync = 0
         self._sent = [0] * self.size   # transfers pushed to each rank
         self._recvd = [0] * self.size  # transfers pushed from each rank
@@ -179,7 +182,7 @@ class MpiEngine(Engine):
             mv = self._vars[var] = _MVar(var, serial, owner, buffer, everywhere)
             shape = (-1,) if buffer is None else buffer.shape
             code = 0 if buffer is None else zlib.crc32(dtype_code(buffer.dtype) + mv.order.encode())
-            self._mix((_NEW_VAR, serial, owner, shape, code, everywhere), var.name, f"new_var({var.name!r})")
+            self._note((_NEW_VAR, serial, owner, shape, code, everywhere), f"new_var({var.name!r})")
         return var
 
     def owner_of(self, var: Var) -> int:
@@ -209,94 +212,127 @@ class MpiEngine(Engine):
         a :class:`RemoteOp` elsewhere.  Bad input raises the same error on
         every rank before anything is pushed.
         """
-        self._check_open("push")
+        if self._closing or self._broken is not None:
+            self._check_open("push")
         if not callable(fn):
             raise TypeError(f"fn={fn!r} is not callable")
         if priority.__class__ is not int:
             raise TypeError(f"priority={priority!r} must be an int")
-        if name is not None and name.__class__ is not str:
-            raise TypeError(f"name={name!r} must be a str or None")
-        if device is not None and device != cpu():
-            raise ValueError(f"device={device!r}: Engine('mpi') runs ops on cpu() only")
-        if kind not in ("normal", "prioritized", "copy", "async"):
-            raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
-        writes = self._as_mvars(writes, "writes")
-        wset = {mv.var for mv in writes}
-        reads = [mv for mv in self._as_mvars(reads, "reads") if mv.var not in wset]
         if name is None:
             name = name_of(fn)
-        x = self._executor(name, writes, execute_on)
-        for mv in (*reads, *writes):
-            if mv.owner != x and mv.buffer is None:
-                raise ValueError(f"op {name!r} runs on rank {x} but var {mv.name!r} (owned by rank "
-                                 f"{mv.owner}) has no buffer to move there: pass buffer= to new_var, "
-                                 "or run the op on its owner with execute_on=")
+        elif name.__class__ is not str:
+            raise TypeError(f"name={name!r} must be a str or None")
+        if device is not None and device != _CPU:
+            raise ValueError(f"device={device!r}: Engine('mpi') runs ops on cpu() only")
+        if kind not in _OP_KINDS:
+            raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
+        ws = self._as_mvars(writes, "writes")
+        rs = self._as_mvars(reads, "reads")
+        if ws and rs:
+            rs = [mv for mv in rs if mv not in ws]
+        if execute_on is not None:
+            if execute_on.__class__ is not int or not 0 <= execute_on < self.size:
+                raise ValueError(f"op {name!r}: execute_on={execute_on!r} must be a rank in [0, {self.size})")
+            x = execute_on
+        elif len(ws) == 1:
+            x = ws[0].owner
+        else:
+            x = self._owner_of_writes(name, ws)
+        if self.size > 1:
+            for mv in (*rs, *ws):
+                if mv.buffer is None and mv.owner != x:
+                    raise ValueError(f"op {name!r} runs on rank {x} but var {mv.name!r} (owned by rank "
+                                     f"{mv.owner}) has no buffer to move there: pass buffer= to new_var, "
+                                     "or run the op on its owner with execute_on=")
+        code = self._codes.get(name)
+        if code is None:
+            if len(self._codes) > 4096:
+                self._codes.clear()
+            code = self._codes[name] = zlib.crc32(name.encode("utf-8", "surrogatepass"))
         with self._lock:
-            self._mix((zlib.crc32(name.encode("utf-8", "surrogatepass")), x,
-                       tuple(mv.serial for mv in reads), tuple(mv.serial for mv in writes)), name, name, x)
-            self._logging()
-            return self._plan(fn, reads, writes, name, priority, always_run, kind, pure, x, _async)
+            count = self._count + 1
+            # ints and tuples of ints hash alike in every process (strings do not)
+            self._hash = hash((self._hash, code, x, len(rs), *[mv.serial for mv in rs],
+                               *[mv.serial for mv in ws]))
+            self._count = count
+            self._last = (name, x, count)
+            if not self._since_sync:
+                self._first = self._last
+            self._since_sync += 1
+            if self.size == 1:
+                return self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, _async, count)
+            return self._plan(fn, rs, ws, name, priority, always_run, kind, pure, x, _async, count)
 
     def push_async(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False, device=None,
                    kind="async", execute_on=None):
         """Push ``fn(ctx, done)`` like :meth:`push`; it completes when ``done(error=None)`` is called."""
         return self.push(fn, reads, writes, name, priority, always_run, device, kind, False, execute_on, True)
 
-    def _executor(self, name: str, writes: list[_MVar], execute_on) -> int:
-        if execute_on is not None:
-            if execute_on.__class__ is not int or not 0 <= execute_on < self.size:
-                raise ValueError(f"op {name!r}: execute_on={execute_on!r} must be a rank in [0, {self.size})")
-            return execute_on
-        if not writes:
+    def _owner_of_writes(self, name: str, ws: list[_MVar]) -> int:
+        if not ws:
             raise ValueError(f"op {name!r} writes no var, so no owner says where it runs: "
                              "pass execute_on=rank")
-        owners = sorted({mv.owner for mv in writes})
+        owners = sorted({mv.owner for mv in ws})
         if len(owners) > 1:
             raise ValueError(f"op {name!r} writes vars owned by ranks {owners}: pass execute_on=rank")
         return owners[0]
 
-    def _plan(self, fn, reads, writes, name, priority, always_run, kind, pure, x, is_async):
+    def _plan(self, fn, rs, ws, name, priority, always_run, kind, pure, x, is_async, count):
         """Push this rank's part of one op (lock held): receives, the op, sends, write-backs."""
         me = self.rank
         bit = 1 << x
-        moves = []  # (var, from, to, version): the executing rank lacks the current version
-        for mv in (*reads, *writes):
-            if not mv.holders & bit:
-                moves.append((mv, mv.owner, x, mv.gen))
+        moves = backs = None
+        part = me == x
+        for mv in (*rs, *ws):
+            if not mv.holders & bit:  # the executing rank lacks the current version: its owner sends it
+                if moves is None:
+                    moves = []
+                moves.append((mv, mv.gen))
                 mv.holders |= bit
-        backs = []  # (var, from, to, version): written away from its owner
-        for mv in writes:
+                part = part or me == mv.owner
+        for mv in ws:
             mv.gen += 1
             mv.writer = name
             if mv.owner == x:
                 mv.holders = bit
-            else:
+            else:  # written away from its owner: sent back to it
                 mv.holders = bit | (1 << mv.owner)
-                backs.append((mv, x, mv.owner, mv.gen))
-        if me != x and not any(me == m[1] for m in moves) and not any(me == b[2] for b in backs):
+                if backs is None:
+                    backs = []
+                backs.append(mv)
+                part = part or me == mv.owner
+        if not part:
             return RemoteOp(name, x)  # this rank has no part in it
-        log = self._log_now
-        for mv, src, dst, gen in moves:
-            if me == src:
-                self._send(mv, dst, gen, 0)
-        for mv, src, dst, gen in moves:
-            if me == dst:
-                self._recv(mv, src, gen, 1)
+        rec = active_recorder()
+        if rec is not None and rec is not self._log_of:
+            self._log, self._log_of = {}, rec
+        log = self._log_now = self._log if rec is not None else None
+        if moves is not None:
+            for mv, gen in moves:
+                if me == mv.owner:
+                    self._send(mv, x, gen, 0)
+            if me == x:
+                for mv, gen in moves:
+                    self._recv(mv, mv.owner, gen, 1)
         op = RemoteOp(name, x)
         if me == x:
-            push = self._local.push
-            op = push(fn, [mv.var for mv in reads], [mv.var for mv in writes], name, priority, always_run,
-                      None, kind, pure, True) if is_async else \
-                push(fn, [mv.var for mv in reads], [mv.var for mv in writes], name, priority, always_run,
-                     None, kind, pure)
+            op = self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, is_async, count)
             if log is not None:
-                log[op.id] = (self._count, 2, name, None)
-        for mv, src, dst, gen in backs:
-            if me == src:
-                self._send(mv, dst, gen, 3)
-            elif me == dst:
-                self._recv(mv, src, gen, 4)
+                log[op.id] = (count, 2, name, None)
+        if backs is not None:
+            for mv in backs:
+                if me == x:
+                    self._send(mv, mv.owner, mv.gen, 3)
+                elif me == mv.owner:
+                    self._recv(mv, x, mv.gen, 4)
         return op
+
+    def _run_here(self, fn, rs, ws, name, priority, always_run, kind, pure, is_async, count):
+        reads = [mv.var for mv in rs]
+        writes = [mv.var for mv in ws]
+        if is_async:
+            return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure, True)
+        return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 
     def _send(self, mv: _MVar, dst: int, gen: int, stage: int) -> None:
         seq = self._sent[dst]
@@ -315,22 +351,6 @@ class MpiEngine(Engine):
         if self._log_now is not None:
             self._log_now[op.id] = (self._count, stage, op.name,
                                     ("recv", src, self.rank, mv.serial, mv.name, gen, mv.raw.nbytes))
-
-    def _logging(self) -> None:
-        """While a profile records, note where each op this rank pushes stands (lock held)."""
-        rec = active_recorder()
-        if rec is not None and rec is not self._log_of:
-            self._log, self._log_of = {}, rec
-        self._log_now = self._log if rec is not None else None
-
-    def _mix(self, item: tuple, name: str, what: str, x: int | None = None) -> None:
-        """Add one push (or new_var) to the running hash of this rank's op sequence (lock held)."""
-        self._hash = hash((self._hash, item)) & _M64  # ints and tuples of ints hash alike in every process
-        self._count += 1
-        self._last = what if x is None else f"{what!r} on rank {x} (#{self._count})"
-        if not self._since_sync:
-            self._first = self._last
-        self._since_sync += 1
 
     # ---------------------------------------------------------------- waiting
     def wait_for_var(self, var: Var, timeout: float | None = None) -> None:
@@ -356,8 +376,11 @@ class MpiEngine(Engine):
         deadline = transfers.deadline(timeout)
         self._sync(f"fetch({mv.name!r})", timeout)
         with self._lock:
-            self._mix((_FETCH, mv.serial), mv.name, f"fetch({mv.name!r})")
-            self._logging()
+            self._note((_FETCH, mv.serial), f"fetch({mv.name!r})")
+            rec = active_recorder()
+            if rec is not None and rec is not self._log_of:
+                self._log, self._log_of = {}, rec
+            self._log_now = self._log if rec is not None else None
             for r in range(self.size):
                 if not mv.holders & (1 << r):
                     mv.holders |= 1 << r
@@ -373,8 +396,8 @@ class MpiEngine(Engine):
         if self._transport is None:
             return
         with self._lock:
-            record = {"what": what, "count": self._count, "hash": self._hash, "first": self._first,
-                      "last": self._last}
+            record = {"what": what, "count": self._count, "hash": self._hash, "first": _describe(self._first),
+                      "last": _describe(self._last)}
         try:
             self._transport.sync(record, timeout)
         except ProgramMismatchError as exc:
@@ -382,7 +405,7 @@ class MpiEngine(Engine):
             raise
         with self._lock:
             self._since_sync = 0
-            self._first = "(none)"
+            self._first = None
 
     # ------------------------------------------------------------------ traces
     def gather_trace(self, prof, timeout: float | None = None):
@@ -438,16 +461,41 @@ class MpiEngine(Engine):
             raise VarDeletedError(f"{role}: var {var.name!r} was deleted")
         raise ValueError(f"{role}: var {var.name!r} belongs to another engine")
 
+    def _note(self, item: tuple, what: str) -> None:
+        """Add a new_var or fetch to the running hash of this rank's op sequence (lock held)."""
+        self._hash = hash((self._hash, item))
+        self._count += 1
+        self._last = (what, None, self._count)
+        if not self._since_sync:
+            self._first = self._last
+        self._since_sync += 1
+
     def _as_mvars(self, vs, role: str) -> list[_MVar]:
-        if vs.__class__ is Var:
-            vs = (vs,)
-        elif not isinstance(vs, (list, tuple, set, frozenset)):
-            raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")
-        out = {}
-        for v in vs:
-            mv = self._mvar(v, role)
-            out[mv.var] = mv
-        return list(out.values())
+        if vs.__class__ is not list and vs.__class__ is not tuple:
+            if vs.__class__ is Var:
+                vs = (vs,)
+            elif isinstance(vs, (set, frozenset)):
+                vs = tuple(vs)
+            else:
+                raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")
+        get = self._vars.get
+        try:
+            out = [get(v) for v in vs]
+        except TypeError:  # unhashable: not a Var
+            out = [None]
+        if None in out:
+            out = [self._mvar(v, role) for v in vs]
+        n = len(out)
+        if n > 1 and (out[0] is out[1] if n == 2 else len(set(out)) != n):
+            out = list(dict.fromkeys(out))
+        return out
+
+
+def _describe(desc) -> str:
+    if desc is None:
+        return "(none)"
+    what, x, count = desc
+    return f"{what} (#{count})" if x is None else f"{what!r} on rank {x} (#{count})"
 
 
 def _check_buffer(buffer, name) -> None:

@@ -100,6 +100,7 @@ class Transport(Control):
         self._dead_keys: dict[tuple[int, int], int] = {}  # messages of rejected transfers still to drop
         self._active: list[_Pending] = []
         self._stop = False
+        self._ctl_due = 0.0
         Control.__init__(self, comm, identities)
         self._thread = threading.Thread(target=self._run, name="depengine-mpi-progress", daemon=True)
         self._thread.start()
@@ -319,7 +320,10 @@ class Transport(Control):
                     self._arrived.setdefault(key, []).append(item)
         for inc in ready:
             self._work(inc)
-        n += self._poll_ctl(st)
+        now = time.perf_counter()
+        if now >= self._ctl_due or self._waiting_ctl():  # control messages are rare: look every 2 ms
+            self._ctl_due = now + 2e-3
+            n += self._poll_ctl(st)
         if self._active:
             n += self._test_active()
         return n
