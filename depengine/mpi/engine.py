@@ -85,6 +85,19 @@ class _MVar:
         self.writer = "(initial value)"  # name of the op that pushed the last write
 
 
+class _ThenPoll:
+    """An op's function, then a look at MPI: on a busy rank, the worker takes arrived messages itself."""
+
+    __slots__ = ("fn", "poll")
+
+    def __init__(self, fn, poll) -> None:
+        self.fn, self.poll = fn, poll
+
+    def __call__(self, ctx) -> None:
+        self.fn(ctx)
+        self.poll()
+
+
 class RemoteOp:
     """What ``push`` returns on a rank that does not run the op: it runs on rank ``rank``."""
 
@@ -332,6 +345,8 @@ class MpiEngine(Engine):
         writes = [mv.var for mv in ws]
         if is_async:
             return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure, True)
+        if self._transport is not None:
+            fn = _ThenPoll(fn, self._transport.poll_after_op)
         return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 
     def _send(self, mv: _MVar, dst: int, gen: int, stage: int) -> None:

@@ -101,6 +101,7 @@ class Transport(Control):
         self._active: list[_Pending] = []
         self._stop = False
         self._ctl_due = 0.0
+        self._st = MPI.Status()  # for poll_after_op (its matches run under the lock)
         Control.__init__(self, comm, identities)
         self._thread = threading.Thread(target=self._run, name="depengine-mpi-progress", daemon=True)
         self._thread.start()
@@ -293,6 +294,25 @@ class Transport(Control):
         return bool(self._active or self._expected or self._waiting_ctl())
 
     def _poll(self, st) -> int:
+        n = self._match(st)
+        now = time.perf_counter()
+        if now >= self._ctl_due or self._waiting_ctl():  # control messages are rare: look every 2 ms
+            self._ctl_due = now + 2e-3
+            n += self._poll_ctl(st)
+        if self._active:
+            n += self._test_active()
+        return n
+
+    def poll_after_op(self) -> None:
+        """Called by a worker after each op it ran: take the messages that arrived meanwhile
+        (no thread hand-over on a busy rank), and complete sends that finished."""
+        if self._expected:
+            self._match(self._st)
+        if self._active:
+            self._test_active()
+
+    def _match(self, st) -> int:
+        """Match every data message that arrived; handle those of registered transfers."""
         MPI = self.MPI
         n = 0
         ready = []
@@ -320,12 +340,6 @@ class Transport(Control):
                     self._arrived.setdefault(key, []).append(item)
         for inc in ready:
             self._work(inc)
-        now = time.perf_counter()
-        if now >= self._ctl_due or self._waiting_ctl():  # control messages are rare: look every 2 ms
-            self._ctl_due = now + 2e-3
-            n += self._poll_ctl(st)
-        if self._active:
-            n += self._test_active()
         return n
 
     def _test_active(self) -> int:
