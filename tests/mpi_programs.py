@@ -154,7 +154,17 @@ def scenario_trace(arg: str) -> tuple[int, dict]:
         return eng.rank, result
 
 
-SCENARIOS = {"random": scenario_random, "rules": scenario_rules, "trace": scenario_trace}
+def scenario_unclosed(arg: str) -> tuple[int, dict]:
+    """An engine the program never closes: closed at exit, before MPI is finalized."""
+    eng = de.Engine("mpi", workers=2)
+    buf = np.zeros(2)
+    v = eng.new_var("v", owner=eng.size - 1, buffer=buf)
+    eng.push(lambda ctx: buf.fill(3.0), writes=[v])
+    return eng.rank, {"value": float(eng.fetch(v)[0])}
+
+
+SCENARIOS = {"random": scenario_random, "rules": scenario_rules, "trace": scenario_trace,
+             "unclosed": scenario_unclosed}
 
 
 def main(argv: list[str]) -> int:

@@ -95,6 +95,14 @@ def test_merged_trace_has_a_process_per_rank_and_transfer_arrows(size, tmp_path)
     assert "<svg" in graph.read_text() and "rank 1" in timeline.read_text()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("size", SIZES, ids=lambda n: f"{n}rank")
+def test_an_engine_left_open_closes_at_exit(size):
+    run = _launch(size, "unclosed")
+    assert run.results == {r: {"value": 3.0} for r in range(size)}, run.output[-3000:]
+    assert "Traceback" not in run.output and "failed" not in run.output, run.output[-3000:]
+
+
 # ---------------------------------------------------------------- issue 21: hostile peers
 @pytest.mark.timeout(120)
 def test_mismatched_buffers_fail_the_var_and_write_nothing():

@@ -29,6 +29,8 @@ hash of every push and new var).
 
 from __future__ import annotations
 
+import atexit
+import logging
 import threading
 import weakref
 import zlib
@@ -43,74 +45,15 @@ from ..profiler import active_recorder
 from ..var import Var
 from . import transfers
 from .errors import MpiUnavailableError, ProgramMismatchError
-from .wire import MAX_DIMS, dtype_code
+from .state import MVar, RemoteOp, ThenPoll, bad_push, check_buffer, describe, import_mpi
+from .wire import dtype_code
 
 __all__ = ["MpiEngine", "RemoteOp"]
 
 _engines: weakref.WeakSet = weakref.WeakSet()
-_M64 = (1 << 64) - 1
 _NEW_VAR, _FETCH = -1, -2  # tags in the running hash (strings hash differently in every process)
 _CPU = cpu()
 _OP_KINDS = frozenset(("normal", "prioritized", "copy", "async"))
-
-
-def import_mpi():
-    """mpi4py's MPI module, or a clear error saying how to install it."""
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:
-        raise MpiUnavailableError(
-            "Engine('mpi') needs mpi4py and an MPI library: pip install 'depengine[mpi]' "
-            f"(or: pip install mpi4py mpich), then start ranks with mpiexec -n N ({exc})") from exc
-    return MPI
-
-
-class _MVar:
-    """What every rank knows of one var, kept identical on all of them."""
-
-    __slots__ = ("buffer", "gen", "holders", "name", "order", "owner", "raw", "serial", "var", "writer")
-
-    def __init__(self, var: Var, serial: int, owner: int, buffer: np.ndarray | None, everywhere: int) -> None:
-        self.var = var          # this rank's local var
-        self.name = var.name
-        self.serial = serial    # the same on every rank: the var's place in the order of new_var calls
-        self.owner = owner
-        self.buffer = buffer
-        self.order = "F" if buffer is not None and not buffer.flags.c_contiguous else "C"
-        self.raw = None if buffer is None else buffer.reshape(-1, order="A").view(np.uint8)
-        self.gen = 0            # writes pushed so far
-        # bit r set: rank r's copy is version gen
-        # invariant: holders >> owner & 1  (the owner always ends up with the latest version)
-        self.holders = everywhere if buffer is not None and everywhere else 1 << owner
-        self.writer = "(initial value)"  # name of the op that pushed the last write
-
-
-class _ThenPoll:
-    """An op's function, then a look at MPI: on a busy rank, the worker takes arrived messages itself."""
-
-    __slots__ = ("fn", "poll")
-
-    def __init__(self, fn, poll) -> None:
-        self.fn, self.poll = fn, poll
-
-    def __call__(self, ctx) -> None:
-        self.fn(ctx)
-        self.poll()
-
-
-class RemoteOp:
-    """What ``push`` returns on a rank that does not run the op: it runs on rank ``rank``."""
-
-    __slots__ = ("name", "rank")
-    state = "remote"
-    error = None
-
-    def __init__(self, name: str, rank: int) -> None:
-        self.name = name
-        self.rank = rank
-
-    def __repr__(self) -> str:
-        return f"<RemoteOp {self.name!r} on rank {self.rank}>"
 
 
 class MpiEngine(Engine):
@@ -143,7 +86,7 @@ class MpiEngine(Engine):
         self.options = self._local.options
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self._lock = threading.Lock()  # one push (or new_var, fetch) at a time: the order is the program
-        self._vars: dict[Var, _MVar] = {}
+        self._vars: dict[Var, MVar] = {}
         self._serials = 0
         self._hash = 0
         self._count = 0                # pushes (and new_var calls) so far: the same on every rank
@@ -184,7 +127,7 @@ class MpiEngine(Engine):
         if owner.__class__ is not int or not 0 <= owner < self.size:
             raise ValueError(f"new_var({name!r}): owner={owner!r} must be a rank in [0, {self.size})")
         if buffer is not None:
-            _check_buffer(buffer, name)
+            check_buffer(buffer, name)
         if uninitialized.__class__ is not bool:
             raise TypeError(f"new_var({name!r}): uninitialized={uninitialized!r} must be a bool")
         with self._lock:
@@ -192,7 +135,7 @@ class MpiEngine(Engine):
             var = self._local.new_var(f"v{serial}" if name is None else name)
             self._serials = serial + 1
             everywhere = (1 << self.size) - 1 if uninitialized else 0
-            mv = self._vars[var] = _MVar(var, serial, owner, buffer, everywhere)
+            mv = self._vars[var] = MVar(var, serial, owner, buffer, everywhere)
             shape = (-1,) if buffer is None else buffer.shape
             code = 0 if buffer is None else zlib.crc32(dtype_code(buffer.dtype) + mv.order.encode())
             self._note((_NEW_VAR, serial, owner, shape, code, everywhere), f"new_var({var.name!r})")
@@ -227,22 +170,12 @@ class MpiEngine(Engine):
         """
         if self._closing or self._broken is not None:
             self._check_open("push")
-        if not callable(fn):
-            raise TypeError(f"fn={fn!r} is not callable")
-        if priority.__class__ is not int:
-            raise TypeError(f"priority={priority!r} must be an int")
+        if (priority.__class__ is not int or (name is not None and name.__class__ is not str)
+                or (device is not None and device != _CPU) or kind not in _OP_KINDS or not callable(fn)):
+            bad_push(fn, priority, name, device, kind)
         if name is None:
             name = name_of(fn)
-        elif name.__class__ is not str:
-            raise TypeError(f"name={name!r} must be a str or None")
-        if device is not None and device != _CPU:
-            raise ValueError(f"device={device!r}: Engine('mpi') runs ops on cpu() only")
-        if kind not in _OP_KINDS:
-            raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
-        ws = self._as_mvars(writes, "writes")
-        rs = self._as_mvars(reads, "reads")
-        if ws and rs:
-            rs = [mv for mv in rs if mv not in ws]
+        ws, rs = self._mvars_of(writes, reads)
         if execute_on is not None:
             if execute_on.__class__ is not int or not 0 <= execute_on < self.size:
                 raise ValueError(f"op {name!r}: execute_on={execute_on!r} must be a rank in [0, {self.size})")
@@ -252,17 +185,20 @@ class MpiEngine(Engine):
         else:
             x = self._owner_of_writes(name, ws)
         if self.size > 1:
-            for mv in (*rs, *ws):
-                if mv.buffer is None and mv.owner != x:
-                    raise ValueError(f"op {name!r} runs on rank {x} but var {mv.name!r} (owned by rank "
-                                     f"{mv.owner}) has no buffer to move there: pass buffer= to new_var, "
-                                     "or run the op on its owner with execute_on=")
+            for vs in (rs, ws):
+                for mv in vs:
+                    if mv.buffer is None and mv.owner != x:
+                        raise ValueError(f"op {name!r} runs on rank {x} but var {mv.name!r} (owned by rank "
+                                         f"{mv.owner}) has no buffer to move there: pass buffer= to new_var, "
+                                         "or run the op on its owner with execute_on=")
         code = self._codes.get(name)
         if code is None:
             if len(self._codes) > 4096:
                 self._codes.clear()
             code = self._codes[name] = zlib.crc32(name.encode("utf-8", "surrogatepass"))
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             count = self._count + 1
             # ints and tuples of ints hash alike in every process (strings do not)
             self._hash = hash((self._hash, code, x, len(rs), *[mv.serial for mv in rs],
@@ -275,13 +211,15 @@ class MpiEngine(Engine):
             if self.size == 1:
                 return self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, _async, count)
             return self._plan(fn, rs, ws, name, priority, always_run, kind, pure, x, _async, count)
+        finally:
+            lock.release()
 
     def push_async(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False, device=None,
                    kind="async", execute_on=None):
         """Push ``fn(ctx, done)`` like :meth:`push`; it completes when ``done(error=None)`` is called."""
         return self.push(fn, reads, writes, name, priority, always_run, device, kind, False, execute_on, True)
 
-    def _owner_of_writes(self, name: str, ws: list[_MVar]) -> int:
+    def _owner_of_writes(self, name: str, ws: list[MVar]) -> int:
         if not ws:
             raise ValueError(f"op {name!r} writes no var, so no owner says where it runs: "
                              "pass execute_on=rank")
@@ -346,10 +284,10 @@ class MpiEngine(Engine):
         if is_async:
             return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure, True)
         if self._transport is not None:
-            fn = _ThenPoll(fn, self._transport.poll_after_op)
+            fn = ThenPoll(fn, self._transport.poll_after_op)
         return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 
-    def _send(self, mv: _MVar, dst: int, gen: int, stage: int) -> None:
+    def _send(self, mv: MVar, dst: int, gen: int, stage: int) -> None:
         seq = self._sent[dst]
         self._sent[dst] = seq + 1
         self._bytes[0] += mv.raw.nbytes
@@ -358,7 +296,7 @@ class MpiEngine(Engine):
             self._log_now[op.id] = (self._count, stage, op.name,
                                     ("send", self.rank, dst, mv.serial, mv.name, gen, mv.raw.nbytes))
 
-    def _recv(self, mv: _MVar, src: int, gen: int, stage: int) -> None:
+    def _recv(self, mv: MVar, src: int, gen: int, stage: int) -> None:
         seq = self._recvd[src]
         self._recvd[src] = seq + 1
         self._bytes[1] += mv.raw.nbytes
@@ -411,8 +349,8 @@ class MpiEngine(Engine):
         if self._transport is None:
             return
         with self._lock:
-            record = {"what": what, "count": self._count, "hash": self._hash, "first": _describe(self._first),
-                      "last": _describe(self._last)}
+            record = {"what": what, "count": self._count, "hash": self._hash, "first": describe(self._first),
+                      "last": describe(self._last)}
         try:
             self._transport.sync(record, timeout)
         except ProgramMismatchError as exc:
@@ -466,7 +404,7 @@ class MpiEngine(Engine):
             raise ProgramMismatchError(f"{what}: the engine stopped after the ranks' op sequences "
                                        f"diverged ({self._broken})")
 
-    def _mvar(self, var, role: str) -> _MVar:
+    def _mvar(self, var, role: str) -> MVar:
         mv = self._vars.get(var)
         if mv is not None:
             return mv
@@ -485,7 +423,35 @@ class MpiEngine(Engine):
             self._first = self._last
         self._since_sync += 1
 
-    def _as_mvars(self, vs, role: str) -> list[_MVar]:
+    def _mvars_of(self, writes, reads) -> tuple[list[MVar], list[MVar]]:
+        """The vars of a push, duplicates collapsed and writes out of the reads (the common case
+        in one pass; anything unusual through _as_mvars, which names the bad input)."""
+        get = self._vars.get
+        if writes.__class__ is Var:
+            writes = (writes,)
+        if reads.__class__ is Var:
+            reads = (reads,)
+        if (writes.__class__ is list or writes.__class__ is tuple) and \
+                (reads.__class__ is list or reads.__class__ is tuple):
+            try:
+                ws = [get(v) for v in writes]
+                rs = [get(v) for v in reads]
+            except TypeError:  # unhashable: not a Var
+                ws = rs = [None]
+            if None not in ws and None not in rs:
+                n = len(ws)
+                if n > 1 and (ws[0] is ws[1] if n == 2 else len(set(ws)) != n):
+                    ws = list(dict.fromkeys(ws))
+                n = len(rs)
+                if n > 1 and len(set(rs)) != n:
+                    rs = list(dict.fromkeys(rs))
+                if ws and rs:
+                    rs = [mv for mv in rs if mv not in ws]
+                return ws, rs
+        ws, rs = self._as_mvars(writes, "writes"), self._as_mvars(reads, "reads")
+        return ws, [mv for mv in rs if mv not in ws]
+
+    def _as_mvars(self, vs, role: str) -> list[MVar]:
         if vs.__class__ is not list and vs.__class__ is not tuple:
             if vs.__class__ is Var:
                 vs = (vs,)
@@ -506,26 +472,16 @@ class MpiEngine(Engine):
         return out
 
 
-def _describe(desc) -> str:
-    if desc is None:
-        return "(none)"
-    what, x, count = desc
-    return f"{what} (#{count})" if x is None else f"{what!r} on rank {x} (#{count})"
-
-
-def _check_buffer(buffer, name) -> None:
-    if not isinstance(buffer, np.ndarray):
-        raise TypeError(f"new_var({name!r}): buffer={type(buffer).__name__} must be a NumPy array or None")
-    if not (buffer.flags.c_contiguous or buffer.flags.f_contiguous):
-        raise ValueError(f"new_var({name!r}): the buffer must be contiguous (np.ascontiguousarray)")
-    if not buffer.flags.writeable:
-        raise ValueError(f"new_var({name!r}): the buffer must be writeable (received data lands in it)")
-    if buffer.ndim > MAX_DIMS:
-        raise ValueError(f"new_var({name!r}): buffers of more than {MAX_DIMS} dimensions are not supported")
-    try:
-        dtype_code(buffer.dtype)
-    except ValueError as exc:
-        raise ValueError(f"new_var({name!r}): {exc}") from None
-
-
 _peers: list = []  # liveness bookkeeping of every engine, for the SIGUSR1 handler
+
+
+def _close_at_exit() -> None:
+    """Engines still open at exit close here, before mpi4py finalizes MPI (after atexit handlers)."""
+    for eng in list(_engines):
+        try:
+            eng.close()
+        except Exception:
+            logging.getLogger("depengine").exception("depengine: closing %r at exit failed", eng)
+
+
+atexit.register(_close_at_exit)

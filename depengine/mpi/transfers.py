@@ -70,12 +70,12 @@ def left(deadline: float | None) -> float | None:
 
 def close(engine) -> None:
     """Say goodbye, drain the local engine, wait for the others' goodbyes, compare, stop."""
-    from .engine import _describe
+    from .state import describe
 
     transport = engine._transport
     if transport is not None:
         with engine._lock:
-            counts = {"count": engine._count, "hash": engine._hash, "last": _describe(engine._last)}
+            counts = {"count": engine._count, "hash": engine._hash, "last": describe(engine._last)}
         transport.bye(counts, engine._sent, engine._recvd)
     engine._local.close()  # transfers that no rank will complete fail at once (see Control.bye)
     if transport is None:
