@@ -306,6 +306,13 @@ def rule_ops_arrays_and_distributed_cholesky():
             grid = (eng.size, 1)
             factor = nd.linalg.cholesky(nd.array(s), tile=tile, grid=grid)
             assert np.allclose(factor.asnumpy(), np.linalg.cholesky(s), rtol=0, atol=1e-10)
+            # 128 KiB tiles go by rendezvous: their sends stay in flight while workers and the
+            # progress thread both complete requests
+            n = 1024
+            x = np.random.default_rng(4).random((n, n))
+            s = (x + x.T) / 2 + n * np.eye(n)
+            factor = nd.linalg.cholesky(nd.array(s), tile=128)
+            assert np.allclose(factor.asnumpy(), np.linalg.cholesky(s), rtol=0, atol=1e-10)
             if eng.size > 1:
                 _expect(ValueError, "grid", nd.linalg.cholesky, nd.array(s), tile=tile, grid=(eng.size, 2))
                 assert eng.traffic()["sends"] + eng.traffic()["receives"] > 0

@@ -99,6 +99,7 @@ class Transport(Control):
         self._arrived: dict[tuple[int, int], list] = {}   # messages matched before their recv op ran
         self._dead_keys: dict[tuple[int, int], int] = {}  # messages of rejected transfers still to drop
         self._active: list[_Pending] = []
+        self._testing = threading.Lock()  # held by the thread testing the requests in flight
         self._stop = False
         self._ctl_due = 0.0
         self._st = MPI.Status()  # for poll_after_op (its matches run under the lock)
@@ -343,23 +344,39 @@ class Transport(Control):
         return n
 
     def _test_active(self) -> int:
+        """Complete the requests in flight that finished.  One thread at a time tests them (MPI
+        forbids testing a request from two threads); a worker finding it busy leaves it be."""
+        if not self._testing.acquire(False):
+            return 0
         MPI = self.MPI
-        with self._lock:
-            items = list(self._active)
-        finished = []
-        for p in items:
-            try:
-                if MPI.Request.Testall(p.reqs):
-                    finished.append((p, None))
-            except MPI.Exception as exc:
-                finished.append((p, RankFailedError(f"a transfer with rank {p.peer} failed in MPI: {exc}")))
-        if finished:
+        try:
             with self._lock:
-                gone = {id(p) for p, _ in finished}
-                self._active = [p for p in self._active if id(p) not in gone]
-            for p, err in finished:
-                p.callback(err)
+                items = list(self._active)
+            finished = []
+            for p in items:
+                try:
+                    if MPI.Request.Testall(p.reqs):
+                        finished.append((p, None))
+                except MPI.Exception as exc:
+                    err = RankFailedError(f"a transfer with rank {p.peer} failed in MPI: {exc}")
+                    finished.append((p, err))
+            finished = self._claim(finished)
+        finally:
+            self._testing.release()
+        for p, err in finished:
+            p.callback(err)
         return len(finished)
+
+    def _claim(self, done: list) -> list:
+        """The ``(pending, error)`` pairs whose pending is still in flight, taken out of it: each
+        completes once, whichever thread found it finished (or failed) first."""
+        with self._lock:
+            live = {id(p) for p in self._active}
+            done = [(p, err) for p, err in done if id(p) in live]
+            gone = {id(p) for p, _ in done}
+            if gone:
+                self._active = [p for p in self._active if id(p) not in gone]
+        return done
 
     # ------------------------------------------------ refusals and failed peers
     def _send_refused(self, dst: int, seq: int) -> BaseException | None:
@@ -399,17 +416,9 @@ class Transport(Control):
             err = error_of(inc)
             if err is not None:
                 self._finish(inc, err)
-        failed = []
-        for p in pend:
-            err = error_of(p)
-            if err is not None:
-                failed.append((p, err))
-        if failed:
-            with self._lock:
-                gone = {id(p) for p, _ in failed}
-                self._active = [p for p in self._active if id(p) not in gone]
-            for p, err in failed:
-                p.callback(err)
+        failed = [(p, error_of(p)) for p in pend]
+        for p, err in self._claim([(p, err) for p, err in failed if err is not None]):
+            p.callback(err)
 
     def _waiting_on(self) -> set[int]:
         with self._lock:
