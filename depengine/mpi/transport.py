@@ -16,9 +16,9 @@ payload only when MPI reports exactly the buffer's size.
 
 The progress thread never blocks in MPI (MPICH's blocking calls spin a core:
 a blocking probe used 1.7 s of CPU in a 2 s wait here).  It polls, and
-between polls that found nothing it sleeps a quarter of the time it has
+between polls that found nothing it sleeps an eighth of the time it has
 waited so far (at most 1 ms while transfers or syncs are pending, 5 ms when
-idle): a message is noticed within a quarter of the time it took to come,
+idle): a message is noticed within an eighth of the time it took to come,
 and a long wait costs a few hundred polls a second.  Any thread that posts
 work wakes it.  Control messages (syncs,
 goodbyes, pings) are handled by control.py on a second communicator.
@@ -274,14 +274,15 @@ class Transport(Control):
                 got = 0
             if self._stop and not self._busy():
                 return
-            if got:
+            if got:  # let the worker that the progress woke take the GIL before polling again
                 idle_since = None
+                time.sleep(0)
                 continue
             t = clock()
             if idle_since is None:
                 idle_since = t
-            # sleep a quarter of the time waited so far: latency stays within a quarter of the wait
-            delay = min(_BUSY_CAP if self._busy() else _IDLE_CAP, (t - idle_since) / 4)
+            # sleep an eighth of the time waited so far: latency stays within an eighth of the wait
+            delay = min(_BUSY_CAP if self._busy() else _IDLE_CAP, (t - idle_since) / 8)
             if delay < _MIN_SLEEP:
                 continue
             with self._cv:
