@@ -31,7 +31,7 @@ from .creation import empty, zeros
 
 __all__ = ["blas_threads", "cholesky"]
 
-PRIORITY = {"cut": 40, "potrf": 30, "trsm": 20, "next": 10, "update": 0}
+PRIORITY = {"potrf": 30, "trsm": 20, "next": 10, "update": 0}
 
 _blas_limiter = None
 
@@ -85,7 +85,7 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
         tiles = {(i, j): a[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]].copy()
                  for i in range(nt) for j in range(i + 1)}
     else:  # cut on a's owner, each tile sent to its rank
-        tiles = {(i, j): _tile_of(a, bounds[i], bounds[j], (i % rows) * cols + j % cols)
+        tiles = {(i, j): _tile_of(a, bounds[i], bounds[j], (i % rows) * cols + j % cols, j)
                  for i in range(nt) for j in range(i + 1)}
     kern = _GpuTiles(a) if gpu else _CpuTiles()
     for k in range(nt):
@@ -97,7 +97,15 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
             kern.syrk(tiles[j, j], tiles[j, k], prio)
             for i in range(j + 1, nt):
                 kern.gemm(tiles[i, j], tiles[i, k], tiles[j, k], prio)
-    out = zeros((n, n), device=a.device, owner=None if ranks == 1 else a.owner)
+    if gpu:
+        out = zeros((n, n), device=a.device)
+    else:  # the tiles fill the lower triangle; the rest is zeroed when the worker has nothing urgent
+        out = empty((n, n), owner=None if ranks == 1 else a.owner)
+
+        def upper(ctx):
+            for r0, r1 in bounds:
+                out._data[r0:r1, r1:] = 0.0
+        push(upper, [], [out], "zeros", a.device, priority=PRIORITY["update"] - 1)
     for (i, j), t in tiles.items():
         out[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]] = t
     return out
@@ -114,11 +122,12 @@ def _grid(grid, ranks: int) -> tuple[int, int]:
     return grid
 
 
-def _tile_of(a: NDArray, rows: tuple[int, int], cols: tuple[int, int], owner: int) -> NDArray:
+def _tile_of(a: NDArray, rows: tuple[int, int], cols: tuple[int, int], owner: int, column: int) -> NDArray:
     view = a[rows[0]:rows[1], cols[0]:cols[1]]
     t = empty(view.shape, owner=owner)
-    # cutting comes first: a tile unblocks the kernels of its rank
-    push(lambda ctx: np.copyto(t._data, view._data), [a], [t], "tile", a.device, priority=PRIORITY["cut"],
+    # a tile is cut (on a's owner) and sent about when its column's panel needs it
+    prio = max(PRIORITY["update"], PRIORITY["potrf"] - 10 * column)
+    push(lambda ctx: np.copyto(t._data, view._data), [a], [t], "tile", a.device, priority=prio,
          execute_on=a.owner)
     return t
 
