@@ -132,35 +132,16 @@ def scenario_forged(arg: str) -> tuple[int, dict]:
     return eng.rank, result
 
 
-def scenario_killed(arg: str) -> tuple[int, dict]:
-    """The last rank dies (SIGKILL) before it writes what the others wait for."""
+def _lose_last_rank(how: signal.Signals) -> tuple:
+    """Every rank waits on what the last one writes; the last one sends itself ``how`` first.
+    Returns the engine and what the survivors saw."""
     eng = de.Engine("mpi", workers=2)
     last = eng.size - 1
     v = eng.new_var("v", owner=last, buffer=np.zeros(4))
     ys = [eng.new_var(f"y{r}", owner=r, buffer=np.zeros(1)) for r in range(eng.size)]
     eng.wait_all(TIMEOUT)  # every rank is past start-up
     if eng.rank == last:
-        os.kill(os.getpid(), signal.SIGKILL)
-    eng.push(lambda ctx: None, writes=[v], name="never runs")
-    for r in range(last):
-        eng.push(lambda ctx: None, reads=[v], writes=[ys[r]], name=f"reader{r}")
-    start = time.monotonic()
-    error = _error(lambda: eng.wait_all(TIMEOUT))
-    result = {"wait_all": error, "seconds": time.monotonic() - start}
-    result["close"] = _error(eng.close)
-    result["total"] = time.monotonic() - start
-    return eng.rank, result
-
-
-def scenario_stopped(arg: str) -> tuple[int, dict]:
-    """The last rank stops (SIGSTOP: alive to the launcher, silent to the others) before its write."""
-    eng = de.Engine("mpi", workers=2)
-    last = eng.size - 1
-    v = eng.new_var("v", owner=last, buffer=np.zeros(4))
-    ys = [eng.new_var(f"y{r}", owner=r, buffer=np.zeros(1)) for r in range(eng.size)]
-    eng.wait_all(TIMEOUT)
-    if eng.rank == last:
-        os.kill(os.getpid(), signal.SIGSTOP)
+        os.kill(os.getpid(), how)
     eng.push(lambda ctx: None, writes=[v], name="never runs")
     for r in range(last):
         eng.push(lambda ctx: None, reads=[v], writes=[ys[r]], name=f"reader{r}")
@@ -168,15 +149,27 @@ def scenario_stopped(arg: str) -> tuple[int, dict]:
     result = {"wait_all": _error(lambda: eng.wait_all(TIMEOUT)), "seconds": time.monotonic() - start}
     result["close"] = _error(eng.close)
     result["total"] = time.monotonic() - start
+    return eng, result
+
+
+def scenario_killed(arg: str) -> tuple[int, dict]:
+    """The last rank dies (SIGKILL) before it writes what the others wait for."""
+    eng, result = _lose_last_rank(signal.SIGKILL)
+    return eng.rank, result
+
+
+def scenario_stopped(arg: str) -> tuple[int, dict]:
+    """The last rank stops (SIGSTOP: alive to the launcher, silent to the others) before its write."""
+    eng, result = _lose_last_rank(signal.SIGSTOP)
     out = os.environ.get("MPIRESULT_DIR", ".")
     with open(os.path.join(out, f"rank{eng.rank}.json"), "w") as f:
         json.dump(result, f)
     if eng.rank == 0:  # once every survivor wrote its result, end the stopped rank so that mpiexec returns
-        files = [os.path.join(out, f"rank{r}.json") for r in range(last)]
+        files = [os.path.join(out, f"rank{r}.json") for r in range(eng.size - 1)]
         deadline = time.monotonic() + TIMEOUT
         while not all(os.path.exists(f) for f in files) and time.monotonic() < deadline:
             time.sleep(0.01)
-        os.kill(eng._transport.peers.identities[last]["pid"], signal.SIGKILL)
+        os.kill(eng._transport.peers.identities[eng.size - 1]["pid"], signal.SIGKILL)
     return eng.rank, result
 
 

@@ -322,12 +322,19 @@ def rule_ops_arrays_and_distributed_cholesky():
             nd.set_engine(None)
 
 
-def rule_mismatch_wait_all():
+def _diverging_engine():
+    """An engine whose ranks are about to push different ops (None in a world of one)."""
     eng = de.Engine("mpi", workers=2)
     if eng.size == 1:
         eng.close()
+        return None, None
+    return eng, eng.new_var("v", owner=0, buffer=np.zeros(1))
+
+
+def rule_mismatch_wait_all():
+    eng, v = _diverging_engine()
+    if eng is None:
         return
-    v = eng.new_var("v", owner=0, buffer=np.zeros(1))
     if eng.rank == 0:
         eng.push(lambda ctx: None, writes=[v], name="only on rank 0")
     _expect(ProgramMismatchError, "different op sequences", eng.wait_all, TIMEOUT)
@@ -336,11 +343,9 @@ def rule_mismatch_wait_all():
 
 
 def rule_mismatch_collectives():
-    eng = de.Engine("mpi", workers=2)
-    if eng.size == 1:
-        eng.close()
+    eng, v = _diverging_engine()
+    if eng is None:
         return
-    v = eng.new_var("v", owner=0, buffer=np.zeros(1))
     call = (lambda: eng.fetch(v, TIMEOUT)) if eng.rank == 0 else (lambda: eng.wait_all(TIMEOUT))
     try:
         call()
@@ -351,11 +356,9 @@ def rule_mismatch_collectives():
 
 
 def rule_mismatch_at_close():
-    eng = de.Engine("mpi", workers=2)
-    if eng.size == 1:
-        eng.close()
+    eng, v = _diverging_engine()
+    if eng is None:
         return
-    v = eng.new_var("v", owner=0, buffer=np.zeros(1))
     w = eng.new_var("w", owner=eng.size - 1, buffer=np.zeros(1))
     if eng.rank == eng.size - 1:  # waits for v from rank 0, which never sends it
         eng.push(lambda ctx: None, reads=[v], writes=[w], name="orphan")
