@@ -13,7 +13,7 @@ setup: $(STAMP) dot
 $(STAMP): pyproject.toml setup.py $(wildcard depengine/*.c depengine/*.h)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench,gpu]'
+	$(PY) -m pip install --quiet -e '.[test,bench,gpu,mpi]'
 	@touch $(STAMP)
 
 # graphviz's `dot` renders dependency graphs; only rendering needs it.

@@ -18,11 +18,12 @@ the way a user would write it); ``static-threads``, no scheduler at all
 (see bench/static_threads.py: the floor for a Python scheduler here);
 ``dask.threaded.get``;
 ``dask-on-depengine``, the same dask graph run by ``depengine.dask.get`` (dask's
-scheduler interface on the threaded engine: issue 16); and
+scheduler interface on the threaded engine: issue 16);
 ``dask.distributed`` on an in-process ``LocalCluster`` (dask from the bench
-extra).  More peers plug in through the ``depengine.bench_systems`` entry
-point group: each entry point names a callable returning a ``System``; they
-run only when importable.
+extra); ``depengine-mpi`` and ``mpi4py``, the graph across ``workers`` MPI
+ranks (from the mpi extra; see bench/mpi_taskbench.py).  More peers plug in
+through the ``depengine.bench_systems`` entry point group: each entry point
+names a callable returning a ``System``; they run only when importable.
 """
 
 from __future__ import annotations
@@ -276,6 +277,13 @@ def _run_dask_distributed(graphs: list[Graph], kernel: Kernel, workers: int) -> 
     return Run(seconds, _collect(graphs, keys, values), sum(g.ntasks() for g in graphs))
 
 
+# ---------------------------------------------------------------------- MPI
+def _run_mpi(system: str, graphs: list[Graph], kernel: Kernel, workers: int) -> Run:
+    from .mpi_taskbench import launch
+
+    return launch(system, graphs, kernel, workers)
+
+
 # ----------------------------------------------------------------- registry
 def _builtin_systems() -> list[System]:
     return [
@@ -289,6 +297,9 @@ def _builtin_systems() -> list[System]:
         System("dask-threaded", _run_dask_threaded, requires=("dask",)),
         System("dask-on-depengine", _run_dask_depengine, requires=("dask",)),
         System("dask-distributed", _run_dask_distributed, requires=("dask", "distributed")),
+        # across MPI ranks, one rank per worker (bench/mpi_taskbench.py)
+        System("depengine-mpi", functools.partial(_run_mpi, "depengine-mpi"), requires=("mpi4py",)),
+        System("mpi4py", functools.partial(_run_mpi, "mpi4py"), requires=("mpi4py",)),
     ]
 
 

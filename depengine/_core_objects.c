@@ -488,6 +488,19 @@ op_set_p_thread(OpObject *op, PyObject *value, void *c)
 }
 
 static PyObject *
+op_get_input_failure(OpObject *op, void *c)   /* RunContext.input_failure */
+{
+    PyObject *failure = NULL;
+    if (op->core != NULL && op->reads != NULL && op->writes != NULL) {
+        pthread_mutex_lock(&op->core->mu);
+        input_failure_visible(op->core, op, &failure);
+        Py_XINCREF(failure);
+        pthread_mutex_unlock(&op->core->mu);
+    }
+    return failure ? failure : Py_NewRef(Py_None);
+}
+
+static PyObject *
 op_get_bool(OpObject *op, void *closure)
 {
     return PyBool_FromLong(closure ? op->is_async : op->always_run);
@@ -551,6 +564,7 @@ static PyGetSetDef op_getset[] = {
     {"name", (getter)op_get_name, NULL, "the op's name (its function's when pushed without one)"},
     {"op_name", (getter)op_get_name, NULL, "RunContext: the op's name"},
     {"state", (getter)op_get_state, NULL, "pending, ready, running, done, failed or skipped"},
+    {"input_failure", (getter)op_get_input_failure, NULL, "RunContext: the failure of an input, or None"},
     {"_state", (getter)op_get_istate, (setter)op_set_istate, NULL},
     {"id", (getter)op_get_id, (setter)op_set_id, "its id: push order within its engine"},
     {"op_id", (getter)op_get_id, NULL, "RunContext: the op's id"},

@@ -35,6 +35,22 @@ class RunContext(metaclass=ABCMeta):  # noqa: B024 (an ABC for register(), not f
     def op_id(self) -> int:
         return self.id
 
+    @property
+    def input_failure(self) -> BaseException | None:
+        """While the op runs: the failure it would be skipped for without ``always_run``.
+
+        That is the exception of a failed var it names whose failure no wait
+        had reported when the op was pushed; None when there is none.  An op
+        pushed with ``always_run=True`` reads it to tell a clean input from a
+        failed one (the MPI engine's send ops forward the failure).
+        """
+        seq = self.id
+        for vs in (self.reads, self.writes):
+            for v in vs:
+                if v._failure is not None and seq < v._clear_seq:
+                    return v._failure
+        return None
+
 
 class Op(RunContext):
     """One pushed operation.  Returned by ``Engine.push``; read-only for users.

@@ -10,7 +10,7 @@ from scheduler import usable_cores
 __all__ = ["CORES", "DEFAULT_TYPE", "ENGINE_TYPES", "OP_KINDS", "EngineOptions", "engine_class",
            "resolve_core", "resolve_type"]
 
-ENGINE_TYPES = ("naive", "threaded", "perdevice")
+ENGINE_TYPES = ("naive", "threaded", "perdevice", "mpi")
 DEFAULT_TYPE = "perdevice"
 # what an op's ``kind`` may be: which pool (or stream) runs it
 OP_KINDS = ("normal", "prioritized", "copy", "async")
@@ -55,6 +55,10 @@ def resolve_core(core: str | None) -> str:
 
 def engine_class(type: str, core: str = "python") -> type:
     """The class of engine ``type`` on implementation ``core`` (imported on first use)."""
+    if type == "mpi":  # a local engine of either core per rank; imports mpi4py only when built
+        from .mpi import MpiEngine
+
+        return MpiEngine
     if core == "compiled":
         from ._cengine import CompiledEngine
 

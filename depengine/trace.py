@@ -139,6 +139,7 @@ class Trace:
         self.source = source
         self._by_key = {r.key: r for r in self.ops}
         self._edges: list[Edge] | None = None
+        self.origin_ns = 0  # perf_counter_ns() of time 0 in the recording process (0: unknown)
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -167,6 +168,7 @@ class Trace:
         waits = [WaitRecord(rec.threads.get(ident, f"thread-{ident}"), what, s - t0, e - t0, outcome)
                  for ident, what, s, e, outcome in rec.waits]
         trace = cls(ops, waits)
+        trace.origin_ns = t0
         trace._derive_ready_times()
         return trace
 

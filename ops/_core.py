@@ -104,17 +104,20 @@ def flush_releases() -> None:
             pass
 
 
-def push(fn, reads, writes, name: str, device, kind: str = "normal", priority: int = 0, meta=None):
+def push(fn, reads, writes, name: str, device, kind: str = "normal", priority: int = 0, meta=None,
+         execute_on: int | None = None):
     """Push ``fn`` reading and writing arrays (by their vars) on their engine.
 
     ``meta`` describes an elementwise op for recorded plans (see ops.fusion);
-    such ops are pure: they do nothing but write their output.
+    such ops are pure: they do nothing but write their output.  ``execute_on``:
+    the rank that runs it on an mpi engine (default: the owner of ``writes``).
     """
     flush_releases()
     eng = (writes[0] if writes else reads[0])._engine
+    where = {} if execute_on is None else {"execute_on": execute_on}
     op = eng.push(fn, reads=[a._var for a in reads], writes=[a._var for a in writes], name=name,
                   device=None if device.type == "cpu" else device, kind=kind, priority=priority,
-                  pure=meta is not None)
+                  pure=meta is not None, **where)
     if meta is not None:  # what a recorded plan's fuser reads (op.meta is released with the op)
         op.meta = meta
     return op

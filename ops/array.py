@@ -50,14 +50,28 @@ class NDArray:
         return a
 
     @classmethod
-    def _empty(cls, shape, dtype, device, name: str = "array") -> NDArray:
-        """A new owner array (storage allocated now on CPU, by its first writer on GPU)."""
+    def _empty(cls, shape, dtype, device, name: str = "array", owner: int | None = None,
+               data: np.ndarray | None = None) -> NDArray:
+        """A new owner array (storage allocated now on CPU, by its first writer on GPU).
+
+        ``owner``: its rank on an mpi engine (default 0); ``data``: a private host array to use
+        as its storage.
+        """
         _core.flush_releases()
         eng = _core.engine()
         dt = _core.check_dtype(dtype, device)
+        if eng.type == "mpi":  # every rank holds the buffer; the owner's is authoritative
+            if device.type != "cpu":
+                raise ValueError(f"arrays of an mpi engine live on de.cpu(), not {device}")
+            buf = np.empty(shape, dt) if data is None else data
+            var = eng.new_var(name, owner=0 if owner is None else owner, buffer=buf,
+                              uninitialized=data is None)
+            return cls._new(eng, var, shape, dt, device, data=buf)
+        if owner not in (None, 0):
+            raise ValueError(f"owner={owner!r}: arrays have owner ranks on Engine('mpi') only")
         var = eng.new_var(name)
         if device.type == "cpu":
-            return cls._new(eng, var, shape, dt, device, data=np.empty(shape, dt))
+            return cls._new(eng, var, shape, dt, device, data=np.empty(shape, dt) if data is None else data)
         if eng.type != "perdevice":
             raise ValueError(f"GPU arrays need Engine('perdevice'); ops/ uses a {eng.type!r} engine "
                              "(set DEPENGINE_ENGINE=perdevice or ops.set_engine)")
@@ -80,6 +94,11 @@ class NDArray:
     @property
     def nbytes(self) -> int:
         return self.size * self.dtype.itemsize
+
+    @property
+    def owner(self) -> int:
+        """The rank that owns this array's data (0 except on an mpi engine)."""
+        return self._engine.owner_of(self._var) if self._engine.type == "mpi" else 0
 
     @property
     def var(self) -> de.Var:
@@ -111,7 +130,14 @@ class NDArray:
         return self
 
     def asnumpy(self) -> np.ndarray:
-        """A NumPy copy of the values (waits for pending writes)."""
+        """A NumPy copy of the values (waits for pending writes).
+
+        On an mpi engine it gathers: collective, every rank gets the values.
+        """
+        if self._engine.type == "mpi":
+            _core.flush_releases()
+            self._engine.fetch(self._var)  # the latest version lands in this rank's buffer too
+            return np.array(self._data, copy=True)
         if self.device.type == "cpu":
             self.wait_to_read()
             return np.array(self._data, copy=True)

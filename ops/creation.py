@@ -36,10 +36,10 @@ def _shape(shape) -> tuple[int, ...]:
     return shape
 
 
-def empty(shape, dtype=np.float64, device=None) -> NDArray:
-    """An array whose values are undefined until written."""
+def empty(shape, dtype=np.float64, device=None, owner=None) -> NDArray:
+    """An array whose values are undefined until written (``owner``: its rank on an mpi engine)."""
     device = _device(device)
-    out = NDArray._empty(_shape(shape), dtype, device, name="empty")
+    out = NDArray._empty(_shape(shape), dtype, device, name="empty", owner=owner)
     if device.type == "gpu":  # allocate on the GPU, in stream order
         def alloc(ctx):
             out._store.ensure(runtime(out._engine, out.device), ctx.stream)
@@ -47,14 +47,14 @@ def empty(shape, dtype=np.float64, device=None) -> NDArray:
     return out
 
 
-def full(shape, fill_value, dtype=None, device=None) -> NDArray:
-    """An array of ``shape`` filled with ``fill_value``."""
+def full(shape, fill_value, dtype=None, device=None, owner=None) -> NDArray:
+    """An array of ``shape`` filled with ``fill_value`` (``owner``: its rank on an mpi engine)."""
     device = _device(device)
     if dtype is None:
         dtype = np.result_type(fill_value) if device.type == "cpu" else np.dtype(np.float64)
         if dtype.kind == "i":
             dtype = np.int64
-    out = NDArray._empty(_shape(shape), dtype, device, name="full")
+    out = NDArray._empty(_shape(shape), dtype, device, name="full", owner=owner)
     value = out.dtype.type(fill_value)
     if device.type == "cpu":
         def fn(ctx):
@@ -71,15 +71,15 @@ def full(shape, fill_value, dtype=None, device=None) -> NDArray:
     return out
 
 
-def zeros(shape, dtype=np.float64, device=None) -> NDArray:
-    return full(shape, 0, dtype, device)
+def zeros(shape, dtype=np.float64, device=None, owner=None) -> NDArray:
+    return full(shape, 0, dtype, device, owner)
 
 
-def ones(shape, dtype=np.float64, device=None) -> NDArray:
-    return full(shape, 1, dtype, device)
+def ones(shape, dtype=np.float64, device=None, owner=None) -> NDArray:
+    return full(shape, 1, dtype, device, owner)
 
 
-def arange(start, stop=None, step=1, dtype=None, device=None) -> NDArray:
+def arange(start, stop=None, step=1, dtype=None, device=None, owner=None) -> NDArray:
     """Evenly spaced values in [start, stop), like ``numpy.arange``."""
     if stop is None:
         start, stop = 0, start
@@ -90,7 +90,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> NDArray:
     if dtype is None:
         ints = all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
         dtype = np.int64 if ints and device.type == "cpu" else np.float64
-    out = NDArray._empty((n,), dtype, device, name="arange")
+    out = NDArray._empty((n,), dtype, device, name="arange", owner=owner)
     if device.type == "cpu":
         def fn(ctx):
             out._data[...] = np.arange(start, start + n * step, step, dtype=out.dtype)[:n]
@@ -105,8 +105,11 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> NDArray:
     return out
 
 
-def array(obj, dtype=None, device=None) -> NDArray:
-    """An array holding a copy of ``obj`` (nested lists, a NumPy array, an NDArray...)."""
+def array(obj, dtype=None, device=None, owner=None) -> NDArray:
+    """An array holding a copy of ``obj`` (nested lists, a NumPy array, an NDArray...).
+
+    On an mpi engine the array belongs to rank ``owner`` (default 0), whose copy of ``obj`` counts.
+    """
     device = _device(device)
     if isinstance(obj, NDArray):
         out = obj.copyto(device)
@@ -119,10 +122,8 @@ def array(obj, dtype=None, device=None) -> NDArray:
             host = host.astype(np.int64)
     if host.dtype.kind not in "biuf":
         raise TypeError(f"array: dtype {host.dtype} is not supported (booleans, integers and floats are)")
-    if device.type == "cpu":
-        out = NDArray._empty(host.shape, host.dtype, device, name="array")
-        out._data = host  # already a private copy: nothing to push
-        return out
+    if device.type == "cpu":  # host is already a private copy: nothing to push
+        return NDArray._empty(host.shape, host.dtype, device, name="array", owner=owner, data=host)
     staging = NDArray._empty(host.shape, host.dtype, de.cpu(), name="staging")
     staging._data = host
     return staging.copyto(device)

@@ -10,6 +10,12 @@ GEMM updates, so workers never idle waiting for the panel.
 
 On the CPU the tile kernels are BLAS/LAPACK called from numba with the GIL
 released (``ops._blas``); on a GPU they are CUDA kernels of our own.
+
+On an mpi engine the tiles are spread 2-D block-cyclic over a P x Q grid of
+ranks (tile (i, j) belongs to rank (i mod P) * Q + j mod Q, after ScaLAPACK
+and Chameleon): each rank runs the kernels that write its tiles, and the
+engine moves the tiles they read.  The input's owner cuts it into tiles and
+sends each to its rank; the factor is assembled on that same rank.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 from . import _blas, _gpu
 from ._core import push, runtime
 from .array import NDArray
-from .creation import zeros
+from .creation import empty, zeros
 
 __all__ = ["blas_threads", "cholesky"]
 
@@ -50,11 +56,13 @@ def _cpu_ops():
         blas_threads(1)  # engine workers run BLAS calls in parallel: one thread each
 
 
-def cholesky(a: NDArray, tile: int = 512) -> NDArray:
+def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -> NDArray:
     """The lower Cholesky factor L of the SPD array ``a`` (a = L L^T), as a task graph.
 
     ``tile`` need not divide n.  A matrix that is not positive definite makes
     the factor fail: reading it raises ``numpy.linalg.LinAlgError`` (CPU).
+    On an mpi engine the tiles are distributed over a ``grid`` of P x Q ranks
+    (default: the most square one with P >= Q); the factor belongs to ``a``'s owner.
     """
     if not isinstance(a, NDArray):
         raise TypeError(f"cholesky: expected an NDArray, got {type(a).__name__}")
@@ -64,6 +72,8 @@ def cholesky(a: NDArray, tile: int = 512) -> NDArray:
         raise TypeError(f"cholesky: dtype {a.dtype.name} is not supported (float64 is)")
     if tile.__class__ is not int or tile < 1:
         raise ValueError(f"cholesky: tile={tile!r} must be an int >= 1")
+    ranks = a._engine.size if a._engine.type == "mpi" else 1
+    rows, cols = _grid(grid, ranks)
     n = a.shape[0]
     nt = max(1, math.ceil(n / tile))
     bounds = [(k * tile, min(n, (k + 1) * tile)) for k in range(nt)]
@@ -71,8 +81,12 @@ def cholesky(a: NDArray, tile: int = 512) -> NDArray:
     if not gpu:
         _cpu_ops()
     # lower-triangle tiles, each a private array (its own var)
-    tiles = {(i, j): a[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]].copy()
-             for i in range(nt) for j in range(i + 1)}
+    if ranks == 1:
+        tiles = {(i, j): a[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]].copy()
+                 for i in range(nt) for j in range(i + 1)}
+    else:  # cut on a's owner, each tile sent to its rank
+        tiles = {(i, j): _tile_of(a, bounds[i], bounds[j], (i % rows) * cols + j % cols, j)
+                 for i in range(nt) for j in range(i + 1)}
     kern = _GpuTiles(a) if gpu else _CpuTiles()
     for k in range(nt):
         kern.potrf(tiles[k, k])
@@ -83,10 +97,39 @@ def cholesky(a: NDArray, tile: int = 512) -> NDArray:
             kern.syrk(tiles[j, j], tiles[j, k], prio)
             for i in range(j + 1, nt):
                 kern.gemm(tiles[i, j], tiles[i, k], tiles[j, k], prio)
-    out = zeros((n, n), device=a.device)
+    if gpu:
+        out = zeros((n, n), device=a.device)
+    else:  # the tiles fill the lower triangle; the rest is zeroed when the worker has nothing urgent
+        out = empty((n, n), owner=None if ranks == 1 else a.owner)
+
+        def upper(ctx):
+            for r0, r1 in bounds:
+                out._data[r0:r1, r1:] = 0.0
+        push(upper, [], [out], "zeros", a.device, priority=PRIORITY["update"] - 1)
     for (i, j), t in tiles.items():
         out[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]] = t
     return out
+
+
+def _grid(grid, ranks: int) -> tuple[int, int]:
+    if grid is None:  # the most square grid, more rows than columns: a panel's TRSMs spread over the rows
+        cols = max(q for q in range(1, math.isqrt(ranks) + 1) if ranks % q == 0)
+        return ranks // cols, cols
+    if (not isinstance(grid, tuple) or len(grid) != 2 or any(g.__class__ is not int or g < 1 for g in grid)
+            or grid[0] * grid[1] != ranks):
+        raise ValueError(f"cholesky: grid={grid!r} must be a tuple (P, Q) of ints with P * Q == {ranks}, "
+                         "the number of ranks")
+    return grid
+
+
+def _tile_of(a: NDArray, rows: tuple[int, int], cols: tuple[int, int], owner: int, column: int) -> NDArray:
+    view = a[rows[0]:rows[1], cols[0]:cols[1]]
+    t = empty(view.shape, owner=owner)
+    # a tile is cut (on a's owner) and sent about when its column's panel needs it
+    prio = max(PRIORITY["update"], PRIORITY["potrf"] - 10 * column)
+    push(lambda ctx: np.copyto(t._data, view._data), [a], [t], "tile", a.device, priority=prio,
+         execute_on=a.owner)
+    return t
 
 
 class _CpuTiles:

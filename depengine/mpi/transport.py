@@ -1,0 +1,445 @@
+"""Moving var versions between ranks, and the thread that makes MPI progress.
+
+Transfers use their own duplicate of the engine's communicator; the k-th
+transfer from rank s to rank r has tag k (modulo the MPI tag bound) on both
+sides, since every rank plans the same transfers in the same order.
+
+Sending: the send op posts ``Isend``s of the header (and of the payload, for
+large transfers) and tests them at once; an eager message completes there
+and the op with it.  Receiving is probe-driven: only ``Improbe`` matches a
+message, always under one lock, so the messages of one transfer are handled
+in the order they arrived.  The recv op registers what it expects (the var,
+its version and buffer), takes messages that arrived before it, and handles
+them itself; later ones are matched by the progress thread.  Nothing is
+received into a var's buffer before its header fits (see wire.py), and a
+payload only when MPI reports exactly the buffer's size.
+
+The progress thread never blocks in MPI (MPICH's blocking calls spin a core:
+a blocking probe used 1.7 s of CPU in a 2 s wait here).  It polls, and
+between polls that found nothing it sleeps an eighth of the time it has
+waited so far (at most 1 ms while transfers or syncs are pending, 5 ms when
+idle): a message is noticed within an eighth of the time it took to come,
+and a long wait costs a few hundred polls a second.  Any thread that posts
+work wakes it.  Control messages (syncs,
+goodbyes, pings) are handled by control.py on a second communicator.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from . import wire
+from .control import Control
+from .errors import ProgramMismatchError, RankFailedError, TransferError
+
+__all__ = ["Incoming", "Transport"]
+
+_log = logging.getLogger("depengine")
+
+HEADER, PAYLOAD, BODY, RECEIVING, FINISHED = range(5)
+_MIN_SLEEP = 5e-6   # below this the progress thread polls again at once
+_BUSY_CAP = 1e-3    # the longest sleep while transfers or syncs are pending
+_IDLE_CAP = 5e-3    # ... and while nothing is
+
+
+class Incoming:
+    """A transfer this rank waits for: var ``serial`` at version ``gen`` from rank ``src``."""
+
+    __slots__ = ("busy", "buffer", "declared", "done", "failure", "gen", "key", "name", "order", "queue",
+                 "raw", "seq", "serial", "src", "state")
+
+    def __init__(self, src: int, seq: int, tag: int, serial: int, gen: int, name: str, buffer: np.ndarray,
+                 raw: np.ndarray, order: str, done) -> None:
+        self.src, self.seq, self.key = src, seq, (src, tag)
+        self.serial, self.gen, self.name = serial, gen, name
+        self.buffer, self.raw, self.order = buffer, raw, order  # raw: the buffer's bytes, 1-d uint8
+        self.done = done
+        self.state = HEADER
+        self.queue: deque = deque()  # (message, size) matched for this transfer, in arrival order
+        self.busy = False            # a thread is handling its messages
+        self.declared = 0            # size of the failure description announced by the header
+        self.failure: BaseException | None = None  # the failure the sender's version carries
+
+
+class _Pending:
+    """MPI requests in flight and what to call once they complete."""
+
+    __slots__ = ("callback", "keep", "peer", "reqs", "seq")
+
+    def __init__(self, reqs, callback, peer: int, seq: int, keep) -> None:
+        self.reqs, self.callback, self.peer, self.seq, self.keep = reqs, callback, peer, seq, keep
+
+
+def _set_timer_slack() -> None:
+    """Let this thread's short sleeps be short (Linux rounds them up by 50 µs by default)."""
+    try:
+        ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, 1 µs
+    except (OSError, AttributeError):
+        pass
+
+
+class Transport(Control):
+    """Transfers, progress, and (from Control) syncs, goodbyes and liveness."""
+
+    def __init__(self, MPI, comm, rank: int, size: int, identities: list[dict]) -> None:
+        self.MPI = MPI
+        self.rank, self.size = rank, size
+        self.data = comm.Dup()
+        self.tag_mod = (comm.Get_attr(MPI.TAG_UB) or 32767) + 1
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(threading.Lock())
+        self._kicked = False
+        self._expected: dict[tuple[int, int], Incoming] = {}
+        self._arrived: dict[tuple[int, int], list] = {}   # messages matched before their recv op ran
+        self._dead_keys: dict[tuple[int, int], int] = {}  # messages of rejected transfers still to drop
+        self._active: list[_Pending] = []
+        self._testing = threading.Lock()  # held by the thread testing the requests in flight
+        self._stop = False
+        self._ctl_due = 0.0
+        self._st = MPI.Status()  # for poll_after_op (its matches run under the lock)
+        Control.__init__(self, comm, identities)
+        self._thread = threading.Thread(target=self._run, name="depengine-mpi-progress", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- sending
+    def send(self, dst: int, seq: int, parts: list, done) -> None:
+        """Send ``parts`` (buffers) to ``dst`` as transfer ``seq``; ``done(error=None)`` once sent."""
+        failure = self._send_refused(dst, seq)
+        if failure is not None:
+            done(failure)
+            return
+        MPI = self.MPI
+        tag = seq % self.tag_mod
+        try:
+            reqs = [self.data.Isend([p, MPI.BYTE], dst, tag) for p in parts]
+            if MPI.Request.Testall(reqs):
+                done()
+                return
+        except MPI.Exception as exc:
+            done(RankFailedError(f"sending transfer #{seq} to rank {dst} failed: {exc}"))
+            return
+        self._watch(_Pending(reqs, lambda err: done(err) if err else done(), dst, seq, parts))
+
+    def _watch(self, pending: _Pending) -> None:
+        with self._lock:
+            self._active.append(pending)
+        self.kick()
+
+    # -------------------------------------------------------------- receiving
+    def expect(self, inc: Incoming) -> None:
+        """Register ``inc`` and handle whatever of it already arrived (called by the recv op)."""
+        refused = self._expect_refused(inc)
+        if refused is not None:
+            inc.done(refused)
+            return
+        MPI = self.MPI
+        st = MPI.Status()
+        src, tag = inc.key
+        with self._lock:
+            self._expected[inc.key] = inc
+            q = inc.queue
+            q.extend(self._arrived.pop(inc.key, ()))
+            while True:  # matched probes under the lock keep the arrival order
+                msg = self.data.Improbe(src, tag, st)
+                if msg is None:
+                    break
+                q.append((msg, st.Get_count(MPI.BYTE)))
+            run = bool(q)
+            if run:
+                inc.busy = True
+        if run:
+            self._work(inc)
+        else:
+            self.kick()
+
+    def _work(self, inc: Incoming) -> None:
+        """Handle ``inc``'s queued messages one by one (the caller set ``inc.busy``)."""
+        while True:
+            with self._lock:
+                if not inc.queue:
+                    inc.busy = False
+                    return
+                msg, count = inc.queue.popleft()
+                finished = inc.state == FINISHED
+            if finished:
+                self._discard(msg)
+            else:
+                self._step(inc, msg, count)
+
+    def _step(self, inc: Incoming, msg, count: int) -> None:
+        MPI = self.MPI
+        where = f"var {inc.name!r} v{inc.gen}: the message rank {inc.src} sent to rank {self.rank}"
+        if inc.state == HEADER:
+            if not wire.HEADER_SIZE <= count <= wire.HEADER_SIZE + wire.INLINE_MAX:
+                self._discard(msg)
+                self._finish(inc, TransferError(f"{where} holds {count} bytes: it is not a transfer header"))
+                return
+            buf = bytearray(count)
+            msg.Recv([buf, MPI.BYTE])
+            try:
+                h = wire.decode_header(buf)
+            except TransferError as exc:
+                self._finish(inc, TransferError(f"{where}: {exc}"))
+                return
+            why = wire.mismatch(h, inc.serial, inc.gen, inc.buffer, inc.order)
+            if why is not None:
+                if not h.inline:  # drop the description and the bytes that follow
+                    self._drop_next(inc.key, 2 if h.body else 1)
+                self._finish(inc, TransferError(f"{where} does not fit: {why}; the buffer was not written"))
+            elif h.inline:
+                start = wire.HEADER_SIZE + h.body
+                if h.body:
+                    body = bytes(buf[wire.HEADER_SIZE:start])
+                    inc.failure = wire.failure_from_body(body, inc.src, self.rank, inc.name)
+                inc.raw[:] = np.frombuffer(buf, np.uint8, offset=start)
+                self._finish(inc, inc.failure)
+            else:
+                inc.state, inc.declared = (BODY, h.body) if h.body else (PAYLOAD, 0)
+        elif inc.state == BODY:
+            if count != inc.declared:
+                self._discard(msg)
+                self._drop_next(inc.key, 1)
+                self._finish(inc, TransferError(f"{where} holds a failure description of {count} bytes where "
+                                                f"its header announced {inc.declared}"))
+                return
+            buf = bytearray(count)
+            msg.Recv([buf, MPI.BYTE])
+            inc.failure = wire.failure_from_body(bytes(buf), inc.src, self.rank, inc.name)
+            inc.state = PAYLOAD
+        elif inc.state == PAYLOAD:
+            if count != inc.raw.nbytes:
+                self._discard(msg)
+                self._finish(inc, TransferError(f"{where} holds {count} bytes where its header announced "
+                                                f"{inc.raw.nbytes}; the buffer was not written"))
+                return
+            inc.state = RECEIVING
+            req = msg.Irecv([inc.raw, MPI.BYTE])
+            if req.Test():
+                self._finish(inc, inc.failure)
+            else:
+                self._watch(_Pending([req], lambda err: self._finish(inc, err or inc.failure), inc.src, -1,
+                                     None))
+        else:  # a message after the transfer was complete: a sender that does not follow the protocol
+            self._discard(msg)
+
+    def _finish(self, inc: Incoming, error: BaseException | None) -> None:
+        with self._lock:
+            if inc.state == FINISHED:
+                return
+            inc.state = FINISHED
+            if self._expected.get(inc.key) is inc:
+                del self._expected[inc.key]
+        if error is None:
+            inc.done()
+        else:
+            inc.done(error)
+
+    def _discard(self, msg) -> None:
+        """Receive and drop a matched message without storing a byte of it (MPI truncates it)."""
+        try:
+            msg.Recv([bytearray(0), self.MPI.BYTE])
+        except self.MPI.Exception:
+            pass
+
+    def _drop_next(self, key, n: int) -> None:
+        with self._lock:
+            self._dead_keys[key] = self._dead_keys.get(key, 0) + n
+
+    # ----------------------------------------------------------------- progress
+    def kick(self) -> None:
+        """Wake the progress thread: there is new work to watch."""
+        with self._cv:
+            self._kicked = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        _set_timer_slack()
+        st = self.MPI.Status()
+        clock = time.perf_counter
+        idle_since = None
+        while True:
+            try:
+                got = self._poll(st)
+                now = time.monotonic()
+                if now >= self._next_check or self.peers.check_now:
+                    self._check_peers(now)
+            except Exception:  # never let the progress thread die silently
+                _log.exception("depengine: the MPI progress thread failed")
+                got = 0
+            if self._stop and not self._busy():
+                return
+            if got:  # let the worker that the progress woke take the GIL before polling again
+                idle_since = None
+                time.sleep(0)
+                continue
+            t = clock()
+            if idle_since is None:
+                idle_since = t
+            # sleep an eighth of the time waited so far: latency stays within an eighth of the wait
+            delay = min(_BUSY_CAP if self._busy() else _IDLE_CAP, (t - idle_since) / 8)
+            if delay < _MIN_SLEEP:
+                continue
+            with self._cv:
+                if not self._kicked:
+                    self._cv.wait(delay)
+                if self._kicked:
+                    self._kicked = False
+                    idle_since = None
+
+    def _busy(self) -> bool:
+        return bool(self._active or self._expected or self._waiting_ctl())
+
+    def _poll(self, st) -> int:
+        n = self._match(st)
+        now = time.perf_counter()
+        if now >= self._ctl_due or self._waiting_ctl():  # control messages are rare: look every 2 ms
+            self._ctl_due = now + 2e-3
+            n += self._poll_ctl(st)
+        if self._active:
+            n += self._test_active()
+        return n
+
+    def poll_after_op(self) -> None:
+        """Called by a worker after each op it ran: take the messages that arrived meanwhile
+        (no thread hand-over on a busy rank), and complete sends that finished."""
+        if self._expected:
+            self._match(self._st)
+        if self._active:
+            self._test_active()
+
+    def _match(self, st) -> int:
+        """Match every data message that arrived; handle those of registered transfers."""
+        MPI = self.MPI
+        n = 0
+        ready = []
+        with self._lock:
+            while True:
+                msg = self.data.Improbe(MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+                if msg is None:
+                    break
+                n += 1
+                key = (st.Get_source(), st.Get_tag())
+                self.peers.heard(key[0])
+                item = (msg, st.Get_count(MPI.BYTE))
+                inc = self._expected.get(key)
+                if inc is not None:
+                    inc.queue.append(item)
+                    if not inc.busy:
+                        inc.busy = True
+                        ready.append(inc)
+                elif key in self._dead_keys:
+                    left = self._dead_keys.pop(key) - 1
+                    if left:
+                        self._dead_keys[key] = left
+                    self._discard(msg)
+                else:
+                    self._arrived.setdefault(key, []).append(item)
+        for inc in ready:
+            self._work(inc)
+        return n
+
+    def _test_active(self) -> int:
+        """Complete the requests in flight that finished.  One thread at a time tests them (MPI
+        forbids testing a request from two threads); a worker finding it busy leaves it be."""
+        if not self._testing.acquire(False):
+            return 0
+        MPI = self.MPI
+        try:
+            with self._lock:
+                items = list(self._active)
+            finished = []
+            for p in items:
+                try:
+                    if MPI.Request.Testall(p.reqs):
+                        finished.append((p, None))
+                except MPI.Exception as exc:
+                    err = RankFailedError(f"a transfer with rank {p.peer} failed in MPI: {exc}")
+                    finished.append((p, err))
+            finished = self._claim(finished)
+        finally:
+            self._testing.release()
+        for p, err in finished:
+            p.callback(err)
+        return len(finished)
+
+    def _claim(self, done: list) -> list:
+        """The ``(pending, error)`` pairs whose pending is still in flight, taken out of it: each
+        completes once, whichever thread found it finished (or failed) first."""
+        with self._lock:
+            live = {id(p) for p in self._active}
+            done = [(p, err) for p, err in done if id(p) in live]
+            gone = {id(p) for p, _ in done}
+            if gone:
+                self._active = [p for p in self._active if id(p) not in gone]
+        return done
+
+    # ------------------------------------------------ refusals and failed peers
+    def _send_refused(self, dst: int, seq: int) -> BaseException | None:
+        if dst in self.peers.dead:
+            return RankFailedError(f"transfer #{seq} to rank {dst} cannot be sent: {self.peers.dead[dst]}")
+        bye = self._byes.get(dst)
+        if bye is not None and seq >= bye["recvd"]:
+            return self._never_received(dst, seq, bye)
+        return None
+
+    def _expect_refused(self, inc: Incoming) -> BaseException | None:
+        if inc.src in self.peers.dead:
+            return RankFailedError(f"var {inc.name!r} v{inc.gen} never reached rank {self.rank}: "
+                                   f"{self.peers.dead[inc.src]}")
+        bye = self._byes.get(inc.src)
+        if bye is not None and inc.seq >= bye["sent"]:
+            return self._never_sent(inc, bye)
+        return None
+
+    def _never_sent(self, inc: Incoming, bye: dict) -> ProgramMismatchError:
+        return ProgramMismatchError(
+            f"var {inc.name!r} v{inc.gen} never reached rank {self.rank}: rank {inc.src} closed its engine "
+            f"after sending it {bye['sent']} transfer(s), and this was transfer #{inc.seq} (after "
+            f"{bye['count']} pushes there): the ranks pushed different op sequences")
+
+    def _never_received(self, dst: int, seq: int, bye: dict) -> ProgramMismatchError:
+        return ProgramMismatchError(
+            f"transfer #{seq} from rank {self.rank} will never be received: rank {dst} closed its engine "
+            f"after posting {bye['recvd']} receive(s) from it: the ranks pushed different op sequences")
+
+    def _peer_gone(self, peer: int, error_of) -> None:
+        """Fail every transfer that waits on ``peer``: ``error_of(incoming or pending)`` says why."""
+        with self._lock:
+            incs = [inc for inc in self._expected.values() if inc.src == peer]
+            pend = [p for p in self._active if p.peer == peer]
+        for inc in incs:
+            err = error_of(inc)
+            if err is not None:
+                self._finish(inc, err)
+        failed = [(p, error_of(p)) for p in pend]
+        for p, err in self._claim([(p, err) for p, err in failed if err is not None]):
+            p.callback(err)
+
+    def _waiting_on(self) -> set[int]:
+        with self._lock:
+            peers = {inc.src for inc in self._expected.values()}
+            peers.update(p.peer for p in self._active)
+        peers.update(self._ctl_waiting_on())
+        return peers
+
+    # -------------------------------------------------------------------- close
+    def close(self, free: bool) -> None:
+        """Stop the progress thread once nothing is pending; free the communicators if ``free``."""
+        self._stop = True
+        self.kick()
+        self._thread.join(30)
+        if self._thread.is_alive():
+            _log.error("depengine: the MPI progress thread did not stop within 30 s")
+            return
+        if free:
+            for c in (self.data, self.ctl):
+                try:
+                    c.Free()
+                except self.MPI.Exception:
+                    pass
