@@ -16,27 +16,43 @@ place and the problem; it evaluates nothing.  It rejects
   unpaired flows, a slice count that differs from the records;
 - nesting deeper than the format has.
 
-:func:`atomic_write` is how every trace, picture and report is written: to a
-temporary file beside the target, renamed over it only once complete, so a
-failure leaves no half-written output.
+Times must lie within 2**62 ns (146 years) of the trace's origin, so that
+the difference of two of them fits in 64 bits.  The checks run on the
+columns of the :class:`~depengine._trace_table.TraceTable` that the trace
+then keeps, so the file's numbers are converted once.  The decoder makes a
+million objects that form no cycles: the garbage collector is paused while
+it runs (collecting them as they are made cost a third of the decode).
+
+:func:`write_trace` writes what :func:`read_trace` reads (with msgspec, the
+records encoded straight from their dataclasses); :func:`atomic_write` is
+how every trace, picture and report is written: to a temporary file beside
+the target, renamed over it only once complete, so a failure leaves no
+half-written output.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import mmap
 import os
+from contextlib import contextmanager
 from operator import attrgetter
 
 import msgspec
 import numpy as np
 
-from .trace import FORMAT_VERSION, OpRecord, TraceError, WaitRecord
+from ._edges import HAZARDS
+from ._trace_table import TraceTable
+from .trace import FORMAT_VERSION, OpRecord, Trace, TraceError, WaitRecord, atomic_write
 
-__all__ = ["STATES", "read_trace"]
+__all__ = ["STATES", "chrome_trace", "read_trace", "write_trace"]
 
 STATES = ("done", "failed", "skipped")
 PHASES = ("M", "X", "s", "f")  # the Chrome event phases a depengine trace contains
 INT64 = 2**63
+TIME_LIMIT = 2**62  # ns from the origin: the difference of two times fits in 64 bits
+TIMES = ("push", "ready", "start", "end")
 FLOW_SLACK_US = 0.01  # flows start 1 ns before their source slice ends (see Trace.to_chrome)
 
 
@@ -68,22 +84,38 @@ class _Probe(msgspec.Struct):
     depengine: dict | None = None
 
 
-def read_trace(path) -> tuple[list[OpRecord], list[WaitRecord]]:
-    """The op and wait records of the trace file at ``path``; :class:`TraceError` if it is bad."""
+def read_trace(path) -> Trace:
+    """The trace in the file at ``path``; :class:`TraceError` if it is bad."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise TraceError(f"{path}: the trace file is empty")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data, _gc_paused():
                 parsed = _decode(path, data)
                 ops, waits = parsed.depengine.ops, parsed.depengine.waits
-                _check_records(path, ops, waits)
+                ops, table = _check_records(path, ops, waits)
                 _check_events(path, parsed.traceEvents, len(ops) + len(waits))
+                del parsed
     except OSError as exc:
         raise TraceError(f"{path}: cannot read trace file: {exc.strerror or exc}") from exc
-    return ops, waits
+    return Trace._checked(ops, waits, path, table)
+
+
+@contextmanager
+def _gc_paused():
+    """No collection while the records are made; then they join the oldest generation at once
+    (``freeze`` + ``unfreeze``) instead of being scanned by every younger one on the way."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
 
 
 def _decode(path: str, data) -> _File:
@@ -131,14 +163,15 @@ def _check_record(path: str, n: int, r: OpRecord) -> None:
     where = f"op record #{n} ({r.name[:40]!r})"
     _check_int(path, where, "id", r.id, 0)
     _check_int(path, where, "engine", r.engine, 0, 2**31)
-    for field in ("priority", "push", "ready", "start", "end"):
-        _check_int(path, where, field, getattr(r, field))
+    _check_int(path, where, "priority", r.priority)
+    for field in TIMES:
+        _check_int(path, where, field, getattr(r, field), -TIME_LIMIT, TIME_LIMIT)
     if r.state not in STATES:
         raise TraceError(f"{path}: {where}: unknown state {r.state[:40]!r}; expected one of {STATES}")
     if r.end < r.start:
         raise TraceError(f"{path}: {where}: negative duration (start {r.start} ns, end {r.end} ns)")
     if r.gpu_end is not None:
-        _check_int(path, where, "gpu_end", r.gpu_end)
+        _check_int(path, where, "gpu_end", r.gpu_end, -TIME_LIMIT, TIME_LIMIT)
         if r.gpu_end < r.start:
             raise TraceError(f"{path}: {where}: negative GPU duration "
                              f"(start {r.start} ns, gpu_end {r.gpu_end} ns)")
@@ -147,66 +180,74 @@ def _check_record(path: str, n: int, r: OpRecord) -> None:
         _check_int(path, where, "var version", version, 0)
 
 
-def _check_records(path: str, ops: list[OpRecord], waits: list[WaitRecord]) -> None:
-    """Vectorised checks; the first suspect record goes through _check_record for the message."""
+def _check_records(path: str, ops: list[OpRecord],
+                   waits: list[WaitRecord]) -> tuple[list[OpRecord], TraceTable]:
+    """Vectorised checks on the records' table; the first suspect record goes through _check_record
+    for the message.  Returns the records in key order and their table."""
     try:
-        a = np.array([(r.id, r.engine, r.priority, r.push, r.ready, r.start, r.end,
-                       r.start if r.gpu_end is None else r.gpu_end) for r in ops], dtype=np.int64)
-        a = a.reshape(-1, 8)
-        v = np.array([x for r in ops for s, _, ver in (*r.reads, *r.writes) for x in (s, ver)],
-                     dtype=np.int64)
+        t = TraceTable(ops)
     except OverflowError:
-        a = v = None
-    if a is None or (v < 0).any() or not {r.state for r in ops} <= set(STATES):
+        t = None
+    if t is None or (t.acc_serial < 0).any() or (t.acc_ver < 0).any() or not set(t.states) <= set(STATES):
         bad = range(len(ops))
     else:
-        bad = np.nonzero((a[:, 0] < 0) | (a[:, 1] < 0) | (a[:, 1] >= 2**31) | (a[:, 6] < a[:, 5])
-                         | (a[:, 7] < a[:, 5]))[0][:1]
+        times = np.stack([t.push, t.ready, t.start, t.end, t.stop])
+        bad = np.nonzero((t.id < 0) | (t.engine < 0) | (t.engine >= 2**31) | (t.end < t.start)
+                         | (t.stop < t.start) | (np.abs(times) >= TIME_LIMIT).any(axis=0))[0][:1]
     for n in bad:
         _check_record(path, int(n), ops[n])
-    if len({r.key for r in ops}) != len(ops):
-        seen: set = set()
-        for n, r in enumerate(ops):
-            if r.key in seen:
+    if t is None:  # unreachable: _check_record names every number that does not fit
+        raise TraceError(f"{path}: a number in an op record is out of range")
+    if len(ops) > 1:
+        e, i = t.engine, t.id
+        if not ((e[1:] > e[:-1]) | ((e[1:] == e[:-1]) & (i[1:] > i[:-1]))).all():  # not in key order
+            order = np.lexsort((i, e))
+            repeat = np.nonzero((e[order][1:] == e[order][:-1]) & (i[order][1:] == i[order][:-1]))[0]
+            if len(repeat):
+                n = int(order[repeat + 1].min())  # the first record whose key came before
+                r = ops[n]
                 raise TraceError(f"{path}: op record #{n} ({r.name[:40]!r}): a second op with id {r.id} "
                                  f"on engine {r.engine}")
-            seen.add(r.key)
+            ops = [ops[k] for k in order.tolist()]
+            t = TraceTable(ops)
     for n, w in enumerate(waits):
         where = f"wait record #{n}"
-        _check_int(path, where, "start", w.start)
-        _check_int(path, where, "end", w.end)
+        _check_int(path, where, "start", w.start, -TIME_LIMIT, TIME_LIMIT)
+        _check_int(path, where, "end", w.end, -TIME_LIMIT, TIME_LIMIT)
         if w.end < w.start:
             raise TraceError(f"{path}: {where}: negative duration (start {w.start} ns, end {w.end} ns)")
+    return ops, t
 
 
 def _check_events(path: str, events: list[_Event], n_records: int) -> None:
     """The Chrome part must describe the same run: known phases, slices >= 0, flows bound to slices."""
     if not events:
         return
-    ph = np.array([e.ph for e in events], dtype=object)
-    unknown = set(ph.tolist()) - set(PHASES)
+    phases = list(map(attrgetter("ph"), events))
+    unknown = set(phases) - set(PHASES)
     if unknown:
-        n = next(k for k, e in enumerate(events) if e.ph in unknown)
+        n = next(k for k, p in enumerate(phases) if p in unknown)
         raise TraceError(f"{path}: Chrome event #{n} has unknown phase {events[n].ph[:20]!r}; "
                          f"a depengine trace has only {', '.join(PHASES)}")
+    ph = np.fromiter(map(PHASES.index, phases), dtype=np.int8, count=len(phases))
     try:
-        cols = np.array(list(map(attrgetter("pid", "tid", "ts", "dur", "id"), events)), dtype=np.float64)
+        pid, tid, ts, dur, ids = (np.fromiter(map(attrgetter(f), events), dtype=np.float64, count=len(events))
+                                  for f in ("pid", "tid", "ts", "dur", "id"))
     except OverflowError:
         raise TraceError(f"{path}: a Chrome event has a number out of range") from None
-    pid, tid, ts, dur, ids = cols.T
     bad = ((pid < 0) | (pid >= 2**31) | (tid < 0) | (tid >= 2**31) | ~np.isfinite(ts) | ~np.isfinite(dur)
            | (np.abs(ids) >= 2**53))
     if bad.any():
         raise TraceError(f"{path}: Chrome event #{int(np.argmax(bad))}: pid, tid, ts, dur or id out of range")
     pid, tid, ids = pid.astype(np.int64), tid.astype(np.int64), ids.astype(np.int64)
-    x = ph == "X"
+    x = ph == PHASES.index("X")
     if (dur[x] < 0).any():
         n = int(np.nonzero(x & (dur < 0))[0][0])
         raise TraceError(f"{path}: Chrome event #{n}: slice with negative duration {dur[n]} us")
     if int(x.sum()) != n_records:
         raise TraceError(f"{path}: inconsistent trace: {int(x.sum())} Chrome slices but "
                          f"{n_records} op and wait records")
-    starts, ends = np.nonzero(ph == "s")[0], np.nonzero(ph == "f")[0]
+    starts, ends = np.nonzero(ph == PHASES.index("s"))[0], np.nonzero(ph == PHASES.index("f"))[0]
     if not len(starts) and not len(ends):
         return
     s_order = starts[np.argsort(ids[starts], kind="stable")]
@@ -244,3 +285,76 @@ def _check_flow_ends(path, s_lane, s_start, s_end, points, lane, ts, ids) -> Non
         n = points[int(np.argmin(ok))]
         raise TraceError(f"{path}: flow {ids[n]} has an end at {ts[n]} us on pid {lane[n] >> 31} "
                          f"tid {lane[n] & (2**31 - 1)} where no op runs: a flow to a missing op")
+
+
+# ------------------------------------------------------------------ writing
+def chrome_trace(trace: Trace, records: bool = False) -> dict:
+    """Chrome Trace Event Format of ``trace``: one process per engine and device, one thread per
+    worker or stream, a complete event per op, a flow from producer to consumer per dependency,
+    and the records in a ``"depengine"`` section (as dicts, or as the records themselves when
+    ``records``: msgspec encodes dataclasses directly)."""
+    t = trace.table()
+    ops = trace.ops
+    meta: list[dict] = []
+    pids: dict[tuple, int] = {}
+    tids: dict[tuple, int] = {}
+    multi = len(set(t.engine.tolist())) > 1
+
+    def pid_of(engine: int, device: str) -> int:
+        if (engine, device) not in pids:
+            pid = pids[(engine, device)] = len(pids) + 1
+            meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
+                         "args": {"name": f"engine {engine} {device}" if multi else device}})
+            meta.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
+                         "args": {"sort_index": pid}})
+        return pids[(engine, device)]
+
+    def tid_of(pid: int, lane: str) -> int:
+        if (pid, lane) not in tids:
+            tids[(pid, lane)] = len(tids) + 1
+            meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tids[(pid, lane)],
+                         "args": {"name": lane}})
+        return tids[(pid, lane)]
+
+    where = [(pid, tid_of(pid, r.lane)) for r in ops for pid in (pid_of(r.engine, r.device),)]
+    events: list[dict] = []
+    for r, (pid, tid), stop in zip(ops, where, t.stop.tolist(), strict=True):
+        args = {"id": r.id, "state": r.state, "priority": r.priority,
+                "reads": [f"{n}@v{v}" for _, n, v in r.reads],
+                "writes": [f"{n}@v{v}" for _, n, v in r.writes],
+                "queue_delay_us": max(0, r.start - r.ready) / 1e3}
+        if r.error:
+            args["error"] = r.error
+        events.append({"ph": "X", "name": r.name, "cat": r.kind, "pid": pid, "tid": tid, "ts": r.start / 1e3,
+                       "dur": max(stop - r.start, 0) / 1e3, "args": args})
+    src, dst, var, version, hazard = (a.tolist() for a in t.edges())
+    stops, starts, var_name = t.stop.tolist(), t.start.tolist(), t.var_name.tolist()
+    for n, (s, d, v, k, h) in enumerate(zip(src, dst, var, version, hazard, strict=True)):
+        name = f"{t.var_names[var_name[v]]}@v{k} {HAZARDS[h]}"
+        events.append({"ph": "s", "id": n, "name": name, "cat": "dependency", "pid": where[s][0],
+                       "tid": where[s][1], "ts": stops[s] / 1e3 - 0.001})
+        events.append({"ph": "f", "bp": "e", "id": n, "name": name, "cat": "dependency",
+                       "pid": where[d][0], "tid": where[d][1], "ts": starts[d] / 1e3})
+    if trace.waits:
+        host = len(pids) + 1
+        meta.append({"ph": "M", "name": "process_name", "pid": host, "tid": 0,
+                     "args": {"name": "waiting threads"}})
+        for w in trace.waits:
+            tid = tid_of(host, w.thread)
+            events.append({"ph": "X", "name": w.what, "cat": "wait", "pid": host, "tid": tid,
+                           "ts": w.start / 1e3, "dur": max(w.end - w.start, 0) / 1e3,
+                           "args": {"outcome": w.outcome}})
+    section = {"format": FORMAT_VERSION, "ops": ops, "waits": trace.waits}
+    return {"traceEvents": meta + events, "displayTimeUnit": "ms",
+            "depengine": section if records else msgspec.to_builtins(section)}
+
+
+def write_trace(trace: Trace, path: str) -> None:
+    """Save ``trace`` as Chrome JSON at ``path``, whole or not at all."""
+    doc = chrome_trace(trace, records=True)
+    try:
+        data = msgspec.json.encode(doc)
+    except UnicodeEncodeError:  # a name with a lone surrogate: JSON can only carry it escaped
+        data = json.dumps(msgspec.to_builtins(doc)).encode("ascii")
+    with atomic_write(path, "wb") as f:
+        f.write(data)
