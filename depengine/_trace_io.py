@@ -1,15 +1,18 @@
-"""Reading and writing trace files safely.
+"""Reading trace files safely.
 
 A trace file is outside data: :func:`read_trace` parses it against a fixed
-schema (msgspec decodes the JSON straight into the record dataclasses, so
-no second copy of the file lives as dicts and lists), checks every value a
-picture relies on, and raises :class:`TraceError` naming the file, the
-place and the problem; it evaluates nothing.  It rejects
+schema (msgspec decodes the JSON straight into the records of format 1, or
+into the lists of format 2, see ``_trace_write``; no second copy of the
+file lives as dicts), checks every value a picture relies on, and raises
+:class:`TraceError` naming the file, the place and the problem; it
+evaluates nothing.  It rejects
 
 - files that are empty, truncated, not JSON, or JSON of another kind
-  (no ``"depengine"`` section, another format version);
+  (no ``"depengine"`` section, a format other than 1 and 2);
 - records of the wrong shape or type (a string id, a bool time, a missing
   field), integers outside 64 bits, unknown op states;
+- in format 2, lists of different lengths, access counts that do not add
+  up, text indices out of range, ops out of (engine, id) order;
 - impossible records: negative durations, two ops with one id;
 - a Chrome part that does not match: unknown event phases, negative
   durations, flow arrows whose ends no op encloses (a flow to a missing op),
@@ -19,41 +22,37 @@ place and the problem; it evaluates nothing.  It rejects
 Times must lie within 2**62 ns (146 years) of the trace's origin, so that
 the difference of two of them fits in 64 bits.  The checks run on the
 columns of the :class:`~depengine._trace_table.TraceTable` that the trace
-then keeps, so the file's numbers are converted once.  The decoder makes a
+then keeps, so the file's numbers are converted once (a format 2 trace
+makes its op records only when asked for them).  Decoding format 1 makes a
 million objects that form no cycles: the garbage collector is paused while
 it runs (collecting them as they are made cost a third of the decode).
-
-:func:`write_trace` writes what :func:`read_trace` reads (with msgspec, the
-records encoded straight from their dataclasses); :func:`atomic_write` is
-how every trace, picture and report is written: to a temporary file beside
-the target, renamed over it only once complete, so a failure leaves no
-half-written output.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import mmap
 import os
 from contextlib import contextmanager
+from itertools import accumulate, repeat
 from operator import attrgetter
+from typing import NoReturn
 
 import msgspec
 import numpy as np
 
-from ._edges import HAZARDS
 from ._trace_table import TraceTable
-from .trace import FORMAT_VERSION, OpRecord, Trace, TraceError, WaitRecord, atomic_write
+from .trace import OpRecord, Trace, TraceError, WaitRecord
 
-__all__ = ["STATES", "chrome_trace", "read_trace", "write_trace"]
+__all__ = ["FORMATS", "STATES", "read_trace"]
 
+FORMATS = (1, 2)
 STATES = ("done", "failed", "skipped")
 PHASES = ("M", "X", "s", "f")  # the Chrome event phases a depengine trace contains
 INT64 = 2**63
 TIME_LIMIT = 2**62  # ns from the origin: the difference of two times fits in 64 bits
 TIMES = ("push", "ready", "start", "end")
-FLOW_SLACK_US = 0.01  # flows start 1 ns before their source slice ends (see Trace.to_chrome)
+FLOW_SLACK_US = 0.01  # flows start 1 ns before their source slice ends (see _trace_write)
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -67,14 +66,59 @@ class _Event(msgspec.Struct, gc=False):
     id: int = 0
 
 
-class _Section(msgspec.Struct):
-    format: int
+class _Records(msgspec.Struct, tag_field="format", tag=1):
+    """Format 1: one object per record."""
+
     ops: list[OpRecord] = []
     waits: list[WaitRecord] = []
 
 
+class _OpColumns(msgspec.Struct, gc=False):
+    id: list[int]
+    engine: list[int]
+    priority: list[int]
+    push: list[int]
+    ready: list[int]
+    start: list[int]
+    end: list[int]
+    gpu_end: list[int | None]
+    name: list[int]
+    device: list[int]
+    kind: list[int]
+    lane: list[int]
+    state: list[int]
+    error: list[int]
+    reads: list[int]
+    writes: list[int]
+
+
+class _Accesses(msgspec.Struct, gc=False):
+    serial: list[int]
+    var: list[int]
+    version: list[int]
+
+
+class _Text(msgspec.Struct, gc=False):
+    name: list[str]
+    device: list[str]
+    kind: list[str]
+    lane: list[str]
+    state: list[str]
+    error: list[str]
+    var: list[str]
+
+
+class _Columns(msgspec.Struct, tag_field="format", tag=2):
+    """Format 2: one list per field."""
+
+    ops: _OpColumns
+    accesses: _Accesses
+    text: _Text
+    waits: list[WaitRecord] = []
+
+
 class _File(msgspec.Struct):
-    depengine: _Section | None = None
+    depengine: _Records | _Columns | None = None
     traceEvents: list[_Event] = []
 
 
@@ -94,13 +138,17 @@ def read_trace(path) -> Trace:
                 raise TraceError(f"{path}: the trace file is empty")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data, _gc_paused():
                 parsed = _decode(path, data)
-                ops, waits = parsed.depengine.ops, parsed.depengine.waits
-                ops, table = _check_records(path, ops, waits)
-                _check_events(path, parsed.traceEvents, len(ops) + len(waits))
+                section = parsed.depengine
+                if isinstance(section, _Records):
+                    ops, table = _check_records(path, section.ops)
+                else:
+                    ops, table = None, _check_columns(path, section)
+                _check_waits(path, section.waits)
+                _check_events(path, parsed.traceEvents, table.n + len(section.waits))
                 del parsed
     except OSError as exc:
         raise TraceError(f"{path}: cannot read trace file: {exc.strerror or exc}") from exc
-    return Trace._checked(ops, waits, path, table)
+    return Trace._checked(ops, section.waits, path, table)
 
 
 @contextmanager
@@ -133,9 +181,6 @@ def _decode(path: str, data) -> _File:
     if parsed.depengine is None:
         raise TraceError(f"{path}: not a depengine trace (no 'depengine' section); "
                          "write traces with prof.save() or DEPENGINE_PROFILE")
-    if parsed.depengine.format != FORMAT_VERSION:
-        raise TraceError(f"{path}: unsupported depengine trace format {parsed.depengine.format}; "
-                         f"expected {FORMAT_VERSION}")
     return parsed
 
 
@@ -148,8 +193,8 @@ def _why_invalid(data, msg: str) -> str:
     if probe.depengine is None:
         return f"not a depengine trace (no 'depengine' section): {msg}"
     version = probe.depengine.get("format")
-    if version != FORMAT_VERSION:
-        return f"unsupported depengine trace format {version!r}; expected {FORMAT_VERSION}"
+    if version not in FORMATS or version is True:
+        return f"unsupported depengine trace format {version!r}; expected 1 or 2"
     return f"malformed depengine trace: {msg}"
 
 
@@ -180,56 +225,124 @@ def _check_record(path: str, n: int, r: OpRecord) -> None:
         _check_int(path, where, "var version", version, 0)
 
 
-def _check_records(path: str, ops: list[OpRecord],
-                   waits: list[WaitRecord]) -> tuple[list[OpRecord], TraceTable]:
-    """Vectorised checks on the records' table; the first suspect record goes through _check_record
-    for the message.  Returns the records in key order and their table."""
+def _check_records(path: str, ops: list[OpRecord]) -> tuple[list[OpRecord], TraceTable]:
+    """Format 1: the records' table, checked; the records in key order."""
     try:
         t = TraceTable(ops)
     except OverflowError:
-        t = None
-    if t is None or (t.acc_serial < 0).any() or (t.acc_ver < 0).any() or not set(t.states) <= set(STATES):
-        bad = range(len(ops))
+        _first_bad_record(path, ops.__getitem__, len(ops))
+    _check_table(path, t, ops.__getitem__)
+    order = _key_order(path, t, ops.__getitem__)
+    if order is not None:
+        ops = [ops[k] for k in order.tolist()]
+        t = TraceTable(ops)
+    return ops, t
+
+
+def _check_columns(path: str, c: _Columns) -> TraceTable:
+    """Format 2: the lists' table, checked: lengths, counts and text indices first."""
+    o, acc, text = c.ops, c.accesses, c.text
+    n = len(o.id)
+    for field in _OpColumns.__struct_fields__:
+        if len(getattr(o, field)) != n:
+            raise TraceError(f"{path}: malformed depengine trace: ops.{field} has {len(getattr(o, field))} "
+                             f"entries, ops.id {n}")
+    if n and min(min(o.reads), min(o.writes)) < 0:
+        raise TraceError(f"{path}: malformed depengine trace: a negative count in ops.reads or ops.writes")
+    total = sum(o.reads) + sum(o.writes)
+    for field in _Accesses.__struct_fields__:
+        if len(getattr(acc, field)) != total:
+            raise TraceError(f"{path}: malformed depengine trace: accesses.{field} has "
+                             f"{len(getattr(acc, field))} entries, ops.reads and ops.writes count {total}")
+    for field, codes, low in ((*((f, getattr(o, f), 0) for f in TraceTable.TEXTS), ("error", o.error, -1),
+                               ("var", acc.var, 0))):
+        strings = getattr(text, field)
+        if codes and not low <= min(codes) <= max(codes) < len(strings):
+            k = next(k for k, v in enumerate(codes) if not low <= v < len(strings))
+            raise TraceError(f"{path}: malformed depengine trace: {'accesses' if field == 'var' else 'ops'}."
+                             f"{field}[{k}] = {codes[k]} is not an index into the {len(strings)} entries of "
+                             f"text.{field}")
+    texts = {f: (getattr(text, f), getattr(o, f)) for f in TraceTable.TEXTS}
+    errors = {i: text.error[k] for i, k in enumerate(o.error) if k >= 0}
+    try:
+        t = TraceTable.from_columns({f: getattr(o, f) for f in TraceTable.INTS}, o.gpu_end, texts, errors,
+                                    o.reads, o.writes, acc.serial, acc.var, acc.version, text.var)
+    except OverflowError:
+        offsets = [0, *accumulate(r + w for r, w in zip(o.reads, o.writes, strict=True))]
+        _first_bad_record(path, lambda k: _raw_record(c, offsets[k], k), n)
+    _check_table(path, t, t.record)
+    if _key_order(path, t, t.record) is not None:
+        raise TraceError(f"{path}: malformed depengine trace: the ops are not in (engine, id) order")
+    return t
+
+
+def _raw_record(c: _Columns, start: int, k: int) -> OpRecord:
+    """Op ``k`` of format 2 lists (its accesses from ``start`` on) as a record, numbers as they
+    are, to name one out of range."""
+    o, acc, text = c.ops, c.accesses, c.text
+    rows = [(acc.serial[j], text.var[acc.var[j]], acc.version[j])
+            for j in range(start, start + o.reads[k] + o.writes[k])]
+    return OpRecord(**{f: getattr(o, f)[k] for f in TraceTable.INTS},
+                    **{f: getattr(text, f)[getattr(o, f)[k]] for f in TraceTable.TEXTS},
+                    reads=rows[:o.reads[k]], writes=rows[o.reads[k]:], gpu_end=o.gpu_end[k])
+
+
+def _first_bad_record(path: str, record_of, n: int) -> NoReturn:
+    """Raise the error of the first record with a number out of range (slow: for bad files only)."""
+    for k in range(n):
+        _check_record(path, k, record_of(k))
+    raise TraceError(f"{path}: a number in an op record is out of range")
+
+
+def _check_table(path: str, t: TraceTable, record_of) -> None:
+    """Vectorised checks; the first suspect record goes through _check_record for the message."""
+    if not set(t.states) <= set(STATES):
+        bad = np.flatnonzero(~np.isin(t.state, [t.states.index(s) for s in STATES if s in t.states]))[:1]
+    elif (t.acc_serial < 0).any() or (t.acc_ver < 0).any():
+        bad = t.acc_op[(t.acc_serial < 0) | (t.acc_ver < 0)][:1]
     else:
         times = np.stack([t.push, t.ready, t.start, t.end, t.stop])
-        bad = np.nonzero((t.id < 0) | (t.engine < 0) | (t.engine >= 2**31) | (t.end < t.start)
-                         | (t.stop < t.start) | (np.abs(times) >= TIME_LIMIT).any(axis=0))[0][:1]
-    for n in bad:
-        _check_record(path, int(n), ops[n])
-    if t is None:  # unreachable: _check_record names every number that does not fit
-        raise TraceError(f"{path}: a number in an op record is out of range")
-    if len(ops) > 1:
-        e, i = t.engine, t.id
-        if not ((e[1:] > e[:-1]) | ((e[1:] == e[:-1]) & (i[1:] > i[:-1]))).all():  # not in key order
-            order = np.lexsort((i, e))
-            repeat = np.nonzero((e[order][1:] == e[order][:-1]) & (i[order][1:] == i[order][:-1]))[0]
-            if len(repeat):
-                n = int(order[repeat + 1].min())  # the first record whose key came before
-                r = ops[n]
-                raise TraceError(f"{path}: op record #{n} ({r.name[:40]!r}): a second op with id {r.id} "
-                                 f"on engine {r.engine}")
-            ops = [ops[k] for k in order.tolist()]
-            t = TraceTable(ops)
+        bad = np.flatnonzero((t.id < 0) | (t.engine < 0) | (t.engine >= 2**31) | (t.end < t.start)
+                             | (t.stop < t.start) | (np.abs(times) >= TIME_LIMIT).any(axis=0))[:1]
+    for k in bad.tolist():
+        _check_record(path, k, record_of(k))
+
+
+def _key_order(path: str, t: TraceTable, record_of) -> np.ndarray | None:
+    """None when the ops are in (engine, id) order, else the order that sorts them; two ops with
+    one key are an error."""
+    e, i = t.engine, t.id
+    if ((e[1:] > e[:-1]) | ((e[1:] == e[:-1]) & (i[1:] > i[:-1]))).all():
+        return None
+    order = np.lexsort((i, e))
+    repeat = np.flatnonzero((e[order][1:] == e[order][:-1]) & (i[order][1:] == i[order][:-1]))
+    if len(repeat):
+        k = int(order[repeat + 1].min())  # the first record whose key came before
+        r = record_of(k)
+        raise TraceError(f"{path}: op record #{k} ({r.name[:40]!r}): a second op with id {r.id} "
+                         f"on engine {r.engine}")
+    return order
+
+
+def _check_waits(path: str, waits: list[WaitRecord]) -> None:
     for n, w in enumerate(waits):
         where = f"wait record #{n}"
         _check_int(path, where, "start", w.start, -TIME_LIMIT, TIME_LIMIT)
         _check_int(path, where, "end", w.end, -TIME_LIMIT, TIME_LIMIT)
         if w.end < w.start:
             raise TraceError(f"{path}: {where}: negative duration (start {w.start} ns, end {w.end} ns)")
-    return ops, t
 
 
 def _check_events(path: str, events: list[_Event], n_records: int) -> None:
     """The Chrome part must describe the same run: known phases, slices >= 0, flows bound to slices."""
     if not events:
         return
-    phases = list(map(attrgetter("ph"), events))
-    unknown = set(phases) - set(PHASES)
-    if unknown:
-        n = next(k for k, p in enumerate(phases) if p in unknown)
+    code = {p: k for k, p in enumerate(PHASES)}  # -1: unknown
+    ph = np.fromiter(map(code.get, map(attrgetter("ph"), events), repeat(-1)), np.int8, len(events))
+    if (ph < 0).any():
+        n = int(np.argmax(ph < 0))
         raise TraceError(f"{path}: Chrome event #{n} has unknown phase {events[n].ph[:20]!r}; "
                          f"a depengine trace has only {', '.join(PHASES)}")
-    ph = np.fromiter(map(PHASES.index, phases), dtype=np.int8, count=len(phases))
     try:
         pid, tid, ts, dur, ids = (np.fromiter(map(attrgetter(f), events), dtype=np.float64, count=len(events))
                                   for f in ("pid", "tid", "ts", "dur", "id"))
@@ -285,76 +398,3 @@ def _check_flow_ends(path, s_lane, s_start, s_end, points, lane, ts, ids) -> Non
         n = points[int(np.argmin(ok))]
         raise TraceError(f"{path}: flow {ids[n]} has an end at {ts[n]} us on pid {lane[n] >> 31} "
                          f"tid {lane[n] & (2**31 - 1)} where no op runs: a flow to a missing op")
-
-
-# ------------------------------------------------------------------ writing
-def chrome_trace(trace: Trace, records: bool = False) -> dict:
-    """Chrome Trace Event Format of ``trace``: one process per engine and device, one thread per
-    worker or stream, a complete event per op, a flow from producer to consumer per dependency,
-    and the records in a ``"depengine"`` section (as dicts, or as the records themselves when
-    ``records``: msgspec encodes dataclasses directly)."""
-    t = trace.table()
-    ops = trace.ops
-    meta: list[dict] = []
-    pids: dict[tuple, int] = {}
-    tids: dict[tuple, int] = {}
-    multi = len(set(t.engine.tolist())) > 1
-
-    def pid_of(engine: int, device: str) -> int:
-        if (engine, device) not in pids:
-            pid = pids[(engine, device)] = len(pids) + 1
-            meta.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
-                         "args": {"name": f"engine {engine} {device}" if multi else device}})
-            meta.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": 0,
-                         "args": {"sort_index": pid}})
-        return pids[(engine, device)]
-
-    def tid_of(pid: int, lane: str) -> int:
-        if (pid, lane) not in tids:
-            tids[(pid, lane)] = len(tids) + 1
-            meta.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tids[(pid, lane)],
-                         "args": {"name": lane}})
-        return tids[(pid, lane)]
-
-    where = [(pid, tid_of(pid, r.lane)) for r in ops for pid in (pid_of(r.engine, r.device),)]
-    events: list[dict] = []
-    for r, (pid, tid), stop in zip(ops, where, t.stop.tolist(), strict=True):
-        args = {"id": r.id, "state": r.state, "priority": r.priority,
-                "reads": [f"{n}@v{v}" for _, n, v in r.reads],
-                "writes": [f"{n}@v{v}" for _, n, v in r.writes],
-                "queue_delay_us": max(0, r.start - r.ready) / 1e3}
-        if r.error:
-            args["error"] = r.error
-        events.append({"ph": "X", "name": r.name, "cat": r.kind, "pid": pid, "tid": tid, "ts": r.start / 1e3,
-                       "dur": max(stop - r.start, 0) / 1e3, "args": args})
-    src, dst, var, version, hazard = (a.tolist() for a in t.edges())
-    stops, starts, var_name = t.stop.tolist(), t.start.tolist(), t.var_name.tolist()
-    for n, (s, d, v, k, h) in enumerate(zip(src, dst, var, version, hazard, strict=True)):
-        name = f"{t.var_names[var_name[v]]}@v{k} {HAZARDS[h]}"
-        events.append({"ph": "s", "id": n, "name": name, "cat": "dependency", "pid": where[s][0],
-                       "tid": where[s][1], "ts": stops[s] / 1e3 - 0.001})
-        events.append({"ph": "f", "bp": "e", "id": n, "name": name, "cat": "dependency",
-                       "pid": where[d][0], "tid": where[d][1], "ts": starts[d] / 1e3})
-    if trace.waits:
-        host = len(pids) + 1
-        meta.append({"ph": "M", "name": "process_name", "pid": host, "tid": 0,
-                     "args": {"name": "waiting threads"}})
-        for w in trace.waits:
-            tid = tid_of(host, w.thread)
-            events.append({"ph": "X", "name": w.what, "cat": "wait", "pid": host, "tid": tid,
-                           "ts": w.start / 1e3, "dur": max(w.end - w.start, 0) / 1e3,
-                           "args": {"outcome": w.outcome}})
-    section = {"format": FORMAT_VERSION, "ops": ops, "waits": trace.waits}
-    return {"traceEvents": meta + events, "displayTimeUnit": "ms",
-            "depengine": section if records else msgspec.to_builtins(section)}
-
-
-def write_trace(trace: Trace, path: str) -> None:
-    """Save ``trace`` as Chrome JSON at ``path``, whole or not at all."""
-    doc = chrome_trace(trace, records=True)
-    try:
-        data = msgspec.json.encode(doc)
-    except UnicodeEncodeError:  # a name with a lone surrogate: JSON can only carry it escaped
-        data = json.dumps(msgspec.to_builtins(doc)).encode("ascii")
-    with atomic_write(path, "wb") as f:
-        f.write(data)

@@ -30,7 +30,7 @@ from ._trace_table import TraceTable
 
 __all__ = ["Edge", "OpRecord", "Stats", "Trace", "TraceError", "WaitRecord", "atomic_write"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what save() writes; load() reads 1 and 2 (see _trace_io.py)
 
 
 class TraceError(ValueError):
@@ -140,7 +140,7 @@ class Trace:
 
     def __init__(self, ops: list[OpRecord], waits: list[WaitRecord] | None = None,
                  source: str = "<profile>") -> None:
-        self.ops = sorted(ops, key=attrgetter("engine", "id"))
+        self._ops: list[OpRecord] | None = sorted(ops, key=attrgetter("engine", "id"))
         self.waits = waits or []
         self.source = source
         self._by_key: dict[tuple[int, int], OpRecord] | None = None
@@ -178,11 +178,20 @@ class Trace:
         return trace
 
     @classmethod
-    def _checked(cls, ops: list[OpRecord], waits: list[WaitRecord], source: str, table: TraceTable) -> Trace:
-        """A trace of records already in key order, with their table (what the file reader built)."""
+    def _checked(cls, ops: list[OpRecord] | None, waits: list[WaitRecord], source: str,
+                 table: TraceTable) -> Trace:
+        """A trace of records already in key order with their table, or of the table alone (its
+        records made when first asked for): what the file reader built."""
         trace = cls([], waits, source)
-        trace.ops, trace._table = ops, table
+        trace._ops, trace._table = ops, table
         return trace
+
+    @property
+    def ops(self) -> list[OpRecord]:
+        """The op records, by (engine, id)."""
+        if self._ops is None:
+            self._ops = self._table.records()
+        return self._ops
 
     def _derive_ready_times(self) -> None:
         """An op became ready when its last dependency ended (or when it was pushed); a CPU op
@@ -203,6 +212,10 @@ class Trace:
         if self._table is None:
             self._table = TraceTable(self.ops)
         return self._table
+
+    def op_at(self, index: int) -> OpRecord:
+        """The record of ``ops[index]``, without making every record of a trace read from a file."""
+        return self._ops[index] if self._ops is not None else self._table.record(index)
 
     def op(self, key: tuple[int, int]) -> OpRecord:
         if self._by_key is None:
@@ -264,15 +277,19 @@ class Trace:
                      critical_path_ns=self.critical_path_ns(), critical_path=self.critical_path())
 
     # ---------------------------------------------------------- chrome JSON
-    def to_chrome(self) -> dict:
-        """Chrome Trace Event Format: ``{"traceEvents": [...], "depengine": {...}}``."""
-        from ._trace_io import chrome_trace
+    def to_chrome(self, version: int = 1) -> dict:
+        """Chrome Trace Event Format: ``{"traceEvents": [...], "depengine": {...}}``.
 
-        return chrome_trace(self)
+        ``version`` 1 keeps one dict per op record (the easiest to edit); 2,
+        what :meth:`save` writes, keeps each field as one list (see ``_trace_io``).
+        """
+        from ._trace_write import chrome_trace
+
+        return chrome_trace(self, version)
 
     def save(self, path) -> str:
         """Write the Chrome JSON; the file appears complete or not at all."""
-        from ._trace_io import write_trace
+        from ._trace_write import write_trace
 
         path = str(path)
         write_trace(self, path)
@@ -297,10 +314,10 @@ class Trace:
         raise TypeError(f"trace={trace!r} must be a Trace, a Profile or a trace file path")
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return len(self._ops) if self._ops is not None else self._table.n
 
     def __repr__(self) -> str:
-        return f"<Trace {self.source} ops={len(self.ops)} waits={len(self.waits)}>"
+        return f"<Trace {self.source} ops={len(self)} waits={len(self.waits)}>"
 
 
 def _thread_names(rec, records) -> dict[int, str]:

@@ -97,7 +97,7 @@ def _load(path: str) -> Trace:
 
 
 def _nonempty(trace: Trace) -> Trace:
-    if not trace.ops:
+    if not len(trace):
         raise TraceError(f"{trace.source}: the trace has no ops: nothing to draw")
     return trace
 

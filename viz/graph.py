@@ -42,13 +42,19 @@ RANK_KIND = (1, 2, 0)
 
 @dataclass
 class GraphPicture:
-    """A graph and how its nodes map to ops: ``node_of[i]`` is op i's node id (None: hidden)."""
+    """A graph and how its nodes map to ops: op i is drawn in node ``nodes[node[i]]`` (-1: hidden)."""
 
     dot: graphviz.Digraph
-    node_of: list[str | None]
+    nodes: list[str]
+    node: np.ndarray
     groups: list[Group] | None
     hidden: list[bool]
     iterations: Iterations
+
+    @property
+    def node_of(self) -> list[str | None]:
+        """Op i's node id (None: hidden)."""
+        return [None if k < 0 else self.nodes[k] for k in self.node.tolist()]
 
 
 def dependency_graph(trace, *, max_ops: int = 200, bookkeeping: bool = False, edge_labels: bool = False,
@@ -71,11 +77,11 @@ def build_graph(model: RunModel, *, max_ops: int = 200, bookkeeping: bool = Fals
         raise ValueError(f"max_ops={max_ops!r} must be an int >= 1")
     if group not in GROUP_MODES:
         raise ValueError(f"group={group!r} must be one of {', '.join(GROUP_MODES)}")
-    hidden = [False] * len(model.ops) if bookkeeping else _bookkeeping(model)
-    visible = (~np.asarray(hidden, dtype=bool)).tolist()
+    hidden = [False] * len(model) if bookkeeping else _bookkeeping(model)
+    visible = ~np.asarray(hidden, dtype=bool)
     order = model.topo_order()
     iterations = find_iterations(model, visible, order)
-    n_visible = sum(visible)
+    n_visible = int(visible.sum())
     grouped = group == "groups" or (group == "auto" and n_visible > max_ops)
     on_path = model.on_path if critical_path else set()
     g = graphviz.Digraph("depengine", graph_attr={
@@ -84,26 +90,26 @@ def build_graph(model: RunModel, *, max_ops: int = 200, bookkeeping: bool = Fals
         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "margin": "0.06,0.03"},
         edge_attr={"fontname": "Helvetica", "fontsize": "8", "arrowsize": "0.6", "color": "#555555"})
     colors = model.colors
-    node_of: list[str | None] = [None] * len(model.ops)
+    node = np.full(len(model), -1, dtype=np.int64)
     groups = None
     if grouped:
         groups = group_ops(model, visible, iterations, max_ops)
         for k, grp in enumerate(groups):
-            for i in grp.members:
-                node_of[i] = f"grp{k}"
+            node[grp.members] = k
+        nodes = [f"grp{k}" for k in range(len(groups))]
         _group_nodes(g, model, groups, colors, on_path)
     else:
-        for i in np.flatnonzero(visible).tolist():
-            node_of[i] = f"op{i}"
-        for i in order:
-            if node_of[i] is not None:
-                _op_node(g, model, i, colors, i in on_path)
-    _edges(g, model, node_of, hidden, order, on_path, edge_labels, critical_path)
+        shown = np.flatnonzero(visible)
+        node[shown] = np.arange(len(shown))
+        nodes = [f"op{i}" for i in shown.tolist()]
+        for i in order[node[order] >= 0].tolist():
+            _op_node(g, model, i, colors, i in on_path)
+    _edges(g, model, nodes, node, hidden, order, on_path, edge_labels, critical_path)
     if legend:
         _legend(g, model, colors, visible)
     g.attr(label=graphviz.nohtml(_dot_text(title) if title else _title(model, hidden, groups, iterations,
                                                                           critical_path)))
-    return GraphPicture(g, node_of, groups, hidden, iterations)
+    return GraphPicture(g, nodes, node, groups, hidden, iterations)
 
 
 def _bookkeeping(model: RunModel) -> list[bool]:
@@ -131,7 +137,7 @@ def _label(*lines: str) -> str:
 
 
 def _op_node(g, model: RunModel, i: int, colors: dict, critical: bool) -> None:
-    r = model.ops[i]
+    r = model.op(i)
     fill = colors[r.name]
     attrs = {"id": f"op{i}", "shape": node_shape(r.device), "fillcolor": fill, "fontcolor": text_color(fill),
              "tooltip": _label(f"#{r.id} {short(r.name, 80)} [{r.state}]",
@@ -168,14 +174,12 @@ def _group_nodes(g, model: RunModel, groups: list[Group], colors: dict, on_path:
                                  grp.span(), extra), **attrs)
 
 
-def _edges(g, model: RunModel, node_of, hidden, order, on_path, edge_labels: bool, critical: bool) -> None:
+def _edges(g, model: RunModel, names: list[str], node: np.ndarray, hidden, order, on_path, edge_labels: bool,
+           critical: bool) -> None:
     """One edge per pair of nodes; edges through hidden ops join what the hidden op joined."""
-    names = sorted({n for n in node_of if n is not None})
-    code = {n: k for k, n in enumerate(names)}
-    node = np.array([-1 if n is None else code[n] for n in node_of], dtype=np.int64)
     a, b, edge, sub = _node_pairs(model, node, np.asarray(hidden, dtype=bool), order)
     position = np.empty(len(node), dtype=np.int64)
-    position[np.asarray(order, dtype=np.int64)] = np.arange(len(node))
+    position[order] = np.arange(len(node))
     walk = np.lexsort((sub, edge, position[model.dst[edge]]))  # the order of a walk over ops and their preds
     a, b, edge = a[walk], b[walk], edge[walk]
     pair = a * max(1, len(names)) + b
@@ -191,7 +195,7 @@ def _edges(g, model: RunModel, node_of, hidden, order, on_path, edge_labels: boo
                 labels[k].add(f"{short(model.table.var_names[model.var[e]], 20)} v{model.version[e]}")
     path_pairs = set()
     if critical:
-        path_nodes = [node_of[i] for i in model.critical if node_of[i] is not None]
+        path_nodes = [names[k] for k in node[model.critical].tolist() if k >= 0]
         path_pairs = {(x, y) for x, y in itertools.pairwise(path_nodes) if x != y}
     for k in np.argsort(first, kind="stable").tolist():
         x, y = names[a[first[k]]], names[b[first[k]]]
@@ -216,7 +220,7 @@ def _node_pairs(model: RunModel, node: np.ndarray, hidden: np.ndarray, order) ->
     parts = [(node[src[direct]], node[dst[direct]], direct, np.zeros(len(direct), dtype=np.int64))]
     if hidden.any():
         through: dict[int, set[int]] = {}  # hidden op -> shown ops it depends on (through hidden ones)
-        for d in np.asarray(order, dtype=np.int64)[hidden[order]].tolist():
+        for d in order[hidden[order]].tolist():
             mine = through.setdefault(d, set())
             for e in model.preds(d):
                 s = int(src[e])
@@ -255,7 +259,7 @@ def _legend(g, model: RunModel, colors: dict, visible: list[bool], max_names: in
 
 def _title(model: RunModel, hidden, groups, iterations: Iterations, critical: bool) -> str:
     n_hidden = sum(hidden)
-    lines = [f"{len(model.ops) - n_hidden} ops" + (f" ({n_hidden} bookkeeping ops hidden)" * bool(n_hidden))]
+    lines = [f"{len(model) - n_hidden} ops" + (f" ({n_hidden} bookkeeping ops hidden)" * bool(n_hidden))]
     if groups is not None:
         how = (f"name and iteration (k: steps of {short(iterations.anchor, 30)})"
                if iterations.anchor is not None and groups and groups[0].first is not None else "name")

@@ -57,7 +57,7 @@ def report(trace, path=None, *, max_ops: int = 120, title: str | None = None) ->
     appears complete or not at all.
     """
     trace = Trace.coerce(trace)
-    if not trace.ops:
+    if not len(trace):
         raise TraceError(f"{trace.source}: the trace has no ops: nothing to report")
     model = RunModel(trace)
     picture = build_graph(model, max_ops=max_ops)
@@ -86,8 +86,6 @@ def _data(model: RunModel, picture) -> dict:
     kinds = sorted(t.kinds)
     kind_ix = np.array([kinds.index(k) for k in t.kinds], dtype=np.int64)
     state_ix = np.array([STATE_CODES[s] for s in t.states], dtype=np.int64)
-    nodes = sorted({n for n in picture.node_of if n is not None})
-    node_ix = {n: k for k, n in enumerate(nodes)}
     return {
         "names": [clean_text(n) for n in names], "colors": list(colors.values()),
         "vars": [clean_text(v) for v in t.var_names], "kinds": [clean_text(k) for k in kinds],
@@ -97,14 +95,14 @@ def _data(model: RunModel, picture) -> dict:
                "start": t.start.tolist(), "end": model.end.tolist(), "ready": t.ready.tolist(),
                "push": t.push.tolist(), "state": state_ix[t.state].tolist(), "kind": kind_ix[t.kind].tolist(),
                "engine": t.engine.tolist(),
-               "node": [-1 if n is None else node_ix[n] for n in picture.node_of],
-               "error": {i: clean_text(r.error) for i, r in enumerate(model.ops) if r.error}},
+               "node": picture.node.tolist(),
+               "error": {i: clean_text(e) for i, e in t.errors.items() if e}},
         "rw": {"off": t.acc_off.tolist(), "var": t.acc_name.tolist(), "ver": t.acc_ver.tolist(),
                "w": t.acc_write.astype(np.int8).tolist()},
         "edges": {"src": model.src.tolist(), "dst": model.dst.tolist(), "kind": model.kind.tolist(),
                   "var": model.var.tolist(), "ver": model.version.tolist(),
                   "cross": model.cross.astype(np.int8).tolist()},
-        "waited": model.waited_for.tolist(), "critical": model.critical, "nodes": nodes,
+        "waited": model.waited_for.tolist(), "critical": model.critical, "nodes": picture.nodes,
         "waits": [{"thread": clean_text(w.thread), "what": clean_text(w.what), "start": w.start, "end": w.end,
                    "outcome": clean_text(w.outcome)} for w in model.trace.waits],
     }
@@ -154,7 +152,7 @@ def _stats_html(model: RunModel) -> str:
     parts.insert(0, "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in summary) + "</ul>")
     path_rows, attrs = [], []
     for i in model.critical[:MAX_TABLE_ROWS]:
-        r = model.ops[i]
+        r = model.op(i)
         path_rows.append([f"#{r.id}", esc(short(r.name, 60)), esc(short(r.lane, 40)), fmt_ns(r.start),
                           fmt_ns(r.duration)])
         attrs.append(f'class="pick" data-op="{i}"')
@@ -173,11 +171,11 @@ def _gaps_html(model: RunModel) -> str:
         mine = sorted(by_lane.get(n, []), key=lambda g: -g.duration)
         total = sum(g.duration for g in mine)
         for g in mine[:GAPS_PER_LANE]:
-            nxt = model.ops[g.next_op]
+            nxt = model.op(g.next_op)
             if g.waited_for is None:
                 why = "nothing: it was ready (or not yet pushed)"
             else:
-                w = model.ops[g.waited_for]
+                w = model.op(g.waited_for)
                 why = f"#{w.id} {esc(short(w.name, 40))} on {esc(short(w.lane, 30))}"
             rows.append([esc(short(lane.label, 40)), fmt_ns(g.start), fmt_ns(g.duration),
                          f"#{nxt.id} {esc(short(nxt.name, 40))}", why])
@@ -202,7 +200,7 @@ def _page(model: RunModel, picture, title: str) -> str:
     css = assets.joinpath("report.css").read_text(encoding="utf-8")
     script = assets.joinpath("report.js").read_text(encoding="utf-8")
     s = model.stats
-    head = (f"{len(model.ops)} ops on {len(model.lanes)} lanes \u00b7 wall {fmt_ns(s.wall_ns)} \u00b7 "
+    head = (f"{len(model)} ops on {len(model.lanes)} lanes \u00b7 wall {fmt_ns(s.wall_ns)} \u00b7 "
             f"critical path {fmt_ns(s.critical_path_ns)} \u00b7 parallelism {s.parallelism:.2f}")
     page = Template(assets.joinpath("report.html").read_text(encoding="utf-8"))
     return page.substitute(policy=_policy(script), title=html.escape(short(title, 200)), css=css,

@@ -65,7 +65,6 @@ class RunModel:
 
     def __init__(self, trace, stats: Stats | None = None) -> None:
         self.trace = trace = Trace.coerce(trace)
-        self.ops = trace.ops
         t = self.table = trace.table()
         self.stats = stats if stats is not None else trace.stats()
         self.critical: list[int] = t.critical_path().tolist()
@@ -82,6 +81,10 @@ class RunModel:
         self.waited_for = self._last_dependencies()
         self.lanes, self.lane_of = self._lanes()
         self.cross = self._crosses()
+
+    def op(self, i: int):
+        """The record of op ``i`` (records are made one by one, for the few ops a picture names)."""
+        return self.trace.op_at(i)
 
     def preds(self, i: int) -> range:
         """The indices of op ``i``'s incoming edges."""
@@ -153,9 +156,9 @@ class RunModel:
                                None if edge < 0 else int(self.src[edge])))
         return out
 
-    def topo_order(self) -> list[int]:
+    def topo_order(self) -> np.ndarray:
         """Op indices with every op after its dependencies (push order breaks any cycle a trace has)."""
         return self.table.topo_order()
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return self.table.n

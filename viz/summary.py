@@ -73,14 +73,17 @@ class Iterations:
         return max(self.of, default=0)
 
 
-def find_iterations(model: RunModel, visible: list[bool], order: list[int] | None = None) -> Iterations:
-    """Detect the iteration structure of a run (see the module docstring); anchor None if there is none."""
+def find_iterations(model: RunModel, visible, order=None) -> Iterations:
+    """Detect the iteration structure of a run (see the module docstring); anchor None if there is none.
+
+    ``visible``: per op, whether it counts; ``order``: a topological order (default the model's).
+    """
     t = model.table
-    order = order if order is not None else model.topo_order()
+    order = np.asarray(order if order is not None else model.topo_order(), dtype=np.int64)
     shown = np.flatnonzero(np.asarray(visible, dtype=bool))
     n = len(shown)
     position = np.empty(t.n, dtype=np.int64)
-    position[np.asarray(order, dtype=np.int64)] = np.arange(t.n)
+    position[order] = np.arange(t.n)
     # names whose occurrences never overlap in time (by start, ties in dependency order)
     by_start = shown[np.lexsort((position[shown], t.start[shown], t.name[shown]))]
     names = t.name[by_start]
@@ -106,7 +109,7 @@ def _entropy(counts, n: int) -> float:
     return float(-(share * np.log(share)).sum())
 
 
-def _chain_counts(model: RunModel, order: list[int], code: int, shown: np.ndarray) -> list[int] | None:
+def _chain_counts(model: RunModel, order: np.ndarray, code: int, shown: np.ndarray) -> list[int] | None:
     """Per op, the anchor ops among its dependencies (itself included); None if they form no chain."""
     t = model.table
     anchor = np.zeros(t.n, dtype=np.int64)
@@ -135,8 +138,7 @@ class Group:
         return f"k={self.first}" if self.first == self.last else f"k={self.first}..{self.last}"
 
 
-def group_ops(model: RunModel, visible: list[bool], iterations: Iterations,
-              max_nodes: int) -> list[Group]:
+def group_ops(model: RunModel, visible, iterations: Iterations, max_nodes: int) -> list[Group]:
     """Visible ops in groups by name and iteration range, at most ``max_nodes`` groups where possible.
 
     Iterations merge into ranges of 1, 2, 5, 10, ... until the groups fit;
@@ -149,9 +151,12 @@ def group_ops(model: RunModel, visible: list[bool], iterations: Iterations,
     names = t.name[shown]
     if iterations.anchor is not None:
         it = np.asarray(iterations.of, dtype=np.int64)[shown]
+        span = int(it.max(initial=0)) + 1
+        pairs = np.unique(names * span + it)  # each (name, iteration) once, in order
         for width in WIDTHS:
-            key = names * (int(it.max(initial=0)) // width + 1) + it // width
-            if len(np.unique(key)) <= max_nodes:
+            merged = pairs // span * (span // width + 1) + pairs % span // width  # still in order
+            if 1 + np.count_nonzero(np.diff(merged)) <= max_nodes:
+                key = names * (span // width + 1) + it // width
                 groups = _collect(model, shown, key, lambda k, w=width: (t.names[names[k]], it[k] // w))
                 top = iterations.count
                 for g in groups:  # ranges end at the last iteration there is
