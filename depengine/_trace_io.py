@@ -257,6 +257,10 @@ def _check_columns(path: str, c: _Columns) -> TraceTable:
     for field, codes, low in ((*((f, getattr(o, f), 0) for f in TraceTable.TEXTS), ("error", o.error, -1),
                                ("var", acc.var, 0))):
         strings = getattr(text, field)
+        if field != "error" and len(set(strings)) != len(strings):  # each name is one lane, one colour
+            seen: set[str] = set()
+            twice = next(x for x in strings if x in seen or seen.add(x))
+            raise TraceError(f"{path}: malformed depengine trace: text.{field} holds {twice[:40]!r} twice")
         if codes and not low <= min(codes) <= max(codes) < len(strings):
             k = next(k for k, v in enumerate(codes) if not low <= v < len(strings))
             raise TraceError(f"{path}: malformed depengine trace: {'accesses' if field == 'var' else 'ops'}."

@@ -36,7 +36,7 @@ def bookkeeping(model: RunModel) -> list[bool]:
     """For each op, whether it is the engine's bookkeeping (see the module docstring)."""
     t = model.table
     n_acc = np.diff(t.acc_off)
-    n_writes = np.add.reduceat(t.acc_write.astype(np.int64), t.acc_off[:-1]) if len(t.acc_op) else n_acc
+    n_writes = n_acc - t.n_reads
     flags = np.zeros(t.n, dtype=bool)
     deletes = np.array([name.startswith("delete ") for name in t.names], dtype=bool)[t.name]
     for i in np.flatnonzero(deletes & (n_acc == 1) & (n_writes == 1)).tolist():
