@@ -12,21 +12,27 @@ from tests.traces import op
 from viz.graph import build_graph
 from viz.model import RunModel
 
-ACCESS = st.tuples(st.integers(0, 3), st.integers(0, 4))
-OP = st.tuples(st.sampled_from(["a", "b", "delete v1"]), st.integers(0, 60), st.integers(0, 20),
-               st.lists(ACCESS, max_size=2), st.lists(ACCESS, max_size=2),
-               st.sampled_from(["w0", "w1", "gpu0-s0"]), st.booleans())
+VARS = st.lists(st.integers(0, 2), max_size=2, unique=True)  # few vars: many dependencies
+OP = st.tuples(st.sampled_from(["a", "b", "delete v1"]), st.integers(0, 60), st.integers(0, 20), VARS, VARS,
+               st.sampled_from(["w0", "w1", "gpu0-s0"]), st.booleans(), st.integers(0, 30))
 
 
 def _trace(spec) -> Trace:
-    ops = []
-    for i, (name, start, length, reads, writes, lane, gpu) in enumerate(spec):
+    """Ops pushed in order: a read sees a var's current version, a write makes the next one (as an
+    engine records them); ``delete v1`` writes v1 alone and is hidden as bookkeeping."""
+    ops, version = [], [0, 0, 0]
+    for i, (name, start, length, reads, writes, lane, gpu, queued) in enumerate(spec):
         if name == "delete v1":
-            reads, writes = [], [(1, 9)]
+            reads, writes = [], [1]
+        reads = [v for v in reads if v not in writes]
+        seen = [(v, f"v{v}", version[v]) for v in reads]
+        for v in writes:
+            version[v] += 1
         on_gpu = lane.startswith("gpu")
-        ops.append(op(i, name, lane, start, start + length, [(v, f"v{v}", k) for v, k in reads],
-                      [(v, f"v{v}", k) for v, k in writes], device="gpu(0)" if on_gpu else "cpu(0)",
+        ops.append(op(i, name, lane, start, start + length, seen, [(v, f"v{v}", version[v]) for v in writes],
+                      device="gpu(0)" if on_gpu else "cpu(0)",
                       gpu_end=start + length + 5 if gpu and on_gpu else None))
+        ops[-1].push = max(0, start - queued)
     return Trace(ops)
 
 
@@ -39,11 +45,14 @@ def _preds(trace: Trace) -> dict[int, list[tuple[int, int]]]:
     return preds
 
 
-@settings(max_examples=120, deadline=None)
-@given(st.lists(OP, max_size=16))
-def test_waits_lanes_and_gaps_match_plain_python(spec):
-    trace = _trace(spec)
-    model = RunModel(trace)
+def random_traces(test):
+    """Run ``test(trace, model)`` on random small traces."""
+    return settings(max_examples=120, deadline=None)(given(st.lists(OP, max_size=16).map(_trace))(
+        lambda trace: test(trace, RunModel(trace))))
+
+
+@random_traces
+def test_waits_lanes_and_gaps_match_plain_python(trace, model):
     ops, preds = trace.ops, _preds(trace)
     for i, r in enumerate(ops):  # what each op waited for: the dependency that ended last, if after its push
         best, best_end = -1, None
@@ -80,13 +89,9 @@ def _reference_edges(trace: Trace, hidden: list[bool]) -> set[tuple[int, int]]:
     return out
 
 
-@settings(max_examples=120, deadline=None)
-@given(st.lists(OP, max_size=16))
-def test_graph_edges_through_hidden_ops_match_plain_python(spec):
-    trace = _trace(spec)
-    model = RunModel(trace)
-    if not model.table.in_push_order():
-        return
+@random_traces
+def test_graph_edges_through_hidden_ops_match_plain_python(trace, model):
+    assert model.table.in_push_order()
     picture = build_graph(model, group="ops", max_ops=100)
     drawn = {(int(a), int(b)) for a, b in re.findall(r"\bop(\d+) -> op(\d+)", picture.dot.source)}
     assert drawn == _reference_edges(trace, picture.hidden)
