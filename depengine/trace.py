@@ -4,31 +4,41 @@ A :class:`Trace` comes from a profile (``prof.trace()``) or a saved file
 (``Trace.load(path)``).  ``save`` writes Chrome Trace Event Format JSON (one
 process per device, one thread per worker or stream, a complete event per op,
 flow events from producers to consumers) with depengine's own records in a
-``"depengine"`` section, so a saved trace loads back exactly.
+``"depengine"`` section, so a saved trace loads back exactly (format 2, one
+list per field; format 1 files, one object per record, still load: see
+``_trace_write.py``).
 
 Dependencies are rebuilt from the var versions each op saw, by the walker
 recorded plans use too (``_edges.py``): the op that wrote version k of a var
 precedes every op that read version k (read-after-write); each of those reads
 precedes the write of version k+1 (write-after-read); and when nobody read
 version k, its writer precedes the next writer directly (write-after-write).
+
+Every derived figure (edges, critical path, statistics, the pictures of
+viz/) is computed from one columnar view of the ops, :meth:`Trace.table`
+(``_trace_table.py``), built once: a 100 000-op trace is analysed in a
+fraction of a second, and a trace read from a format 2 file makes its
+:class:`OpRecord` objects only when :attr:`Trace.ops` is first read.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import os
-import statistics
 import tempfile
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from operator import attrgetter
 
-from ._edges import dependency_edges
+import numpy as np
+
+from ._trace_table import TraceTable
 
 __all__ = ["Edge", "OpRecord", "Stats", "Trace", "TraceError", "WaitRecord", "atomic_write"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what save() writes; load() reads 1 and 2 (see _trace_io.py)
 
 
 class TraceError(ValueError):
@@ -122,22 +132,27 @@ class Stats:
         return "\n".join(lines)
 
 
-def _percentile(sorted_values: list[int], p: float) -> float:
-    if not sorted_values:
+def _percentile(sorted_values, p: float) -> float:
+    if not len(sorted_values):
         return 0.0
     k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
     return float(sorted_values[k])
 
 
 class Trace:
-    """Recorded ops and waits, with dependency edges, critical path and statistics."""
+    """Recorded ops and waits, with dependency edges, critical path and statistics.
+
+    Everything derived (edges, critical path, statistics, pictures) is
+    computed from one columnar view of the ops, :meth:`table`, built once.
+    """
 
     def __init__(self, ops: list[OpRecord], waits: list[WaitRecord] | None = None,
                  source: str = "<profile>") -> None:
-        self.ops = sorted(ops, key=lambda r: (r.engine, r.id))
+        self._ops: list[OpRecord] | None = sorted(ops, key=attrgetter("engine", "id"))
         self.waits = waits or []
         self.source = source
-        self._by_key = {r.key: r for r in self.ops}
+        self._by_key: dict[tuple[int, int], OpRecord] | None = None
+        self._table: TraceTable | None = None
         self._edges: list[Edge] | None = None
         self.origin_ns = 0  # perf_counter_ns() of time 0 in the recording process (0: unknown)
 
@@ -172,177 +187,122 @@ class Trace:
         trace._derive_ready_times()
         return trace
 
+    @classmethod
+    def _checked(cls, ops: list[OpRecord] | None, waits: list[WaitRecord], source: str,
+                 table: TraceTable) -> Trace:
+        """A trace of records already in key order with their table, or of the table alone (its
+        records made when first asked for): what the file reader built."""
+        trace = cls([], waits, source)
+        trace._ops, trace._table = ops, table
+        return trace
+
+    @property
+    def ops(self) -> list[OpRecord]:
+        """The op records, by (engine, id)."""
+        if self._ops is None:
+            self._ops = self._table.records()
+        return self._ops
+
     def _derive_ready_times(self) -> None:
-        """An op became ready when its last dependency ended (or when it was pushed)."""
-        preds = self.predecessors()
-        for r in self.ops:
-            ready = r.push
-            for p in preds.get(r.key, ()):
-                q = self._by_key[p]
-                gpu_wait = q.gpu_end is not None and r.device.startswith("cpu")
-                ready = max(ready, q.gpu_end if gpu_wait else q.end)
-            r.ready = min(max(ready, r.push), r.start)
+        """An op became ready when its last dependency ended (or when it was pushed); a CPU op
+        that depends on a GPU op waited for its GPU work."""
+        t = self.table()
+        src, dst = t.edges()[:2]
+        on_cpu = np.array([d.startswith("cpu") for d in t.devices], dtype=bool)[t.device]
+        ready = t.push.copy()
+        np.maximum.at(ready, dst, np.where(t.has_gpu[src] & on_cpu[dst], t.stop[src], t.end[src]))
+        t.ready = np.minimum(ready, t.start)
+        for r, value in zip(self.ops, t.ready.tolist(), strict=True):
+            r.ready = value
 
     # ---------------------------------------------------------- structure
+    def table(self) -> TraceTable:
+        """The ops as numpy columns, by index in :attr:`ops`, with their edges and critical path;
+        built on first use (records changed afterwards are not seen)."""
+        if self._table is None:
+            self._table = TraceTable(self.ops)
+        return self._table
+
+    def op_at(self, index: int) -> OpRecord:
+        """The record of ``ops[index]``, without making every record of a trace read from a file."""
+        return self._ops[index] if self._ops is not None else self._table.record(index)
+
     def op(self, key: tuple[int, int]) -> OpRecord:
+        if self._by_key is None:
+            self._by_key = {r.key: r for r in self.ops}
         return self._by_key[key]
 
     def edges(self) -> list[Edge]:
-        """Dependency edges rebuilt from var versions (see the module docstring)."""
-        if self._edges is not None:
-            return self._edges
-        names = {(r.engine, serial): name for r in self.ops for serial, name, _ in (*r.reads, *r.writes)}
-        accesses = ((r.key, [((r.engine, serial), ver) for serial, _, ver in r.reads],
-                     [((r.engine, serial), ver) for serial, _, ver in r.writes]) for r in self.ops)
-        edges = [Edge(src, dst, names[var], version, hazard)
-                 for src, dst, var, version, hazard in dependency_edges(accesses)]
-        edges.sort(key=lambda e: (e.dst, e.src, e.var))
-        self._edges = edges
-        return edges
+        """Dependency edges rebuilt from var versions (see the module docstring), by (dst, src, var)."""
+        if self._edges is None:
+            t = self.table()
+            keys, names = t.keys(), t.var_names
+            src, dst, var, version, _ = (a.tolist() for a in t.edges())
+            var_name = t.var_name.tolist()
+            self._edges = [Edge(keys[s], keys[d], names[var_name[v]], k, h) for s, d, v, k, h
+                           in zip(src, dst, var, version, t.edge_hazards(), strict=True)]
+        return self._edges
 
     def predecessors(self) -> dict[tuple[int, int], list[tuple[int, int]]]:
         preds: dict[tuple[int, int], list] = defaultdict(list)
         for e in self.edges():
-            if e.src in self._by_key:
-                preds[e.dst].append(e.src)
+            preds[e.dst].append(e.src)
         return preds
 
     def critical_path(self) -> list[tuple[int, int]]:
         """The chain of dependent ops with the largest total duration, first op first."""
-        preds = self.predecessors()
-        best: dict[tuple[int, int], int] = {}
-        via: dict[tuple[int, int], tuple[int, int] | None] = {}
-        for r in self.ops:  # push order is a topological order of the edges
-            p_best, p_key = 0, None
-            for p in preds.get(r.key, ()):
-                if best.get(p, 0) > p_best:
-                    p_best, p_key = best[p], p
-            best[r.key] = p_best + r.duration
-            via[r.key] = p_key
-        if not best:
-            return []
-        key: tuple[int, int] | None = max(best, key=best.__getitem__)
-        path = []
-        while key is not None:
-            path.append(key)
-            key = via[key]
-        return path[::-1]
+        t = self.table()
+        path = t.critical_path()
+        return list(zip(t.engine[path].tolist(), t.id[path].tolist(), strict=True))
 
     def critical_path_ns(self) -> int:
-        return sum(self._by_key[k].duration for k in self.critical_path())
+        t = self.table()
+        return int(t.duration[t.critical_path()].sum())
 
     def wall_ns(self) -> int:
-        if not self.ops:
-            return 0
-        return max(r.gpu_end or r.end for r in self.ops) - min(r.push for r in self.ops)
+        return self.table().wall_ns()
 
     def stats(self) -> Stats:
-        wall = self.wall_ns()
-        per_name: dict[str, dict[str, float]] = {}
-        groups: dict[str, list[int]] = defaultdict(list)
-        for r in self.ops:
-            if r.state != "skipped":
-                groups[r.name].append(r.duration)
-        for name, ds in groups.items():
-            ds.sort()
-            per_name[name] = {"count": len(ds), "total": float(sum(ds)), "mean": statistics.fmean(ds),
-                              "min": float(ds[0]), "max": float(ds[-1]),
-                              "p50": _percentile(ds, 50), "p99": _percentile(ds, 99)}
-        lanes: dict[str, list[OpRecord]] = defaultdict(list)
-        for r in self.ops:
-            if r.state != "skipped":
-                lanes[r.lane].append(r)
+        t = self.table()
+        wall = t.wall_ns()
+        live = np.flatnonzero(~t.is_state("skipped"))
+        per_name = {t.names[code]: {"count": len(ds), "total": float(ds.sum()),
+                                    "mean": float(ds.sum()) / len(ds), "min": float(ds[0]),
+                                    "max": float(ds[-1]), "p50": _percentile(ds, 50),
+                                    "p99": _percentile(ds, 99)}
+                    for code, ds in _sorted_groups(t.name[live], t.duration[live])}
         per_lane = {}
-        for lane, rs in lanes.items():
-            busy = _union_length([(r.start, r.gpu_end or r.end) for r in rs])
-            per_lane[lane] = {"ops": len(rs), "busy": float(busy),
-                              "utilisation": busy / wall if wall else 0.0}
-        delays = sorted(max(0, r.start - r.ready) for r in self.ops if r.state != "skipped")
+        for code, members in _sorted_groups(t.lane[live], live):
+            busy = _union_length(t.start[members], t.stop[members])
+            per_lane[t.lanes[code]] = {"ops": len(members), "busy": float(busy),
+                                       "utilisation": busy / wall if wall else 0.0}
+        delays = np.sort(np.maximum(t.start[live] - t.ready[live], 0))
         queue = {}
-        if delays:
-            queue = {"mean": statistics.fmean(delays), "p50": _percentile(delays, 50),
+        if len(delays):
+            queue = {"mean": float(delays.sum()) / len(delays), "p50": _percentile(delays, 50),
                      "p99": _percentile(delays, 99), "max": float(delays[-1])}
-        busy_total = sum(r.duration for r in self.ops if r.state != "skipped")
-        path = self.critical_path()
+        busy_total = int(t.duration[live].sum())
         return Stats(wall_ns=wall, per_name=per_name, per_lane=per_lane, queue_delay=queue,
                      parallelism=busy_total / wall if wall else 0.0,
-                     critical_path_ns=sum(self._by_key[k].duration for k in path), critical_path=path)
+                     critical_path_ns=self.critical_path_ns(), critical_path=self.critical_path())
 
     # ---------------------------------------------------------- chrome JSON
-    def to_chrome(self) -> dict:
-        """Chrome Trace Event Format: ``{"traceEvents": [...], "depengine": {...}}``."""
-        events: list[dict] = []
-        pids: dict[tuple[int, str], int] = {}
-        tids: dict[tuple[int, str], int] = {}
-        multi = len({r.engine for r in self.ops}) > 1
+    def to_chrome(self, version: int = 1) -> dict:
+        """Chrome Trace Event Format: ``{"traceEvents": [...], "depengine": {...}}``.
 
-        def pid_of(engine: int, device: str) -> int:
-            key = (engine, device)
-            if key not in pids:
-                pids[key] = len(pids) + 1
-                label = f"engine {engine} {device}" if multi else device
-                events.append({"ph": "M", "name": "process_name", "pid": pids[key], "tid": 0,
-                               "args": {"name": label}})
-                events.append({"ph": "M", "name": "process_sort_index", "pid": pids[key], "tid": 0,
-                               "args": {"sort_index": pids[key]}})
-            return pids[key]
+        ``version`` 1 keeps one dict per op record (the easiest to edit); 2,
+        what :meth:`save` writes, keeps each field as one list (see ``_trace_io``).
+        """
+        from ._trace_write import chrome_trace
 
-        def tid_of(pid: int, lane: str) -> int:
-            key = (pid, lane)
-            if key not in tids:
-                tids[key] = len(tids) + 1
-                events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tids[key],
-                               "args": {"name": lane}})
-            return tids[key]
-
-        where: dict[tuple[int, int], tuple[int, int]] = {}
-        for r in self.ops:
-            pid = pid_of(r.engine, r.device)
-            tid = tid_of(pid, r.lane)
-            where[r.key] = (pid, tid)
-            end = r.gpu_end if r.gpu_end is not None else r.end
-            events.append({
-                "ph": "X", "name": r.name, "cat": r.kind, "pid": pid, "tid": tid,
-                "ts": r.start / 1e3, "dur": max(end - r.start, 0) / 1e3,
-                "args": {"id": r.id, "state": r.state, "priority": r.priority,
-                         "reads": [f"{n}@v{v}" for _, n, v in r.reads],
-                         "writes": [f"{n}@v{v}" for _, n, v in r.writes],
-                         "queue_delay_us": max(0, r.start - r.ready) / 1e3,
-                         **({"error": r.error} if r.error else {})},
-            })
-        for n, e in enumerate(self.edges()):
-            if e.src not in where or e.dst not in where:
-                continue
-            src, dst = self._by_key[e.src], self._by_key[e.dst]
-            (spid, stid), (dpid, dtid) = where[e.src], where[e.dst]
-            name = f"{e.var}@v{e.version} {e.hazard}"
-            events.append({"ph": "s", "id": n, "name": name, "cat": "dependency", "pid": spid, "tid": stid,
-                           "ts": (src.gpu_end or src.end) / 1e3 - 0.001})
-            events.append({"ph": "f", "bp": "e", "id": n, "name": name, "cat": "dependency",
-                           "pid": dpid, "tid": dtid, "ts": dst.start / 1e3})
-        host = None
-        for w in self.waits:
-            if host is None:
-                host = len(pids) + 1
-                events.append({"ph": "M", "name": "process_name", "pid": host, "tid": 0,
-                               "args": {"name": "waiting threads"}})
-            tid = tid_of(host, w.thread)
-            events.append({"ph": "X", "name": w.what, "cat": "wait", "pid": host, "tid": tid,
-                           "ts": w.start / 1e3, "dur": max(w.end - w.start, 0) / 1e3,
-                           "args": {"outcome": w.outcome}})
-        return {
-            "traceEvents": events,
-            "displayTimeUnit": "ms",
-            "depengine": {"format": FORMAT_VERSION,
-                          "ops": [asdict(r) for r in self.ops],
-                          "waits": [asdict(w) for w in self.waits]},
-        }
+        return chrome_trace(self, version)
 
     def save(self, path) -> str:
         """Write the Chrome JSON; the file appears complete or not at all."""
+        from ._trace_write import write_trace
+
         path = str(path)
-        with atomic_write(path) as f:
-            json.dump(self.to_chrome(), f)
+        write_trace(self, path)
         return path
 
     @classmethod
@@ -350,7 +310,7 @@ class Trace:
         """Read a trace saved by :meth:`save`; a bad file raises :class:`TraceError` (see trace_io)."""
         from ._trace_io import read_trace
 
-        return cls(*read_trace(path), source=str(path))
+        return read_trace(path)
 
     @classmethod
     def coerce(cls, trace) -> Trace:
@@ -364,10 +324,10 @@ class Trace:
         raise TypeError(f"trace={trace!r} must be a Trace, a Profile or a trace file path")
 
     def __len__(self) -> int:
-        return len(self.ops)
+        return len(self._ops) if self._ops is not None else self._table.n
 
     def __repr__(self) -> str:
-        return f"<Trace {self.source} ops={len(self.ops)} waits={len(self.waits)}>"
+        return f"<Trace {self.source} ops={len(self)} waits={len(self.waits)}>"
 
 
 def _thread_names(rec, records) -> dict[int, str]:
@@ -382,19 +342,28 @@ def _thread_names(rec, records) -> dict[int, str]:
     return names
 
 
-def _union_length(intervals: list[tuple[int, int]]) -> int:
-    total = 0
-    cur_s = cur_e = None
-    for s, e in sorted(intervals):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total
+def _sorted_groups(keys: np.ndarray, values: np.ndarray):
+    """``(key, values of that key sorted)`` per distinct key, keys in order of first appearance."""
+    if not len(keys):
+        return []
+    order = np.lexsort((values, keys))
+    k = keys[order]
+    first = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    bounds = np.r_[first, len(k)].tolist()
+    sorted_values = values[order]
+    appears = np.unique(keys, return_index=True)[1]  # first position of each key, in key order
+    groups = [(int(k[a]), sorted_values[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [groups[g] for g in np.argsort(appears, kind="stable").tolist()]
+
+
+def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
+    """The length of the union of the intervals ``[starts[i], ends[i]]``."""
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    reach = np.maximum.accumulate(e)
+    first = np.r_[True, s[1:] > reach[:-1]]  # an interval that starts after all before it ended
+    last = np.r_[first[1:], True]
+    return int((reach[last] - s[first]).sum())
 
 
 @contextmanager

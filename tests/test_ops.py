@@ -182,6 +182,7 @@ def test_temporaries_are_released(eng):
     del tmp
     gc.collect()
     assert probe() is None  # nothing holds a finished temporary
+    (keep * 1.0).wait_to_read()  # the kernel is compiled (or loaded) before the count starts
     start = _rss_mb()
     for _ in range(100_000):
         keep = keep * 1.0  # each result is 8 KB; all 100,000 would be 800 MB

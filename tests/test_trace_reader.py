@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import viz
 from depengine.trace import Trace, TraceError, atomic_write
-from tests.traces import mixed_trace
+from tests.traces import failing_trace, mixed_trace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,6 +78,55 @@ CORPUS = {
     "lone surrogate": ('{"depengine": {"format": 1, "ops": [], "x": "\\ud800"}}', "not valid JSON"),
     "nan": ('{"depengine": {"format": NaN}}', "not valid JSON"),
 }
+
+
+# format 2 (one list per field, what save writes): the same faults, and its own
+def _valid_2() -> dict:
+    return failing_trace().to_chrome(2)
+
+
+def _edit_2(fn) -> str:
+    d = _valid_2()
+    fn(d["depengine"])
+    return json.dumps(d)
+
+
+def _set(part, field, k, value):
+    return lambda s: s[part][field].__setitem__(k, value)
+
+
+def _swap_ids(s):
+    s["ops"]["id"][3], s["ops"]["id"][4] = s["ops"]["id"][4], s["ops"]["id"][3]
+
+
+CORPUS.update({f"format 2: {case}": entry for case, entry in {
+    "short column": (_edit_2(lambda s: s["ops"]["start"].pop()), "ops.start has 9 entries, ops.id 10"),
+    "negative count": (_edit_2(_set("ops", "reads", 0, -1)), "a negative count in ops.reads"),
+    "counts that do not add up": (_edit_2(lambda s: s["accesses"]["serial"].pop()),
+                                  "accesses.serial has 16 entries, ops.reads and ops.writes count 17"),
+    "name index": (_edit_2(_set("ops", "name", 1, 99)), "ops.name[1] = 99 is not an index into the"),
+    "repeated text": (_edit_2(lambda s: s["text"]["lane"].append(s["text"]["lane"][0])),
+                      "text.lane holds 'depengine-cpu-0' twice"),
+    "error index": (_edit_2(_set("ops", "error", 2, -2)), "ops.error[2] = -2 is not an index"),
+    "var index": (_edit_2(_set("accesses", "var", 0, 1000)), "accesses.var[0] = 1000 is not an index"),
+    "negative duration": (_edit_2(_set("ops", "end", 1, 1)), "negative duration"),
+    "negative gpu duration": (_edit_2(_set("ops", "gpu_end", 2, 0)), "negative GPU duration"),
+    "unknown state": (_edit_2(lambda s: s["text"]["state"].__setitem__(0, "exploded")),
+                      "unknown state 'exploded'"),
+    "huge time": (_edit_2(_set("ops", "push", 1, 2**70)), "push=1180591620717411303424 is out of range"),
+    "time past 2**62": (_edit_2(_set("ops", "start", 9, 2**62 + 5)), "is out of range"),
+    "huge version": (_edit_2(_set("accesses", "version", 3, 2**64)),
+                     "var version=18446744073709551616 is out"),
+    "negative version": (_edit_2(_set("accesses", "version", 3, -3)), "var version=-3 is out of range"),
+    "duplicate id": (_edit_2(_set("ops", "id", 1, 0)), "a second op with id 0"),
+    "out of order": (_edit_2(_swap_ids), "not in (engine, id) order"),
+    "string column": (_edit_2(lambda s: s["ops"].__setitem__("id", "0123")), "Expected `array`, got `str`"),
+    "missing column": (_edit_2(lambda s: s["ops"].pop("kind")), "missing required field `kind`"),
+    "bool time": (_edit_2(_set("ops", "start", 0, True)), "Expected `int`, got `bool`"),
+    "format 3": (_edit_2(lambda s: s.__setitem__("format", 3)), "unsupported depengine trace format 3"),
+    "slice count": (json.dumps(dict(_valid_2(), traceEvents=_valid_2()["traceEvents"][:-1])),
+                    "inconsistent trace"),
+}.items()})
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=list(CORPUS))
@@ -206,4 +255,28 @@ def test_fuzz_replacing_any_field(tmp_path, path, value):
 @given(st.integers(0, len(json.dumps(BASE))), st.binary(max_size=6))
 def test_fuzz_corrupting_bytes(tmp_path, where, junk):
     text = json.dumps(BASE)
+    _accepts_or_rejects_cleanly(text[:where] + junk.decode("latin-1") + text[where + len(junk):], tmp_path)
+
+
+BASE_2 = _valid_2()
+COLUMNS = [(part, field, k) for part in ("ops", "accesses", "text")
+           for field, values in BASE_2["depengine"][part].items() for k in (None, 0, len(values) - 1)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(COLUMNS), JSON)
+def test_fuzz_format_2_replacing_any_list_or_entry(tmp_path, where, value):
+    doc = json.loads(json.dumps(BASE_2))
+    part, field, k = where
+    if k is None:
+        doc["depengine"][part][field] = value
+    else:
+        doc["depengine"][part][field][k] = value
+    _accepts_or_rejects_cleanly(json.dumps(doc), tmp_path)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, len(json.dumps(BASE_2))), st.binary(max_size=6))
+def test_fuzz_format_2_corrupting_bytes(tmp_path, where, junk):
+    text = json.dumps(BASE_2)
     _accepts_or_rejects_cleanly(text[:where] + junk.decode("latin-1") + text[where + len(junk):], tmp_path)

@@ -56,3 +56,12 @@ def mixed_trace(names=("load", "compute", "store")) -> Trace:
         op(7, "delete z", "depengine-cpu-1", 190 * US, 191 * US, [], [(4, "z", 2)]),
     ]
     return Trace(ops, [WaitRecord("MainThread", "wait_all()", 0, 192 * US, "ok")])
+
+
+def failing_trace() -> Trace:
+    """:func:`mixed_trace` plus a failed op with an error and a skipped op after it (ops 8 and 9)."""
+    trace = mixed_trace()
+    extra = [op(8, "boom", "depengine-cpu-0", 200 * US, 210 * US, [(5, "out", 1)], [(6, "w", 1)],
+                state="failed", error="ValueError: boom \u00e9"),
+             op(9, "after", "(skipped)", 211 * US, 211 * US, [(6, "w", 1)], [], state="skipped")]
+    return Trace(trace.ops + extra, trace.waits)

@@ -23,30 +23,38 @@ from __future__ import annotations
 import html
 import itertools
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 import graphviz
+import numpy as np
 
 from .model import EDGE_KINDS, RunModel
-from .style import CRITICAL, EDGE_STYLE, clean_text, name_colors, node_shape, short, text_color
+from .style import CRITICAL, EDGE_STYLE, clean_text, node_shape, short, text_color
 from .summary import Group, Iterations, bookkeeping, find_iterations, group_ops
 
 __all__ = ["GraphPicture", "build_graph", "dependency_graph", "fmt_ns"]
 
 GROUP_MODES = ("auto", "ops", "groups")
-KIND_RANK = {0: 2, 2: 1, 1: 0}  # which kind styles a merged edge: RAW over WAW over WAR
+# which kind styles a merged edge: RAW over WAW over WAR (kind index -> rank, and back)
+KIND_RANK = np.array([2, 0, 1])
+RANK_KIND = (1, 2, 0)
 
 
 @dataclass
 class GraphPicture:
-    """A graph and how its nodes map to ops: ``node_of[i]`` is op i's node id (None: hidden)."""
+    """A graph and how its nodes map to ops: op i is drawn in node ``nodes[node[i]]`` (-1: hidden)."""
 
     dot: graphviz.Digraph
-    node_of: list[str | None]
+    nodes: list[str]
+    node: np.ndarray
     groups: list[Group] | None
     hidden: list[bool]
     iterations: Iterations
+
+    @property
+    def node_of(self) -> list[str | None]:
+        """Op i's node id (None: hidden)."""
+        return [None if k < 0 else self.nodes[k] for k in self.node.tolist()]
 
 
 def dependency_graph(trace, *, max_ops: int = 200, bookkeeping: bool = False, edge_labels: bool = False,
@@ -69,11 +77,11 @@ def build_graph(model: RunModel, *, max_ops: int = 200, bookkeeping: bool = Fals
         raise ValueError(f"max_ops={max_ops!r} must be an int >= 1")
     if group not in GROUP_MODES:
         raise ValueError(f"group={group!r} must be one of {', '.join(GROUP_MODES)}")
-    hidden = [False] * len(model.ops) if bookkeeping else _bookkeeping(model)
-    visible = [not h for h in hidden]
+    hidden = [False] * len(model) if bookkeeping else _bookkeeping(model)
+    visible = ~np.asarray(hidden, dtype=bool)
     order = model.topo_order()
     iterations = find_iterations(model, visible, order)
-    n_visible = sum(visible)
+    n_visible = int(visible.sum())
     grouped = group == "groups" or (group == "auto" and n_visible > max_ops)
     on_path = model.on_path if critical_path else set()
     g = graphviz.Digraph("depengine", graph_attr={
@@ -81,26 +89,27 @@ def build_graph(model: RunModel, *, max_ops: int = 200, bookkeeping: bool = Fals
         "ranksep": "0.35", "newrank": "true", "outputorder": "edgesfirst"},
         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled", "margin": "0.06,0.03"},
         edge_attr={"fontname": "Helvetica", "fontsize": "8", "arrowsize": "0.6", "color": "#555555"})
-    colors = name_colors(model.ops)
-    node_of: list[str | None] = [None] * len(model.ops)
+    colors = model.colors
+    node = np.full(len(model), -1, dtype=np.int64)
     groups = None
     if grouped:
         groups = group_ops(model, visible, iterations, max_ops)
         for k, grp in enumerate(groups):
-            for i in grp.members:
-                node_of[i] = f"grp{k}"
+            node[grp.members] = k
+        nodes = [f"grp{k}" for k in range(len(groups))]
         _group_nodes(g, model, groups, colors, on_path)
     else:
-        for i in order:
-            if visible[i]:
-                node_of[i] = f"op{i}"
-                _op_node(g, model, i, colors, i in on_path)
-    _edges(g, model, node_of, hidden, order, on_path, edge_labels, critical_path)
+        shown = np.flatnonzero(visible)
+        node[shown] = np.arange(len(shown))
+        nodes = [f"op{i}" for i in shown.tolist()]
+        for i in order[node[order] >= 0].tolist():
+            _op_node(g, model, i, colors, i in on_path)
+    _edges(g, model, nodes, node, hidden, order, on_path, edge_labels, critical_path)
     if legend:
         _legend(g, model, colors, visible)
     g.attr(label=graphviz.nohtml(_dot_text(title) if title else _title(model, hidden, groups, iterations,
                                                                           critical_path)))
-    return GraphPicture(g, node_of, groups, hidden, iterations)
+    return GraphPicture(g, nodes, node, groups, hidden, iterations)
 
 
 def _bookkeeping(model: RunModel) -> list[bool]:
@@ -128,7 +137,7 @@ def _label(*lines: str) -> str:
 
 
 def _op_node(g, model: RunModel, i: int, colors: dict, critical: bool) -> None:
-    r = model.ops[i]
+    r = model.op(i)
     fill = colors[r.name]
     attrs = {"id": f"op{i}", "shape": node_shape(r.device), "fillcolor": fill, "fontcolor": text_color(fill),
              "tooltip": _label(f"#{r.id} {short(r.name, 80)} [{r.state}]",
@@ -144,12 +153,14 @@ def _op_node(g, model: RunModel, i: int, colors: dict, critical: bool) -> None:
 
 
 def _group_nodes(g, model: RunModel, groups: list[Group], colors: dict, on_path: set) -> None:
+    t = model.table
+    failed_op, skipped_op = t.is_state("failed"), t.is_state("skipped")
     for k, grp in enumerate(groups):
-        rs = [model.ops[i] for i in grp.members]
+        members = np.asarray(grp.members, dtype=np.int64)
         fill = colors.get(grp.name, "#dddddd")
-        devices = {r.device for r in rs}
-        failed = sum(r.state == "failed" for r in rs)
-        skipped = sum(r.state == "skipped" for r in rs)
+        devices = {t.devices[d] for d in np.unique(t.device[members]).tolist()}
+        failed = int(failed_op[members].sum())
+        skipped = int(skipped_op[members].sum())
         extra = ", ".join(f"{n} {s}" for n, s in ((failed, "failed"), (skipped, "skipped")) if n)
         attrs = {"id": f"grp{k}", "shape": node_shape(devices.pop() if len(devices) == 1 else "cpu"),
                  "fillcolor": fill, "fontcolor": text_color(fill),
@@ -157,54 +168,79 @@ def _group_nodes(g, model: RunModel, groups: list[Group], colors: dict, on_path:
                                    f"{grp.count} op{'s' * (grp.count != 1)}, total {fmt_ns(grp.total_ns)}")}
         if failed:
             attrs.update(color="red", penwidth="2")
-        if any(i in on_path for i in grp.members):
+        if not on_path.isdisjoint(grp.members):
             attrs.update(color=CRITICAL, penwidth="3", group="critical")
         g.node(f"grp{k}", _label(short(grp.name, 40), f"\u00d7{grp.count} \u00b7 {fmt_ns(grp.total_ns)}",
                                  grp.span(), extra), **attrs)
 
 
-def _edges(g, model: RunModel, node_of, hidden, order, on_path, edge_labels: bool, critical: bool) -> None:
+def _edges(g, model: RunModel, names: list[str], node: np.ndarray, hidden, order, on_path, edge_labels: bool,
+           critical: bool) -> None:
     """One edge per pair of nodes; edges through hidden ops join what the hidden op joined."""
-    through: dict[int, set[int]] = {}  # hidden op -> visible ops it depends on (through hidden ones)
-    merged: dict[tuple[str, str], list] = {}
-    for d in order:
-        for e in model.preds[d]:
-            s, _, kind, var, version = model.edges[e]
-            sources = through.get(s, ()) if hidden[s] else (s,)
-            if hidden[d]:
-                through.setdefault(d, set()).update(list(sources)[:16])
-                continue
-            for src in sources:
-                a, b = node_of[src], node_of[d]
-                if a is None or b is None or a == b:
-                    continue
-                m = merged.setdefault((a, b), [kind, 0, set()])
-                if KIND_RANK[kind] > KIND_RANK[m[0]]:
-                    m[0] = kind
-                m[1] += 1
-                if len(m[2]) < 4:
-                    m[2].add(f"{short(var, 20)} v{version}")
+    a, b, edge, sub = _node_pairs(model, node, np.asarray(hidden, dtype=bool), order)
+    position = np.empty(len(node), dtype=np.int64)
+    position[order] = np.arange(len(node))
+    walk = np.lexsort((sub, edge, position[model.dst[edge]]))  # the order of a walk over ops and their preds
+    a, b, edge = a[walk], b[walk], edge[walk]
+    pair = a * max(1, len(names)) + b
+    _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    rank = np.zeros(len(first), dtype=np.int64)
+    np.maximum.at(rank, inverse, KIND_RANK[model.kind[edge]])
+    count = np.bincount(inverse, minlength=len(first))
+    labels: list[set] = [set() for _ in first]
+    if edge_labels:
+        for k, e in zip(inverse.tolist(), edge.tolist(), strict=True):
+            if len(labels[k]) < 4:
+                labels[k].add(f"{short(model.table.var_names[model.var[e]], 20)} v{model.version[e]}")
     path_pairs = set()
     if critical:
-        path_nodes = [node_of[i] for i in model.critical if node_of[i] is not None]
-        path_pairs = {(a, b) for a, b in itertools.pairwise(path_nodes) if a != b}
-    for (a, b), (kind, count, labels) in merged.items():
+        path_nodes = [names[k] for k in node[model.critical].tolist() if k >= 0]
+        path_pairs = {(x, y) for x, y in itertools.pairwise(path_nodes) if x != y}
+    for k in np.argsort(first, kind="stable").tolist():
+        x, y = names[a[first[k]]], names[b[first[k]]]
+        kind, n = RANK_KIND[rank[k]], int(count[k])
         attrs = {"style": EDGE_STYLE[EDGE_KINDS[kind]]}
-        if count > 1 and a.startswith("grp"):
-            attrs["penwidth"] = f"{1 + math.log2(count) / 3:.2f}"
+        if n > 1 and x.startswith("grp"):
+            attrs["penwidth"] = f"{1 + math.log2(n) / 3:.2f}"
         if edge_labels:
-            text = ", ".join(sorted(labels)) + (f" (\u00d7{count})" if count > len(labels) else "")
+            text = ", ".join(sorted(labels[k])) + (f" (\u00d7{n})" if n > len(labels[k]) else "")
             attrs["label"] = _label(text + f" {EDGE_KINDS[kind]}")
-        if (a, b) in path_pairs:
+        if (x, y) in path_pairs:
             attrs.update(color=CRITICAL, penwidth="3", weight="20")
-        g.edge(a, b, **attrs)
+        g.edge(x, y, **attrs)
+
+
+def _node_pairs(model: RunModel, node: np.ndarray, hidden: np.ndarray, order) -> tuple[np.ndarray, ...]:
+    """``(source node, destination node, edge, k)`` for every dependency between two different shown
+    nodes: an edge from a shown op, or the k-th shown op a hidden source depended on (through
+    hidden ops, at most 16 per hidden op)."""
+    src, dst = model.src, model.dst
+    direct = np.flatnonzero(~hidden[src] & ~hidden[dst])
+    parts = [(node[src[direct]], node[dst[direct]], direct, np.zeros(len(direct), dtype=np.int64))]
+    if hidden.any():
+        through: dict[int, set[int]] = {}  # hidden op -> shown ops it depends on (through hidden ones)
+        for d in order[hidden[order]].tolist():
+            mine = through.setdefault(d, set())
+            for e in model.preds(d):
+                s = int(src[e])
+                mine.update(list(through.get(s, ()))[:16] if hidden[s] else (s,))
+        into_shown = np.flatnonzero(hidden[src] & ~hidden[dst]).tolist()
+        rows = [(node[s], node[int(dst[e])], e, k) for e in into_shown
+                for k, s in enumerate(through.get(int(src[e]), ()))]
+        if rows:
+            parts.append(tuple(np.array(c, dtype=np.int64) for c in zip(*rows, strict=True)))
+    a, b, edge, sub = (np.concatenate([p[c] for p in parts]) for c in range(4))
+    keep = (a >= 0) & (b >= 0) & (a != b)
+    return a[keep], b[keep], edge[keep], sub[keep]
 
 
 def _legend(g, model: RunModel, colors: dict, visible: list[bool], max_names: int = 20) -> None:
-    totals: dict[str, int] = defaultdict(int)
-    for i, r in enumerate(model.ops):
-        if visible[i]:
-            totals[r.name] += r.duration
+    t = model.table
+    shown = np.flatnonzero(visible)
+    sums = np.bincount(t.name[shown], weights=t.duration[shown], minlength=len(t.names)).tolist()
+    present = np.bincount(t.name[shown], minlength=len(t.names)).tolist()
+    totals = {name: sums[k] for k, name in enumerate(t.names) if present[k]}
     names = [n for n in colors if n in totals]
     rows = ['<tr><td colspan="2" align="left"><b>op names (by total time)</b></td></tr>']
     for name in names[:max_names]:
@@ -223,12 +259,12 @@ def _legend(g, model: RunModel, colors: dict, visible: list[bool], max_names: in
 
 def _title(model: RunModel, hidden, groups, iterations: Iterations, critical: bool) -> str:
     n_hidden = sum(hidden)
-    lines = [f"{len(model.ops) - n_hidden} ops" + (f" ({n_hidden} bookkeeping ops hidden)" * bool(n_hidden))]
+    lines = [f"{len(model) - n_hidden} ops" + (f" ({n_hidden} bookkeeping ops hidden)" * bool(n_hidden))]
     if groups is not None:
         how = (f"name and iteration (k: steps of {short(iterations.anchor, 30)})"
                if iterations.anchor is not None and groups and groups[0].first is not None else "name")
         lines[0] += f", summarised into {len(groups)} nodes by {how}"
-    wall = model.trace.wall_ns()
+    wall = model.table.wall_ns()
     if critical and wall:
         cp = model.stats.critical_path_ns
         lines.append(f"critical path {fmt_ns(cp)} of {fmt_ns(wall)} wall ({cp / wall:.0%}) "

@@ -28,18 +28,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import json
 import re
 import shutil
 from importlib.resources import files
 from string import Template
+
+import msgspec
+import numpy as np
 
 from depengine.trace import Trace, TraceError, atomic_write
 
 from .graph import build_graph, fmt_ns
 from .model import RunModel
 from .render import DOT_MISSING
-from .style import clean_text, name_colors, short
+from .style import clean_text, short
 
 __all__ = ["report"]
 
@@ -55,7 +57,7 @@ def report(trace, path=None, *, max_ops: int = 120, title: str | None = None) ->
     appears complete or not at all.
     """
     trace = Trace.coerce(trace)
-    if not trace.ops:
+    if not len(trace):
         raise TraceError(f"{trace.source}: the trace has no ops: nothing to report")
     model = RunModel(trace)
     picture = build_graph(model, max_ops=max_ops)
@@ -76,41 +78,31 @@ def _graph_svg(picture) -> str:
 
 
 def _data(model: RunModel, picture) -> dict:
-    ops = model.ops
-    colors = name_colors(ops)
+    """The page's data as columns (lists), one entry per op, access or edge."""
+    t = model.table
+    colors = model.colors
     names = list(colors)
-    name_ix = {n: k for k, n in enumerate(names)}
-    var_ix: dict[str, int] = {}
-    off, rw_var, rw_ver, rw_w = [0], [], [], []
-    for r in ops:
-        for write, accesses in ((0, r.reads), (1, r.writes)):
-            for _, vname, ver in accesses:
-                rw_var.append(var_ix.setdefault(vname, len(var_ix)))
-                rw_ver.append(ver)
-                rw_w.append(write)
-        off.append(len(rw_var))
-    edges = model.edges
-    nodes = sorted({n for n in picture.node_of if n is not None})
-    node_ix = {n: k for k, n in enumerate(nodes)}
-    kinds = sorted({r.kind for r in ops})
-    kind_ix = {k: n for n, k in enumerate(kinds)}
+    name_ix = np.array([names.index(n) for n in t.names], dtype=np.int64)
+    kinds = sorted(t.kinds)
+    kind_ix = np.array([kinds.index(k) for k in t.kinds], dtype=np.int64)
+    state_ix = np.array([STATE_CODES[s] for s in t.states], dtype=np.int64)
     return {
         "names": [clean_text(n) for n in names], "colors": list(colors.values()),
-        "vars": [clean_text(v) for v in var_ix], "kinds": [clean_text(k) for k in kinds],
+        "vars": [clean_text(v) for v in t.var_names], "kinds": [clean_text(k) for k in kinds],
         "lanes": [{"label": clean_text(x.label), "device": clean_text(x.device)} for x in model.lanes],
-        "wall": max(model.end), "engines": len({r.engine for r in ops}),
-        "op": {"id": [r.id for r in ops], "name": [name_ix[r.name] for r in ops], "lane": model.lane_of,
-               "start": [r.start for r in ops], "end": model.end, "ready": [r.ready for r in ops],
-               "push": [r.push for r in ops], "state": [STATE_CODES[r.state] for r in ops],
-               "kind": [kind_ix[r.kind] for r in ops], "engine": [r.engine for r in ops],
-               "node": [-1 if n is None else node_ix[n] for n in picture.node_of],
-               "error": {i: clean_text(r.error) for i, r in enumerate(ops) if r.error}},
-        "rw": {"off": off, "var": rw_var, "ver": rw_ver, "w": rw_w},
-        "edges": {"src": [e[0] for e in edges], "dst": [e[1] for e in edges], "kind": [e[2] for e in edges],
-                  "var": [var_ix.setdefault(e[3], len(var_ix)) for e in edges], "ver": [e[4] for e in edges],
-                  "cross": [int(model.crosses(e)) for e in edges]},
-        "waited": [-1 if w is None else w for w in model.waited_for],
-        "critical": model.critical, "nodes": nodes,
+        "wall": int(model.end.max()), "engines": len(np.unique(t.engine)),
+        "op": {"id": t.id.tolist(), "name": name_ix[t.name].tolist(), "lane": model.lane_of.tolist(),
+               "start": t.start.tolist(), "end": model.end.tolist(), "ready": t.ready.tolist(),
+               "push": t.push.tolist(), "state": state_ix[t.state].tolist(), "kind": kind_ix[t.kind].tolist(),
+               "engine": t.engine.tolist(),
+               "node": picture.node.tolist(),
+               "error": {i: clean_text(e) for i, e in t.errors.items() if e}},
+        "rw": {"off": t.acc_off.tolist(), "var": t.acc_name.tolist(), "ver": t.acc_ver.tolist(),
+               "w": t.acc_write.astype(np.int8).tolist()},
+        "edges": {"src": model.src.tolist(), "dst": model.dst.tolist(), "kind": model.kind.tolist(),
+                  "var": model.var.tolist(), "ver": model.version.tolist(),
+                  "cross": model.cross.astype(np.int8).tolist()},
+        "waited": model.waited_for.tolist(), "critical": model.critical, "nodes": picture.nodes,
         "waits": [{"thread": clean_text(w.thread), "what": clean_text(w.what), "start": w.start, "end": w.end,
                    "outcome": clean_text(w.outcome)} for w in model.trace.waits],
     }
@@ -118,7 +110,7 @@ def _data(model: RunModel, picture) -> dict:
 
 def _json_for_html(data: dict) -> str:
     """JSON that cannot end its script element or open markup: <, >, & and line separators escaped."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    text = msgspec.json.encode(data).decode("utf-8")
     for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
                     ("\u2029", "\\u2029")):
         text = text.replace(ch, esc)
@@ -160,7 +152,7 @@ def _stats_html(model: RunModel) -> str:
     parts.insert(0, "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in summary) + "</ul>")
     path_rows, attrs = [], []
     for i in model.critical[:MAX_TABLE_ROWS]:
-        r = model.ops[i]
+        r = model.op(i)
         path_rows.append([f"#{r.id}", esc(short(r.name, 60)), esc(short(r.lane, 40)), fmt_ns(r.start),
                           fmt_ns(r.duration)])
         attrs.append(f'class="pick" data-op="{i}"')
@@ -179,11 +171,11 @@ def _gaps_html(model: RunModel) -> str:
         mine = sorted(by_lane.get(n, []), key=lambda g: -g.duration)
         total = sum(g.duration for g in mine)
         for g in mine[:GAPS_PER_LANE]:
-            nxt = model.ops[g.next_op]
+            nxt = model.op(g.next_op)
             if g.waited_for is None:
                 why = "nothing: it was ready (or not yet pushed)"
             else:
-                w = model.ops[g.waited_for]
+                w = model.op(g.waited_for)
                 why = f"#{w.id} {esc(short(w.name, 40))} on {esc(short(w.lane, 30))}"
             rows.append([esc(short(lane.label, 40)), fmt_ns(g.start), fmt_ns(g.duration),
                          f"#{nxt.id} {esc(short(nxt.name, 40))}", why])
@@ -208,7 +200,7 @@ def _page(model: RunModel, picture, title: str) -> str:
     css = assets.joinpath("report.css").read_text(encoding="utf-8")
     script = assets.joinpath("report.js").read_text(encoding="utf-8")
     s = model.stats
-    head = (f"{len(model.ops)} ops on {len(model.lanes)} lanes \u00b7 wall {fmt_ns(s.wall_ns)} \u00b7 "
+    head = (f"{len(model)} ops on {len(model.lanes)} lanes \u00b7 wall {fmt_ns(s.wall_ns)} \u00b7 "
             f"critical path {fmt_ns(s.critical_path_ns)} \u00b7 parallelism {s.parallelism:.2f}")
     page = Template(assets.joinpath("report.html").read_text(encoding="utf-8"))
     return page.substitute(policy=_policy(script), title=html.escape(short(title, 200)), css=css,

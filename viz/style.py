@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-__all__ = ["CRITICAL", "EDGE_STYLE", "PALETTE", "clean_text", "color_for", "lane_order", "name_colors",
-           "node_shape", "short", "text_color"]
+__all__ = ["CRITICAL", "EDGE_STYLE", "PALETTE", "clean_text", "color_for", "colors_by_total", "lane_order",
+           "name_colors", "node_shape", "short", "text_color"]
 
 # line style of a dependency by the hazard it orders; the critical path's colour
 EDGE_STYLE = {"RAW": "solid", "WAR": "dashed", "WAW": "dotted"}
@@ -39,6 +39,11 @@ def name_colors(ops) -> dict[str, str]:
     totals: dict[str, int] = defaultdict(int)
     for r in ops:
         totals[r.name] += r.duration
+    return colors_by_total(totals)
+
+
+def colors_by_total(totals: dict[str, float]) -> dict[str, str]:
+    """Op name -> fill colour from each name's total time (see :func:`name_colors`)."""
     names = sorted(totals, key=lambda n: (-totals[n], n))
     return {n: color_for(k) for k, n in enumerate(names)}
 

@@ -20,10 +20,9 @@ hold too many, consecutive iterations are merged into ranges.
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .model import RunModel
 
@@ -35,24 +34,31 @@ WIDTHS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 
 def bookkeeping(model: RunModel) -> list[bool]:
     """For each op, whether it is the engine's bookkeeping (see the module docstring)."""
-    ops = model.ops
-    flags = [r.name.startswith("delete ") and not r.reads and len(r.writes) == 1
-             and r.writes[0][1] == r.name[7:] for r in ops]
-    writers: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-    for i, r in enumerate(ops):
-        for serial, _, version in r.writes:
-            writers[(r.engine, serial, version)].append(i)
-    for same in writers.values():
-        if len(same) > 1:
-            for c in same:
-                if any(_encloses(ops[c], ops[m]) for m in same if m != c):
-                    flags[c] = True
-    return flags
+    t = model.table
+    n_acc = np.diff(t.acc_off)
+    n_writes = n_acc - t.n_reads
+    flags = np.zeros(t.n, dtype=bool)
+    deletes = np.array([name.startswith("delete ") for name in t.names], dtype=bool)[t.name]
+    for i in np.flatnonzero(deletes & (n_acc == 1) & (n_writes == 1)).tolist():
+        flags[i] = t.var_names[t.acc_name[t.acc_off[i]]] == t.names[t.name[i]][7:]
+    w = np.flatnonzero(t.acc_write)
+    order = w[np.lexsort((t.acc_ver[w], t.acc_var[w]))]  # writes of one var version side by side
+    var, ver = t.acc_var[order], t.acc_ver[order]
+    new = np.r_[True, (var[1:] != var[:-1]) | (ver[1:] != ver[:-1])]
+    bounds = np.r_[np.flatnonzero(new), len(order)]
+    shared = np.flatnonzero(np.diff(bounds) > 1)
+    for k in shared.tolist():  # versions that two ops wrote: a container and its member
+        same = t.acc_op[order[bounds[k]:bounds[k + 1]]].tolist()
+        for c in same:
+            if any(_encloses(t, c, m) for m in same if m != c):
+                flags[c] = True
+    return flags.tolist()
 
 
-def _encloses(c, m) -> bool:
+def _encloses(t, c: int, m: int) -> bool:
     """Whether op ``m`` runs inside op ``c`` and is shorter (a member inside its container)."""
-    return c.start <= m.start and m.end <= c.end and m.end - m.start < c.end - c.start
+    return bool(t.start[c] <= t.start[m] and t.end[m] <= t.end[c]
+                and t.end[m] - t.start[m] < t.end[c] - t.start[c])
 
 
 @dataclass
@@ -67,56 +73,49 @@ class Iterations:
         return max(self.of, default=0)
 
 
-def find_iterations(model: RunModel, visible: list[bool], order: list[int] | None = None) -> Iterations:
-    """Detect the iteration structure of a run (see the module docstring); anchor None if there is none."""
-    ops = model.ops
-    order = order if order is not None else model.topo_order()
-    occurrences: dict[str, list[int]] = defaultdict(list)
-    for i in order:
-        if visible[i]:
-            occurrences[ops[i].name].append(i)
-    n = sum(visible)
-    candidates = []
-    for name, occ in occurrences.items():
-        if 2 <= len(occ) <= max(2, n // 2):
-            by_start = sorted(occ, key=lambda i: ops[i].start)
-            if all(ops[b].start >= model.end[a] for a, b in itertools.pairwise(by_start)):
-                candidates.append(name)
-    candidates.sort(key=lambda nm: (len(occurrences[nm]), nm))
-    best, best_spread = Iterations(None, [0] * len(ops)), 0.0
-    for name in candidates[:MAX_CANDIDATES]:
-        of = _chain_counts(model, order, name, visible)
+def find_iterations(model: RunModel, visible, order=None) -> Iterations:
+    """Detect the iteration structure of a run (see the module docstring); anchor None if there is none.
+
+    ``visible``: per op, whether it counts; ``order``: a topological order (default the model's).
+    """
+    t = model.table
+    order = np.asarray(order if order is not None else model.topo_order(), dtype=np.int64)
+    shown = np.flatnonzero(np.asarray(visible, dtype=bool))
+    n = len(shown)
+    position = np.empty(t.n, dtype=np.int64)
+    position[order] = np.arange(t.n)
+    # names whose occurrences never overlap in time (by start, ties in dependency order)
+    by_start = shown[np.lexsort((position[shown], t.start[shown], t.name[shown]))]
+    names = t.name[by_start]
+    overlap = (names[1:] == names[:-1]) & (t.start[by_start[1:]] < model.end[by_start[:-1]])
+    counts = np.bincount(names, minlength=len(t.names))
+    fits = (counts >= 2) & (counts <= max(2, n // 2))
+    fits[names[1:][overlap]] = False
+    candidates = sorted(np.flatnonzero(fits).tolist(), key=lambda c: (counts[c], t.names[c]))
+    best, best_spread = Iterations(None, [0] * t.n), 0.0
+    for code in candidates[:MAX_CANDIDATES]:
+        of = _chain_counts(model, order, code, shown)
         if of is not None:
-            spread = _entropy(Counter(of[i] for i in range(len(of)) if visible[i]).values(), n)
+            spread = _entropy(np.bincount(np.asarray(of)[shown]), n)
             if spread > best_spread:
-                best, best_spread = Iterations(name, of), spread
+                best, best_spread = Iterations(t.names[code], of), spread
     return best
 
 
 def _entropy(counts, n: int) -> float:
     """How evenly ops spread over iterations: the anchor that spreads them most explains the run best
     (a chain of result writes leaves nearly every op in iteration 0)."""
-    return -sum(c / n * math.log(c / n) for c in counts if c)
+    share = counts[counts > 0] / n
+    return float(-(share * np.log(share)).sum())
 
 
-def _chain_counts(model: RunModel, order: list[int], name: str, visible: list[bool]) -> list[int] | None:
+def _chain_counts(model: RunModel, order: np.ndarray, code: int, shown: np.ndarray) -> list[int] | None:
     """Per op, the anchor ops among its dependencies (itself included); None if they form no chain."""
-    ops, edges, preds = model.ops, model.edges, model.preds
-    of = [0] * len(ops)
-    seen = 0
-    for i in order:
-        k = 0
-        for e in preds[i]:
-            v = of[edges[e][0]]
-            if v > k:
-                k = v
-        if visible[i] and ops[i].name == name:
-            k += 1
-            seen += 1
-            if k != seen:  # this occurrence does not depend on the one before it
-                return None
-        of[i] = k
-    return of
+    t = model.table
+    anchor = np.zeros(t.n, dtype=np.int64)
+    anchor[shown[t.name[shown] == code]] = 1
+    found = t.longest_path(anchor, order, chain=True)
+    return None if found is None else found[0]
 
 
 @dataclass
@@ -139,8 +138,7 @@ class Group:
         return f"k={self.first}" if self.first == self.last else f"k={self.first}..{self.last}"
 
 
-def group_ops(model: RunModel, visible: list[bool], iterations: Iterations,
-              max_nodes: int) -> list[Group]:
+def group_ops(model: RunModel, visible, iterations: Iterations, max_nodes: int) -> list[Group]:
     """Visible ops in groups by name and iteration range, at most ``max_nodes`` groups where possible.
 
     Iterations merge into ranges of 1, 2, 5, 10, ... until the groups fit;
@@ -148,41 +146,43 @@ def group_ops(model: RunModel, visible: list[bool], iterations: Iterations,
     group by name alone, and past ``max_nodes`` names the names with the
     least total time share one group, ``other``.
     """
-    ops = model.ops
-    shown = [i for i in range(len(ops)) if visible[i]]
+    t = model.table
+    shown = np.flatnonzero(np.asarray(visible, dtype=bool))
+    names = t.name[shown]
     if iterations.anchor is not None:
-        names_per_iter: dict[int, set] = defaultdict(set)
-        for i in shown:
-            names_per_iter[iterations.of[i]].add(ops[i].name)
+        it = np.asarray(iterations.of, dtype=np.int64)[shown]
+        span = int(it.max(initial=0)) + 1
+        pairs = np.unique(names * span + it)  # each (name, iteration) once, in order
         for width in WIDTHS:
-            keys = {(nm, k // width) for k, names in names_per_iter.items() for nm in names}
-            if len(keys) <= max_nodes:
-                return _collect(model, shown, lambda i, w=width: (ops[i].name, iterations.of[i] // w),
-                                iterations, width)
-    totals: dict[str, int] = defaultdict(int)
-    for i in shown:
-        totals[ops[i].name] += ops[i].duration
-    kept = set(sorted(totals, key=lambda nm: (-totals[nm], nm))[:max(1, max_nodes - 1)])
-    other = f"other ({len(totals) - len(kept)} names)"
-    return _collect(model, shown, lambda i: (ops[i].name if ops[i].name in kept else other, None), None, 1)
+            merged = pairs // span * (span // width + 1) + pairs % span // width  # still in order
+            if 1 + np.count_nonzero(np.diff(merged)) <= max_nodes:
+                key = names * (span // width + 1) + it // width
+                groups = _collect(model, shown, key, lambda k, w=width: (t.names[names[k]], it[k] // w))
+                top = iterations.count
+                for g in groups:  # ranges end at the last iteration there is
+                    g.first, g.last = g.first * width, min(g.first * width + width - 1, top)
+                return groups
+    totals = np.bincount(names, weights=t.duration[shown], minlength=len(t.names))
+    used = np.flatnonzero(np.bincount(names, minlength=len(t.names)))
+    ranked = sorted(used.tolist(), key=lambda c: (-totals[c], t.names[c]))
+    kept = np.zeros(len(t.names), dtype=bool)
+    kept[ranked[:max(1, max_nodes - 1)]] = True
+    other = f"other ({len(ranked) - int(kept.sum())} names)"
+    key = np.where(kept[names], names, -1)
+    return _collect(model, shown, key, lambda k: (t.names[names[k]] if kept[names[k]] else other, None))
 
 
-def _collect(model, shown, key_of, iterations: Iterations | None, width: int) -> list[Group]:
-    groups: dict[tuple, Group] = {}
-    for i in shown:
-        key = key_of(i)
-        g = groups.get(key)
-        if g is None:
-            name = key[0]
-            first = None if key[1] is None else key[1] * width
-            last = None if key[1] is None else key[1] * width + width - 1
-            g = groups[key] = Group(name, first, last)
-        g.members.append(i)
-        g.total_ns += model.ops[i].duration
-    out = list(groups.values())
-    if iterations is not None:
-        top = iterations.count
-        for g in out:  # ranges end at the last iteration there is
-            g.last = min(g.last, top)
+def _collect(model: RunModel, shown: np.ndarray, key: np.ndarray, describe) -> list[Group]:
+    """One group per distinct ``key`` of the shown ops; ``describe(k)`` gives the name and the
+    iteration (or None) of the group of ``shown[k]``."""
+    distinct, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    by_group = np.argsort(inverse.ravel(), kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(inverse.ravel(), minlength=len(distinct)))]
+    totals = np.bincount(inverse.ravel(), weights=model.table.duration[shown], minlength=len(distinct))
+    out = []
+    for g in range(len(distinct)):
+        name, k = describe(int(first[g]))
+        members = shown[by_group[bounds[g]:bounds[g + 1]]].tolist()
+        out.append(Group(name, None if k is None else int(k), None, members, int(totals[g])))
     out.sort(key=lambda g: (g.first if g.first is not None else -1, g.members[0]))
     return out
