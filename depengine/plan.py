@@ -11,8 +11,9 @@ Optimisations, each switchable in ``compile``:
 
 - ``prune``: drop an op declared ``pure`` whose every write is overwritten
   later in the plan before anyone reads it (a dead store).
-- ``fuse``: let registered fusers (ops/ fuses chains of elementwise array
-  ops into one numba kernel) replace chains of ops by one op.
+- ``fuse``: let registered fusers replace groups of ops by one op (ops/
+  fuses elementwise array ops into one kernel that skips intermediates no
+  one can observe).
 - ``bulk``: run each chain of ops that would run back to back (one
   successor, whose only predecessor it is) as one dispatch, and group the
   chains that start on one dependency level into at most one dispatch per
@@ -43,12 +44,30 @@ from ._op import Op
 __all__ = ["Graph", "Plan", "register_fuser"]
 
 _CPU = cpu()
-_fusers: list[Callable] = []
+_fusers: list[tuple] = []  # (fuser, groups or None)
 
 
-def register_fuser(fuser: Callable) -> None:
-    """``fuser(chain) -> fn | None``: one function doing the work of a chain of recorded ops."""
-    _fusers.append(fuser)
+def register_fuser(fuser: Callable, groups: Callable | None = None) -> None:
+    """``fuser(specs) -> (fn, name) | None``: one function doing the work of a group of recorded ops.
+
+    ``groups(specs)`` lists the groups (indices in push order) the fuser is
+    offered; by default the chains of ops that run back to back.  A group
+    runs where its last member did; one whose members cannot all move there
+    without reordering a conflict is not offered.
+    """
+    _fusers.append((fuser, groups))
+
+
+def _movable(specs, group) -> bool:
+    """Whether running ``group`` at the place of its last member keeps the order of every conflict."""
+    members, last = set(group), group[-1]
+    for i in group[:-1]:
+        writes, reads = set(specs[i].writes), set(specs[i].reads)
+        for j in range(i + 1, last):
+            o = specs[j]
+            if j not in members and (writes.intersection(o.reads, o.writes) or reads.intersection(o.writes)):
+                return False
+    return True
 
 
 class _Spec:
@@ -235,32 +254,28 @@ class Plan:
         self.current: _Run | None = None
 
     def _fuse(self, specs):
-        preds = _dependencies(specs)
-        out, i = [], 0
-        chains = {c[0]: c for c in _chains(len(specs), preds) if len(c) > 1}
-        skip = set()
-        for i, s in enumerate(specs):
-            if i in skip:
-                continue
-            chain = chains.get(i)
-            fused = None
-            if chain:
-                for fuser in _fusers:
-                    fused = fuser([specs[k] for k in chain])
-                    if fused is not None:
-                        break
-            if fused is None:
-                out.append(s)
-                continue
-            fn, name = fused
-            members = [specs[k] for k in chain]
-            written = tuple(dict.fromkeys(v for m in members for v in m.writes))
-            reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
-            op = _new_member(fn, reads, written, name, max(m.priority for m in members))
-            out.append(_Spec(op, fn))
-            self.fused += len(chain) - 1
-            skip.update(chain)
-        return out
+        for fuser, grouper in _fusers:
+            groups = grouper(specs) if grouper else _chains(len(specs), _dependencies(specs))
+            fused = {}
+            for group in groups:
+                made = fuser([specs[k] for k in group]) if len(group) > 1 and _movable(specs, group) else None
+                if made is not None:
+                    fused[group[-1]] = (group, made)
+            gone = {k for group, _ in fused.values() for k in group}
+            out = []
+            for i, s in enumerate(specs):
+                if i in fused:  # the group runs where its last member did
+                    group, (fn, name) = fused[i]
+                    members = [specs[k] for k in group]
+                    written = tuple(dict.fromkeys(v for m in members for v in m.writes))
+                    reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
+                    op = _new_member(fn, reads, written, name, max(m.priority for m in members))
+                    out.append(_Spec(op, fn))
+                    self.fused += len(group) - 1
+                elif i not in gone:
+                    out.append(s)
+            specs = out
+        return specs
 
     def _member(self, s: _Spec, index: int) -> Op:
         m = _new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)

@@ -1,8 +1,20 @@
-"""CPU kernels: serial numba functions compiled with ``nogil=True, cache=True``.
+"""The CPU backend: op bodies for what the front end (``math.py``) decided.
 
-Engine workers call them with the GIL released, so they run in parallel.
-Elementwise kernels take operands already broadcast to the output's shape
-(read-only 4-d views, possibly with zero strides).
+Elementwise ops run one cfunc entry point (``_kernels.elementwise``) on an
+argument block packed when the op is pushed: the body is a single call that
+releases the GIL.  The layout is found once per call from the operands'
+shapes and strides: the output is seen as ``rows x inner`` after merging
+dimensions that all operands lay out alike (a contiguous operand of the
+output's shape is one row), and each operand is a contiguous row (``C``), a
+value repeated along the row (``B``, broadcasting), a strided row (``S``) or
+a scalar (``K``).  What cannot be seen that way (more than two merged
+dimensions, negative strides, operands of another dtype than the work
+dtype) runs NumPy's ufunc on the arrays' views instead, which also releases
+the GIL.  Large ops are cut into parts that idle workers share
+(``_parallel.run_parts``); the op is still one op.
+
+Reductions, random numbers and the BLAS kernels are njit functions compiled
+with ``cache=True``.
 """
 
 from __future__ import annotations
@@ -10,57 +22,203 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["BINARY", "BINARY_KERNELS", "COMPARE", "REDUCE", "UNARY", "UNARY_KERNELS", "fill_random",
-           "reduce_axis"]
+from . import _kernels
+from ._kernels import call
+from ._parallel import run_parts, workers_for
+from .array import NDArray as _NDArray
+
+__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "Elementwise", "elementwise",
+           "fill_random", "flat", "geometry", "reduce_axis"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
 UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "copy")
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
-# error_model="numpy": division by zero gives inf/nan as in NumPy instead of raising
+PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
+_SPLIT_MIN = 2 * PART_MIN
 _opts = {"nogil": True, "cache": True, "error_model": "numpy"}
 
-_EXPR = {
-    "add": "x + y", "subtract": "x - y", "multiply": "x * y", "divide": "x / y", "power": "x ** y",
-    "maximum": "np.maximum(x, y)", "minimum": "np.minimum(x, y)",
-    "equal": "x == y", "not_equal": "x != y", "less": "x < y", "less_equal": "x <= y",
-    "greater": "x > y", "greater_equal": "x >= y",
-    "exp": "np.exp(x)", "log": "np.log(x)", "sqrt": "np.sqrt(x)", "tanh": "np.tanh(x)",
-    "abs": "np.abs(x)", "negative": "-x", "sin": "np.sin(x)", "cos": "np.cos(x)", "square": "x * x",
-    "copy": "x",
-}
 
-# One small kernel per operation, each a 4-d loop over operands already
-# broadcast to the output's shape (zero strides where they repeat).  They are
-# generated from one template, compiled with this file's name so that numba
-# caches them, and compiled lazily: only the operations a program uses.
-_TEMPLATE = """
-@numba.njit(**_opts)
-def {name}({args}, out):
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            for k in range(out.shape[2]):
-                for m in range(out.shape[3]):
-                    {loads}
-                    out[i, j, k, m] = {expr}
-"""
+# ------------------------------------------------------------------ layout
+def layout(out, operands):
+    """``(rows, inner, values, classes, out_cls)`` of an elementwise op, or None (NumPy's turn).
+
+    ``values`` holds ``address or scalar, row stride, column stride`` for the
+    output then each operand, strides in elements.
+    """
+    shape = out.shape
+    if out._flat:
+        values = [out._addr, 0, 1]
+        classes = []
+        for x in operands:
+            if x.__class__ is _NDArray:
+                if not x._flat or x.shape != shape:
+                    break
+                values += (x._addr, 0, 1)
+                classes.append("C")
+            else:
+                values += (x, 0, 0)
+                classes.append("K")
+        else:  # every operand is contiguous and of the output's shape: one row
+            return 1, out.size, values, tuple(classes), "C"
+    arrays = [x for x in operands if x.__class__ is _NDArray]
+    found = geometry(shape, [out, *arrays])
+    if found is None:
+        return None
+    rows, inner, geo = found
+    geo = iter(geo)
+    slot = next(geo)
+    values, out_cls, classes = list(slot), slot_class(slot), []
+    for x in operands:
+        if x.__class__ is _NDArray:
+            slot = next(geo)
+            values += slot
+            classes.append(slot_class(slot))
+        else:
+            values += (x, 0, 0)
+            classes.append("K")
+    return rows, inner, values, tuple(classes), out_cls
 
 
-def _generate(op: str, arity: int):
-    name = f"_k_{op}"
-    args = "a, b" if arity == 2 else "a"
-    loads = "x = a[i, j, k, m]" + ("; y = b[i, j, k, m]" if arity == 2 else "")
-    source = _TEMPLATE.format(name=name, args=args, loads=loads, expr=_EXPR[op])
-    namespace = {"numba": numba, "np": np, "_opts": _opts, "__name__": __name__}
-    exec(compile(source, __file__, "exec"), namespace)
-    return namespace[name]
+def slot_class(slot) -> str:
+    return "C" if slot[2] == 1 else "B" if slot[2] == 0 else "S"
 
 
-BINARY_KERNELS = {op: _generate(op, 2) for op in BINARY + COMPARE}
-UNARY_KERNELS = {op: _generate(op, 1) for op in UNARY}
+def geometry(shape, arrays):
+    """``(rows, inner, [(address, row stride, column stride)])`` of ``arrays`` broadcast to ``shape``.
+
+    None when the merged dimensions are more than two or a stride is negative.
+    """
+    nd = len(shape)
+    strides = []
+    for x in arrays:
+        own = tuple(0 if n == 1 else s for n, s in zip(x.shape, x._strides, strict=True))
+        strides.append((0,) * (nd - x.ndim) + own)
+    if any(s < 0 for st in strides for s in st):
+        return None
+    merged: list[list] = []  # [size, strides per array], outermost first
+    for d in range(nd):
+        if shape[d] == 1:
+            continue
+        if merged and all(m == st[d] * shape[d] for m, st in zip(merged[-1][1], strides, strict=True)):
+            merged[-1] = [merged[-1][0] * shape[d], [st[d] for st in strides]]
+        else:
+            merged.append([shape[d], [st[d] for st in strides]])
+    if len(merged) > 2:
+        return None
+    while len(merged) < 2:
+        merged.insert(0, [1, [0] * len(strides)])
+    (rows, rs), (inner, cs) = merged
+    return rows, inner, [(x._addr, rs[k], cs[k]) for k, x in enumerate(arrays)]
 
 
+# -------------------------------------------------------------- op bodies
+class Elementwise:
+    """One elementwise CPU op: what it computes (the plan fuser reads it) and, called, its body.
+
+    ``inputs`` are arrays and scalars (already cast to ``work``); the body is
+    one kernel call on ``block``, or ``body(ctx)`` (parts, or NumPy).
+    """
+
+    __slots__ = ("block", "body", "entry", "inputs", "op", "out", "shape", "work")
+
+    def __call__(self, ctx) -> None:
+        if self.body is None:
+            call(self.entry, self.block)
+        else:
+            self.body(ctx)
+
+
+def elementwise(eng, op: str, work, out, operands) -> Elementwise:
+    """The body of one elementwise op writing ``out`` (operands: arrays and scalars)."""
+    rec = Elementwise()
+    rec.op, rec.inputs, rec.out, rec.work, rec.shape = op, operands, out, work, out.shape
+    rec.body = None
+    found = layout(out, operands)
+    if found is None:
+        rec.body = _numpy_body(op, work, out, operands)
+        return rec
+    rows, inner, values, classes, out_cls = found
+    dtypes = tuple([x.dtype if x.__class__ is _NDArray else work for x in operands])
+    entry, packer = _kernels.elementwise(op, work, out.dtype, out_cls, classes, dtypes)
+    if rows * inner < _SPLIT_MIN:
+        rec.entry = entry
+        rec.block = packer.pack(0, rows, inner, *values)
+        return rec
+    nparts = parts_for(eng, rows * inner)
+    if nparts == 1:
+        rec.entry = entry
+        rec.block = packer.pack(0, rows, inner, *values)
+        return rec
+    blocks = split_blocks(packer, rows, inner, values, ("C", *classes), (out.dtype, *dtypes), nparts)
+    rec.body = parts_body(eng, op, entry, blocks)
+    return rec
+
+
+def parts_for(eng, elements: int) -> int:
+    if elements < _SPLIT_MIN:
+        return 1
+    workers = workers_for(eng)
+    return 1 if workers == 1 else min(4 * workers, elements // PART_MIN)
+
+
+def split_blocks(packer, rows, inner, values, classes, dtypes, nparts):
+    """One block per part: rows split in ranges, or a single row split along its length.
+
+    ``values`` as ``layout`` gives them; ``classes`` and ``dtypes`` include the output's.
+    """
+    blocks = []
+    if rows > 1:
+        nparts = min(nparts, rows)
+        for k in range(nparts):
+            blocks.append(packer.pack(rows * k // nparts, rows * (k + 1) // nparts, inner, *values))
+        return blocks
+    for k in range(nparts):
+        c0, c1 = inner * k // nparts, inner * (k + 1) // nparts
+        vals = list(values)
+        for i, (cls, dt) in enumerate(zip(classes, dtypes, strict=True)):
+            if cls != "K":
+                vals[3 * i] += c0 * vals[3 * i + 2] * dt.itemsize
+        blocks.append(packer.pack(0, 1, c1 - c0, *vals))
+    return blocks
+
+
+def parts_body(eng, name, entry, blocks):
+    def run(i):
+        call(entry, blocks[i])
+
+    def fn(ctx):
+        run_parts(eng, name, len(blocks), run)
+    return fn
+
+
+_UFUNC = {"divide": np.true_divide, "abs": np.absolute}
+
+
+def _numpy_body(op, work, out, operands):
+    """NumPy's ufunc over the views: any dimensions, strides and dtypes (casting to ``work``)."""
+    ins = tuple(x._data if x.__class__ is _NDArray else work.type(x) for x in operands)
+    o = out._data
+    if op == "copy":
+        return lambda ctx: np.copyto(o, ins[0], casting="unsafe")
+    ufunc = _UFUNC.get(op) or getattr(np, op)
+    sig = (work,) * len(ins) + ((np.dtype(np.bool_),) if op in COMPARE else (work,))
+    return lambda ctx: ufunc(*ins, out=o, signature=sig, casting="unsafe")
+
+
+def flat(op: str, out: np.ndarray, *inputs: np.ndarray) -> None:
+    """``op`` over contiguous 1-d NumPy arrays of one dtype (the simulated GPU's kernels use it)."""
+    work = inputs[0].dtype
+    n = len(inputs)
+    entry, packer = _kernels.elementwise(op, work, out.dtype, "C", ("C",) * n, (work,) * n)
+    vals = [0, 1, out.size, _kernels.address(out), 0, 1]
+    for x in inputs:
+        vals += (_kernels.address(x), 0, 1)
+    call(entry, packer.pack(*vals))
+
+
+# ------------------------------------------------------------- njit kernels
 @numba.njit(**_opts)
 def reduce_axis(code, x, out):
     """Reduce ``x`` of shape (outer, n, inner) over its middle axis into ``out`` (outer, inner)."""
@@ -114,3 +272,6 @@ def fill_random(out, seed, counter, normal, a, b):
             flat[k] = a + b * r * np.cos(6.283185307179586 * u2)
         else:
             flat[k] = a + (b - a) * u1
+
+
+NJIT_KERNELS = (reduce_axis, fill_random)

@@ -10,7 +10,7 @@ import numpy as np
 import depengine as de
 
 from . import _gpu
-from ._core import push, runtime
+from ._core import check_dtype, engine, flush_releases, push, runtime
 from .array import NDArray
 
 __all__ = ["arange", "array", "empty", "full", "ones", "zeros"]
@@ -119,10 +119,9 @@ def array(obj, dtype=None, device=None) -> NDArray:
             host = host.astype(np.int64)
     if host.dtype.kind not in "biuf":
         raise TypeError(f"array: dtype {host.dtype} is not supported (booleans, integers and floats are)")
-    if device.type == "cpu":
-        out = NDArray._empty(host.shape, host.dtype, device, name="array")
-        out._data = host  # already a private copy: nothing to push
-        return out
-    staging = NDArray._empty(host.shape, host.dtype, de.cpu(), name="staging")
-    staging._data = host
-    return staging.copyto(device)
+    check_dtype(host.dtype, device)
+    flush_releases()
+    eng = engine()
+    if device.type == "cpu":  # already a private copy: nothing to push
+        return NDArray._wrap_host(eng, host, "array", device)
+    return NDArray._wrap_host(eng, host, "staging", de.cpu()).copyto(device)
