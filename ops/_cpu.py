@@ -22,13 +22,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _kernels
+from . import _blas, _kernels
 from ._kernels import call
 from ._parallel import run_parts, workers_for
 from .array import NDArray as _NDArray
 
 __all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "Elementwise", "elementwise",
-           "fill_random", "flat", "geometry", "reduce_axis"]
+           "fill_random", "flat", "geometry", "matmul_body", "reduce_axis"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
@@ -205,6 +205,30 @@ def _numpy_body(op, work, out, operands):
     ufunc = _UFUNC.get(op) or getattr(np, op)
     sig = (work,) * len(ins) + ((np.dtype(np.bool_),) if op in COMPARE else (work,))
     return lambda ctx: ufunc(*ins, out=o, signature=sig, casting="unsafe")
+
+
+MATMUL_SPLIT = 1 << 24  # m*n*k from which a product is cut into row blocks that idle workers share
+
+
+def matmul_body(eng, a, b, out):
+    """BLAS for contiguous 2-d float operands of the result's dtype (row blocks in parts when large),
+    else NumPy's matmul; both release the GIL."""
+    A, B, C = a._data, b._data, out._data
+    if not (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f"
+            and a._flat and b._flat and out.size):
+        return lambda ctx: np.matmul(A, B, out=C, dtype=out.dtype)
+    m, k = A.shape
+    nparts = 1
+    if m * B.shape[1] * k >= MATMUL_SPLIT and workers_for(eng) > 1:
+        nparts = max(1, min(4 * workers_for(eng), m // 64))
+    if nparts == 1:
+        return lambda ctx: _blas.gemm(A, B, C)
+    bounds = [(m * i // nparts, m * (i + 1) // nparts) for i in range(nparts)]
+
+    def run(i):
+        r0, r1 = bounds[i]
+        _blas.gemm(A[r0:r1], B, C[r0:r1])
+    return lambda ctx: run_parts(eng, "matmul", nparts, run)
 
 
 def flat(op: str, out: np.ndarray, *inputs: np.ndarray) -> None:

@@ -83,9 +83,11 @@ def call_address(typingctx, fn, args):
     BLAS and LAPACK routines are bound this way at run time (their address
     is an argument), so the kernels that call them can be cached.
     """
-    if not isinstance(fn, types.Integer) or not isinstance(args, types.UniTuple):
+    if not isinstance(fn, types.Integer) or not isinstance(args, types.BaseTuple):
         return None
-    n = args.count
+    if not all(isinstance(t, types.Integer) for t in args):
+        return None
+    n = len(args)
 
     def codegen(context, builder, sig, llargs):
         fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t] * n)

@@ -15,6 +15,7 @@ import numpy as np
 from . import _core, _cpu, _gpu
 from ._core import check_dtype, push, runtime
 from .array import NDArray, _normalize_axis
+from .linalg import use_blas
 
 __all__ = ["assign", "astype", "binary", "dot", "matmul", "reduce", "unary"]
 
@@ -415,8 +416,8 @@ def matmul(a: NDArray, b: NDArray) -> NDArray:
     check_dtype(dtype, device)
     out = NDArray._empty(shape, dtype, device, name="matmul")
     if device.type == "cpu":
-        def fn(ctx):
-            np.matmul(a._data, b._data, out=out._data, dtype=dtype)
+        use_blas()
+        fn = _cpu.matmul_body(out._engine, a, b, out)
     else:
         _gpu_check(dtype, device, "matmul")
         if a.ndim > 2 or b.ndim > 2:

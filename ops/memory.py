@@ -28,7 +28,7 @@ from ._kernels import address
 __all__ = ["POOL_MIN", "PooledStore", "alloc", "pool_stats", "set_pool_limit", "trim"]
 
 POOL_MIN = 64 * 1024       # bytes: smaller arrays are plain NumPy allocations
-PER_SIZE = 8               # buffers kept per size
+PER_SIZE = 64              # buffers kept per size (a pusher far ahead frees them in bursts)
 _DEFAULT_LIMIT = 256 * 2**20
 
 
