@@ -232,7 +232,7 @@ def elementwise(op: str, work: np.dtype, out_dtype: np.dtype, out_cls: str, clas
     ``classes`` and ``dtypes``: per operand; an operand of another dtype than
     ``work`` is cast as it is loaded.
     """
-    key = (op, work, out_dtype, out_cls, classes, dtypes)
+    key = (op, work.char, out_dtype.char, out_cls, classes, tuple([d.char for d in dtypes]))  # str hashes
     hit = _entries.get(key)
     if hit is not None:
         return hit
@@ -287,6 +287,16 @@ def _load():
 
 
 call, address, CALLS = _load()
+
+
+def _warm_numba() -> None:
+    """numba's CPU target loads its registries (and SciPy's BLAS) on first use: pay that at import."""
+    from numba.core.registry import cpu_target
+
+    cpu_target.target_context.refresh()
+
+
+_warm_numba()
 
 
 def structure_name(prefix: str, key: str) -> str:

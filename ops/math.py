@@ -186,8 +186,8 @@ _TYPES: dict = {}  # (op, device type, dtype or scalar type of a, of b) -> (work
 
 def _types(op: str, a, b, device) -> tuple:
     """Work and result dtypes of ``op(a, b)`` (NumPy's promotion; Python scalars are weak), checked."""
-    key = (op, device.type, a.dtype if a.__class__ is NDArray else type(a),
-           b.dtype if b.__class__ is NDArray else type(b))
+    key = (op, device.type, a.dtype.char if a.__class__ is NDArray else type(a),
+           b.dtype.char if b.__class__ is NDArray else type(b))
     hit = _TYPES.get(key)
     if hit is None:
         work = np.result_type(_dtype_of(a), _dtype_of(b))

@@ -236,7 +236,8 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.timeout(120)  # 100 000 ops on 2 loaded cores
-def test_the_pool_bounds_memory_over_100000_temporaries(eng):
+def test_the_pool_bounds_memory_over_100000_temporaries(eng, monkeypatch):
+    monkeypatch.setattr(memory, "POOL_MIN", 64 * 1024)
     n = memory.POOL_MIN // 8  # pooled: 64 KiB each, 6.4 GB if none came back
     keep = nd.ones(n)
     before = memory.pool_stats()
@@ -272,7 +273,8 @@ def test_the_pool_gives_memory_back(eng):
         memory.set_pool_limit(256 * 2**20)
 
 
-def test_an_exported_buffer_is_never_reused(eng):
+def test_an_exported_buffer_is_never_reused(eng, monkeypatch):
+    monkeypatch.setattr(memory, "POOL_MIN", 64 * 1024)
     a = nd.full((memory.POOL_MIN // 8,), 5.0)
     view = np.from_dlpack(a)  # NumPy now shares a's memory
     del a
