@@ -229,6 +229,22 @@ def test_an_intermediate_read_outside_the_group_is_written(eng):
     np.testing.assert_array_equal(u.asnumpy(), np.full(6, 22.0))
 
 
+def test_a_failed_input_fails_fused_and_unfused_plans_alike(eng):
+    x, y = nd.array(np.arange(6.0)), nd.array(np.ones(6))
+    with eng.record() as g:
+        out = ((x * 2 + y) * (x - y)).exp()
+    fused, plain = g.compile(), g.compile(fuse=False)
+    assert fused.fused == 4 and plain.fused == 0
+    for plan in (fused, plain):
+        eng.push(lambda ctx: 1 / 0, writes=[x.var], name="breaks x")
+        before = out.var.version
+        plan.run()
+        with pytest.raises(ZeroDivisionError) as info:
+            out.wait_to_read()
+        assert any("breaks x" in note for note in info.value.__notes__)
+        assert out.var.version == before + 1
+
+
 # ------------------------------------------------------------------ memory
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -362,3 +378,24 @@ def test_bad_input_raises_before_anything_is_pushed(eng):
         memory.set_pool_limit(-1)
     assert eng._seq == seq + 1  # only nd.ones(3) above was pushed
     assert _kernels.CALLS in ("C", "ctypes")
+
+
+def test_contiguous_kernels_vectorise():
+    """The one-row add and exp kernels compile to packed AVX arithmetic (checked in the assembly)."""
+    import numba
+
+    for op, packed in (("add", "vaddpd"), ("exp", "vmulpd")):
+        f64 = np.dtype(np.float64)
+        setup, rows, _ = _kernels.row_loads("o", 3, "C", f64, f64)
+        body = []
+        for i, var in enumerate("xy"[: 2 if op == "add" else 1]):
+            s, r, elem = _kernels.row_loads(f"a{i}", 6 + 3 * i, "C", f64, f64)
+            setup, rows = setup + s, rows + r
+            body.append(f"{var} = {elem}")
+        body.append(f"o[m] = {_kernels.expression(op, f64)}")
+        source = _kernels.kernel_source("_probe", 12, setup, rows, body)
+        ns = dict(_kernels.NAMESPACE)
+        exec(source, ns)
+        asm = numba.cfunc(_kernels._SIG, nogil=True, error_model="numpy")(ns["_probe"])._library.get_asm_str()
+        lines = [line for line in asm.splitlines() if packed in line]
+        assert any("%ymm" in line or "%zmm" in line for line in lines), f"{op}: no packed {packed}"
