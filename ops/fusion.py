@@ -98,26 +98,34 @@ def _observable(rec, holders: dict[int, int]) -> bool:
 def fuse(specs):
     """``(fn, name)`` doing the work of ``specs`` (a group from ``groups``) in one pass, or None."""
     recs = [s.fn for s in specs]
+    if not _fusable(specs, recs):
+        return None
+    holders = _holders(recs)
+    keep = [any(r.out._var in specs[j].reads for j in range(k + 1))  # its value before the plan matters
+            or _observable(r, holders) for k, r in enumerate(recs)]
+    return _build(recs, keep, recs[0].shape)
+
+
+def _fusable(specs, recs) -> bool:
+    """One shape; each var written once; an array a member writes is used only as that very array.
+
+    (A function of its own: its loop variables, which refer to arrays, are gone when
+    ``_observable`` counts references.)
+    """
     shape = recs[0].shape
     if any(r.__class__ is not Elementwise or r.shape != shape or r.out.shape != shape for r in recs):
-        return None
+        return False
     writer: dict[int, int] = {}  # id(var) -> the member writing it
     for k, s in enumerate(specs):
         for v in s.writes:
             if id(v) in writer:
-                return None  # written twice: the fused op would count one write
+                return False  # written twice: the fused op would count one write
             writer[id(v)] = k
-    for r in recs:  # an array some member writes is only ever used as that very array (one layout)
+    for r in recs:
         for x in r.inputs:
             if x.__class__ is NDArray and id(x._var) in writer and x is not recs[writer[id(x._var)]].out:
-                return None
-    holders = _holders(recs)
-    keep = []
-    for k, r in enumerate(recs):
-        var = r.out._var
-        read_first = any(var in specs[j].reads for j in range(k + 1))  # the value before the plan matters
-        keep.append(read_first or _observable(r, holders))
-    return _build(recs, keep, shape)
+                return False
+    return True
 
 
 def _build(recs, keep, shape):
