@@ -36,32 +36,33 @@ UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square"
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
 PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
-_SPLIT_MIN = 2 * PART_MIN
+_SPLIT_MIN = 4 * PART_MIN
 _opts = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
 # ------------------------------------------------------------------ layout
 def layout(out, operands):
-    """``(rows, inner, values, classes, out_cls)`` of an elementwise op, or None (NumPy's turn).
+    """``(rows, inner, values, sig, out_cls)`` of an elementwise op, or None (NumPy's turn).
 
     ``values`` holds ``address or scalar, row stride, column stride`` for the
-    output then each operand, strides in elements.
+    output then each operand, strides in elements; ``sig`` holds per operand
+    its class and dtype character (``"Cd"``: a contiguous row of float64).
     """
     shape = out.shape
     if out._flat:
         values = [out._addr, 0, 1]
-        classes = []
+        sig = []
         for x in operands:
             if x.__class__ is _NDArray:
                 if not x._flat or x.shape != shape:
                     break
                 values += (x._addr, 0, 1)
-                classes.append("C")
+                sig.append("C" + x.dtype.char)
             else:
                 values += (x, 0, 0)
-                classes.append("K")
+                sig.append("K")
         else:  # every operand is contiguous and of the output's shape: one row
-            return 1, out.size, values, tuple(classes), "C"
+            return 1, out.size, values, tuple(sig), "C"
     arrays = [x for x in operands if x.__class__ is _NDArray]
     found = geometry(shape, [out, *arrays])
     if found is None:
@@ -69,16 +70,16 @@ def layout(out, operands):
     rows, inner, geo = found
     geo = iter(geo)
     slot = next(geo)
-    values, out_cls, classes = list(slot), slot_class(slot), []
+    values, out_cls, sig = list(slot), slot_class(slot), []
     for x in operands:
         if x.__class__ is _NDArray:
             slot = next(geo)
             values += slot
-            classes.append(slot_class(slot))
+            sig.append(slot_class(slot) + x.dtype.char)
         else:
             values += (x, 0, 0)
-            classes.append("K")
-    return rows, inner, values, tuple(classes), out_cls
+            sig.append("K")
+    return rows, inner, values, tuple(sig), out_cls
 
 
 def slot_class(slot) -> str:
@@ -139,20 +140,16 @@ def elementwise(eng, op: str, work, out, operands) -> Elementwise:
     if found is None:
         rec.body = _numpy_body(op, work, out, operands)
         return rec
-    rows, inner, values, classes, out_cls = found
-    dtypes = tuple([x.dtype if x.__class__ is _NDArray else work for x in operands])
-    entry, packer = _kernels.elementwise(op, work, out.dtype, out_cls, classes, dtypes)
-    if rows * inner < _SPLIT_MIN:
-        rec.entry = entry
-        rec.block = packer.pack(0, rows, inner, *values)
-        return rec
+    rows, inner, values, sig, out_cls = found
+    entry, packer = _kernels.elementwise(op, work, out.dtype, out_cls, sig)
     nparts = parts_for(eng, rows * inner)
     if nparts == 1:
         rec.entry = entry
         rec.block = packer.pack(0, rows, inner, *values)
         return rec
-    blocks = split_blocks(packer, rows, inner, values, ("C", *classes), (out.dtype, *dtypes), nparts)
-    rec.body = parts_body(eng, op, entry, blocks)
+    classes = ("C", *[s[0] for s in sig])
+    dtypes = (out.dtype, *[np.dtype(s[1]) if len(s) > 1 else work for s in sig])
+    rec.body = parts_body(eng, op, entry, split_blocks(packer, rows, inner, values, classes, dtypes, nparts))
     return rec
 
 
@@ -234,8 +231,7 @@ def matmul_body(eng, a, b, out):
 def flat(op: str, out: np.ndarray, *inputs: np.ndarray) -> None:
     """``op`` over contiguous 1-d NumPy arrays of one dtype (the simulated GPU's kernels use it)."""
     work = inputs[0].dtype
-    n = len(inputs)
-    entry, packer = _kernels.elementwise(op, work, out.dtype, "C", ("C",) * n, (work,) * n)
+    entry, packer = _kernels.elementwise(op, work, out.dtype, "C", ("C" + work.char,) * len(inputs))
     vals = [0, 1, out.size, _kernels.address(out), 0, 1]
     for x in inputs:
         vals += (_kernels.address(x), 0, 1)

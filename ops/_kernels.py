@@ -225,29 +225,29 @@ NAMESPACE = {"numba": numba, "np": np, "as_voidptr": as_voidptr, "exp64": exp64,
 _entries: dict[tuple, tuple[int, struct.Struct]] = {}
 
 
-def elementwise(op: str, work: np.dtype, out_dtype: np.dtype, out_cls: str, classes: tuple,
-                dtypes: tuple) -> tuple:
+def elementwise(op: str, work: np.dtype, out_dtype: np.dtype, out_cls: str, sig: tuple) -> tuple:
     """``(entry address, block packer)`` of ``op`` for this layout (one per key, made once).
 
-    ``classes`` and ``dtypes``: per operand; an operand of another dtype than
-    ``work`` is cast as it is loaded.
+    ``sig``: per operand its class and, for an array, its dtype character
+    (``"Cd"``, ``"Bf"``, ``"K"``); an operand of another dtype than ``work``
+    is cast as it is loaded.
     """
-    key = (op, work.char, out_dtype.char, out_cls, classes, tuple([d.char for d in dtypes]))  # str hashes
+    key = (op, work.char, out_dtype.char, out_cls, sig)  # strings: their hashes are cached
     hit = _entries.get(key)
     if hit is not None:
         return hit
-    tag = "".join(c + np.dtype(d).char for c, d in zip(classes, dtypes, strict=True))
-    name = f"_ew_{op}_{np.dtype(work).name}_{np.dtype(out_dtype).name}_{out_cls}_{tag}"
+    name = f"_ew_{op}_{np.dtype(work).name}_{np.dtype(out_dtype).name}_{out_cls}_{''.join(sig)}"
+    classes = tuple(s[0] for s in sig)
     fmt = slot_format(("C", *classes), work)  # the output's slots first
     setup, rows, _ = row_loads("o", 3, out_cls, out_dtype, work)
     body = []
     out_elem = "o[m]" if out_cls == "C" else "o[m * ocs]"
-    for i, (var, cls, dt) in enumerate(zip("xy", classes, dtypes, strict=False)):
-        s, r, elem = row_loads(f"a{i}", 6 + 3 * i, cls, dt, work)
-        setup += s
+    for i, (var, s) in enumerate(zip("xy", sig, strict=False)):
+        dt = np.dtype(s[1]) if len(s) > 1 else work
+        code, r, elem = row_loads(f"a{i}", 6 + 3 * i, s[0], dt, work)
+        setup += code
         rows += r
-        cast = cls != "K" and dt != work
-        body.append(f"{var} = np.{np.dtype(work).name}({elem})" if cast else f"{var} = {elem}")
+        body.append(f"{var} = np.{np.dtype(work).name}({elem})" if dt != work else f"{var} = {elem}")
     body.append(f"{out_elem} = {expression(op, work)}")
     source = kernel_source(name, len(fmt) - 1, setup, rows, body)
     entry = compile_cfunc(name, source, __file__, NAMESPACE)
