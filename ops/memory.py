@@ -12,8 +12,9 @@ Nothing is pushed to the engine to release an array: the op that used a
 buffer last drops the last reference to its store.  A thread that pushes
 far ahead of the workers would otherwise allocate (and fault in) fresh
 memory for every result; when ``IN_FLIGHT`` buffers of one size are in use
-and they are coming back (one did within ``FLOWING`` seconds), it waits
-for the next one instead, so a long chain cycles through a few buffers.  A buffer is reused only
+it waits (at most ``PATIENCE`` seconds) for the next one to come back, so a
+long chain cycles through a few buffers.  A wait that times out (the user
+holds the buffers) stops the waits for that size until one comes back.  A buffer is reused only
 when nothing else refers to it (a NumPy view handed out through DLPack, say),
 checked when it is taken.  The pool is bounded: at most ``PER_SIZE`` buffers
 per size and ``limit`` bytes in all (``set_pool_limit``); a buffer that does
@@ -27,7 +28,6 @@ from __future__ import annotations
 import mmap
 import sys
 import threading
-import time
 
 import numpy as np
 
@@ -37,8 +37,8 @@ __all__ = ["POOL_MIN", "PooledStore", "alloc", "pool_stats", "set_pool_limit", "
 
 POOL_MIN = 1 << 20         # bytes: smaller arrays are plain NumPy allocations (malloc reuses them cheaply)
 PER_SIZE = 64              # buffers kept per size (a pusher far ahead frees them in bursts)
-IN_FLIGHT = 16             # pooled buffers of one size in use past which a pusher waits for one...
-FLOWING = 0.005            # ...if one came back within this many seconds (a pipeline is moving)
+IN_FLIGHT = 8              # pooled buffers of one size in use past which a pusher waits for one
+PATIENCE = 0.05            # seconds it waits before it allocates anyway
 _DEFAULT_LIMIT = 256 * 2**20
 
 
@@ -49,8 +49,8 @@ class _Pool:
         self.limit = limit
         self.free: dict[int, list] = {}  # nbytes -> [(owner, address)], most recent last
         self.bytes = 0
-        self.live: dict[int, int] = {}       # nbytes -> pooled buffers in use
-        self.released: dict[int, float] = {}  # nbytes -> when one last came back
+        self.live: dict[int, int] = {}  # nbytes -> pooled buffers in use
+        self.stalled: set[int] = set()  # sizes whose buffers did not come back while a pusher waited
         self.hits = self.misses = self.dropped = self.waits = 0
         # reentrant: a store's finaliser may run (garbage collection) while this thread holds it
         self.lock = threading.RLock()
@@ -59,13 +59,15 @@ class _Pool:
     def take(self, nbytes: int):
         with self.lock:
             entry = self._pop(nbytes)
-            if entry is None and self.live.get(nbytes, 0) >= IN_FLIGHT \
-                    and time.perf_counter() - self.released.get(nbytes, -1.0) < FLOWING:
-                # Buffers of this size come back as the ops using them end: the pusher is far
-                # ahead of the workers.  Take the next one instead of touching fresh memory.
+            if entry is None and self.live.get(nbytes, 0) >= IN_FLIGHT and nbytes not in self.stalled:
+                # The pusher is far ahead of the workers: buffers of this size come back as the
+                # ops using them end.  Take the next one rather than touch fresh memory; if none
+                # comes back in time (the user holds them), stop waiting for this size until one does.
                 self.waits += 1
-                self.returned.wait(FLOWING)
+                self.returned.wait(PATIENCE)
                 entry = self._pop(nbytes)
+                if entry is None:
+                    self.stalled.add(nbytes)
             if entry is None:
                 self.misses += 1
             else:
@@ -88,7 +90,7 @@ class _Pool:
         nbytes = entry[0].nbytes
         with self.lock:
             self.live[nbytes] -= 1
-            self.released[nbytes] = time.perf_counter()
+            self.stalled.discard(nbytes)
             entries = self.free.setdefault(nbytes, [])
             if len(entries) >= PER_SIZE or self.bytes + nbytes > self.limit:
                 self.dropped += 1
