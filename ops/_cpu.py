@@ -19,6 +19,8 @@ with ``cache=True``.
 
 from __future__ import annotations
 
+from functools import partial as _partial
+
 import numba
 import numpy as np
 
@@ -116,41 +118,36 @@ def geometry(shape, arrays):
 
 # -------------------------------------------------------------- op bodies
 class Elementwise:
-    """One elementwise CPU op: what it computes (the plan fuser reads it) and, called, its body.
+    """What one elementwise CPU op computes: the op's ``meta``, which the plan fuser reads.
 
-    ``inputs`` are arrays and scalars (already cast to ``work``); the body is
-    one kernel call on ``block``, or ``body(ctx)`` (parts, or NumPy).
+    ``inputs`` are arrays and scalars (already cast to ``work``).  It holds the
+    arrays (and so their memory) for as long as the op lives.
     """
 
-    __slots__ = ("block", "body", "entry", "inputs", "op", "out", "shape", "work")
+    __slots__ = ("inputs", "op", "out", "shape", "work")
 
-    def __call__(self, ctx) -> None:
-        if self.body is None:
-            call(self.entry, self.block)
-        else:
-            self.body(ctx)
+    def __init__(self, op, inputs, out, work) -> None:
+        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, work, out.shape
 
 
-def elementwise(eng, op: str, work, out, operands) -> Elementwise:
-    """The body of one elementwise op writing ``out`` (operands: arrays and scalars)."""
-    rec = Elementwise()
-    rec.op, rec.inputs, rec.out, rec.work, rec.shape = op, operands, out, work, out.shape
-    rec.body = None
+def elementwise(eng, op: str, work, out, operands):
+    """``(body, record)`` of one elementwise op writing ``out`` (operands: arrays and scalars).
+
+    The body is one kernel call (``partial(call, entry, block)``), or a
+    function running parts on idle workers, or NumPy's ufunc.
+    """
+    rec = Elementwise(op, operands, out, work)
     found = layout(out, operands)
     if found is None:
-        rec.body = _numpy_body(op, work, out, operands)
-        return rec
+        return _numpy_body(op, work, out, operands), rec
     rows, inner, values, sig, out_cls = found
     entry, packer = _kernels.elementwise(op, work, out.dtype, out_cls, sig)
     nparts = parts_for(eng, rows * inner)
     if nparts == 1:
-        rec.entry = entry
-        rec.block = packer.pack(0, rows, inner, *values)
-        return rec
+        return _partial(call, entry, packer.pack(0, rows, inner, *values)), rec
     classes = ("C", *[s[0] for s in sig])
     dtypes = (out.dtype, *[np.dtype(s[1]) if len(s) > 1 else work for s in sig])
-    rec.body = parts_body(eng, op, entry, split_blocks(packer, rows, inner, values, classes, dtypes, nparts))
-    return rec
+    return parts_body(eng, op, entry, split_blocks(packer, rows, inner, values, classes, dtypes, nparts)), rec
 
 
 def parts_for(eng, elements: int) -> int:

@@ -6,7 +6,9 @@ whole call: the rows to do, the row length, and per operand a data address
 (or a scalar's value) with its row and column strides in elements.  The
 front end packs the block once when it pushes the op; running the op is one
 call of the entry point on that block (``call(entry, block)``), without the
-GIL.  The same pair is what an engine that runs native op bodies needs.
+GIL: ``functools.partial(call, entry, block)`` is the op's whole body, with
+no Python frame.  The same pair is what an engine that runs native op bodies
+needs.
 
 Kernels are generated from one template per (operation, work dtype, operand
 classes), compiled on first use with ``cache=True`` under this file's name,
@@ -264,7 +266,7 @@ def _ctypes_call():
     proto = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_char_p)
     fns: dict[int, object] = {}
 
-    def call(entry: int, block: bytes) -> int:
+    def call(entry: int, block: bytes, ctx=None) -> int:
         fn = fns.get(entry)
         if fn is None:
             fn = fns[entry] = proto(entry)

@@ -1,9 +1,11 @@
 /* ops._native: the two calls every CPU kernel of ops/ goes through, in C.
  *
  *   address(buffer)        the address of a contiguous buffer's first byte (the buffer protocol)
- *   call(entry, block)     run the kernel at address `entry`, an `int32 (*)(void *)` (a numba
+ *   call(entry, block[, ctx])
+ *                          run the kernel at address `entry`, an `int32 (*)(void *)` (a numba
  *                          cfunc), on the argument block `block` (a bytes object), with the GIL
- *                          released; returns the kernel's int32
+ *                          released; returns the kernel's int32.  `ctx` is ignored: it lets
+ *                          functools.partial(call, entry, block) be an op's whole body.
  *
  * Optional: ops/_kernels.py does the same through ctypes when this module is missing
  * (no compiler at install time) or DEPENGINE_PURE_PYTHON is set.  A kernel reads only its
@@ -30,8 +32,8 @@ native_address(PyObject *self, PyObject *obj)
 static PyObject *
 native_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "call(entry, block) takes exactly 2 arguments");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "call(entry, block[, ctx]) takes 2 or 3 arguments");
         return NULL;
     }
     void *entry = PyLong_AsVoidPtr(args[0]);
@@ -56,7 +58,7 @@ native_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef methods[] = {
     {"address", native_address, METH_O, "address(buffer): the address of a contiguous buffer."},
     {"call", (PyCFunction)(void (*)(void))native_call, METH_FASTCALL,
-     "call(entry, block): run the int32(void*) kernel at entry on block without the GIL."},
+     "call(entry, block[, ctx]): run the int32(void*) kernel at entry on block without the GIL."},
     {NULL, NULL, 0, NULL},
 };
 

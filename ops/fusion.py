@@ -48,13 +48,13 @@ def groups(specs) -> list[list[int]]:
 
     producer: dict[int, int] = {}  # id(array) -> spec that last wrote it
     for i, s in enumerate(specs):
-        rec = s.fn
+        rec = s.meta
         if rec.__class__ is not Elementwise:
             continue
         parent[i] = i
         for x in rec.inputs:
             j = producer.get(id(x))
-            if j is not None and specs[j].fn.shape == rec.shape:
+            if j is not None and specs[j].meta.shape == rec.shape:
                 parent[find(j)] = find(i)
         producer[id(rec.out)] = i
     found: dict[int, list[int]] = {}
@@ -97,7 +97,7 @@ def _observable(rec, holders: dict[int, int]) -> bool:
 
 def fuse(specs):
     """``(fn, name)`` doing the work of ``specs`` (a group from ``groups``) in one pass, or None."""
-    recs = [s.fn for s in specs]
+    recs = [s.meta for s in specs]
     if not _fusable(specs, recs):
         return None
     holders = _holders(recs)

@@ -238,8 +238,8 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
     if device.type == "cpu":
         operands = (a if a.__class__ is NDArray else _scalar(a, work),
                     b if b.__class__ is NDArray else _scalar(b, work))
-        fn = _cpu.elementwise(eng, op, work, out, operands)
-        eng.push(fn, reads, [out._var], op, 0, False, None, "normal", True)
+        fn, rec = _cpu.elementwise(eng, op, work, out, operands)
+        eng.push(fn, reads, [out._var], op, 0, False, None, "normal", True).meta = rec
         return out
     n = int(np.prod(shape, dtype=np.int64))
     name = f"{op}_{_gpu.GPU_DTYPES[work][0]}"
@@ -285,8 +285,8 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
     out = _fresh(a.shape, dtype, a.device, op) if out is None else _result(out, a.shape, dtype, a.device, op)
     if a.device.type == "cpu":
         eng = out._engine
-        eng.push(_cpu.elementwise(eng, op, dtype, out, (a,)), (a._var,), [out._var], op, 0, False, None,
-                 "normal", True)
+        fn, rec = _cpu.elementwise(eng, op, dtype, out, (a,))
+        eng.push(fn, (a._var,), [out._var], op, 0, False, None, "normal", True).meta = rec
         return out
     n = a.size
     name = f"{op}_{_gpu.GPU_DTYPES[dtype][0]}"

@@ -187,7 +187,7 @@ def test_fusion_drops_unobservable_intermediates(eng):
     eng.wait_all()
     fused, plain = g.compile(), g.compile(fuse=False)
     assert fused.fused == 4 and len(fused.specs) == 1
-    dropped = [s.fn.out._data for s in g.specs[:-1]]  # the memory of the four intermediates
+    dropped = [s.meta.out._data for s in g.specs[:-1]]  # the memory of the four intermediates
     assert any(m is t_memory for m in dropped) or any(np.shares_memory(m, t_memory) for m in dropped)
     for m in dropped:
         m[...] = -7.0  # dropped: the fused plan must never write them
