@@ -35,7 +35,7 @@ from ._kernels import address
 
 __all__ = ["POOL_MIN", "PooledStore", "alloc", "pool_stats", "set_pool_limit", "trim"]
 
-POOL_MIN = 1 << 20         # bytes: smaller arrays are plain NumPy allocations (malloc reuses them cheaply)
+POOL_MIN = 64 * 1024       # bytes: smaller arrays are plain NumPy allocations (malloc reuses them cheaply)
 PER_SIZE = 64              # buffers kept per size (a pusher far ahead frees them in bursts)
 IN_FLIGHT = 8              # pooled buffers of one size in use past which a pusher waits for one
 PATIENCE = 0.05            # seconds it waits before it allocates anyway
