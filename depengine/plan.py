@@ -50,10 +50,12 @@ _fusers: list[tuple] = []  # (fuser, groups or None)
 def register_fuser(fuser: Callable, groups: Callable | None = None) -> None:
     """``fuser(specs) -> (fn, name) | None``: one function doing the work of a group of recorded ops.
 
-    ``groups(specs)`` lists the groups (indices in push order) the fuser is
-    offered; by default the chains of ops that run back to back.  A group
-    runs where its last member did; one whose members cannot all move there
-    without reordering a conflict is not offered.
+    By default the fuser is offered the chains of ops that run back to back.
+    With ``groups(specs)`` (lists of indices in push order) it is offered
+    those groups instead, as ``fuser(specs, read_elsewhere)`` with the vars
+    that the plan's other ops read.  A group runs where its last member did;
+    one whose members cannot all move there without reordering a conflict is
+    not offered.
     """
     _fusers.append((fuser, groups))
 
@@ -255,24 +257,26 @@ class Plan:
 
     def _fuse(self, specs):
         for fuser, grouper in _fusers:
-            groups = grouper(specs) if grouper else _chains(len(specs), _dependencies(specs))
             fused = {}
-            for group in groups:
-                made = fuser([specs[k] for k in group]) if len(group) > 1 and _movable(specs, group) else None
+            for group in grouper(specs) if grouper else _chains(len(specs), _dependencies(specs)):
+                if len(group) < 2 or not _movable(specs, group):
+                    continue
+                members, inside = [specs[k] for k in group], set(group)
+                made = fuser(members, {v for i, o in enumerate(specs) if i not in inside for v in o.reads}) \
+                    if grouper else fuser(members)
                 if made is not None:
-                    fused[group[-1]] = (group, made)
-            gone = {k for group, _ in fused.values() for k in group}
+                    fused[group[-1]] = (members, made)
+            gone = {id(m) for members, _ in fused.values() for m in members}
             out = []
             for i, s in enumerate(specs):
                 if i in fused:  # the group runs where its last member did
-                    group, (fn, name) = fused[i]
-                    members = [specs[k] for k in group]
+                    members, (fn, name) = fused[i]
                     written = tuple(dict.fromkeys(v for m in members for v in m.writes))
                     reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
-                    op = _new_member(fn, reads, written, name, max(m.priority for m in members))
-                    out.append(_Spec(op, fn))
-                    self.fused += len(group) - 1
-                elif i not in gone:
+                    top = max(m.priority for m in members)
+                    out.append(_Spec(_new_member(fn, reads, written, name, top), fn))
+                    self.fused += len(members) - 1
+                elif id(s) not in gone:
                     out.append(s)
             specs = out
         return specs

@@ -13,8 +13,8 @@ dtype) runs NumPy's ufunc on the arrays' views instead, which also releases
 the GIL.  Large ops are cut into parts that idle workers share
 (``_parallel.run_parts``); the op is still one op.
 
-Reductions, random numbers and the BLAS kernels are njit functions compiled
-with ``cache=True``.
+Reductions are NumPy's (pairwise sums, SIMD); random numbers and the BLAS
+kernels are njit functions compiled with ``cache=True``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ._parallel import run_parts, workers_for
 from .array import NDArray as _NDArray
 
 __all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "Elementwise", "elementwise",
-           "fill_random", "flat", "geometry", "matmul_body", "reduce_axis"]
+           "fill_random", "flat", "geometry", "matmul_body", "reduce_axis", "reduce_body"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
@@ -199,6 +199,20 @@ def _numpy_body(op, work, out, operands):
     ufunc = _UFUNC.get(op) or getattr(np, op)
     sig = (work,) * len(ins) + ((np.dtype(np.bool_),) if op in COMPARE else (work,))
     return lambda ctx: ufunc(*ins, out=o, signature=sig, casting="unsafe")
+
+
+_REDUCERS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
+
+
+def reduce_body(op: str, a, out, axis, keepdims: bool):
+    """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays)."""
+    x, o = a._data, out._data
+    if op == "argmax":
+        return lambda ctx: np.argmax(x, axis=axis, out=o)
+    reducer = _REDUCERS[op]
+    if op in ("sum", "mean"):
+        return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims, dtype=o.dtype)
+    return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims)
 
 
 MATMUL_SPLIT = 1 << 24  # m*n*k from which a product is cut into row blocks that idle workers share

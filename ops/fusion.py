@@ -8,8 +8,8 @@ external input once, keeps every intermediate in a register, and writes
 only the outputs someone can observe.  An intermediate is *dropped* (never
 written, its memory never touched) when
 
-- only later members of the group read it, and only it writes its var in
-  the plan, and
+- only later members of the group read it (no other op of the plan does),
+  and
 - no live array refers to it: nothing but the recording holds the array
   object (the user let go of it and of every view of it).
 
@@ -95,13 +95,17 @@ def _observable(rec, holders: dict[int, int]) -> bool:
     return _refs(rec.out) - _ONE_HOLDER + 1 > holders[id(rec.out)]
 
 
-def fuse(specs):
-    """``(fn, name)`` doing the work of ``specs`` (a group from ``groups``) in one pass, or None."""
+def fuse(specs, read_elsewhere):
+    """``(fn, name)`` doing the work of ``specs`` (a group from ``groups``) in one pass, or None.
+
+    ``read_elsewhere``: the vars the plan's other ops read (their intermediates are written).
+    """
     recs = [s.meta for s in specs]
     if not _fusable(specs, recs):
         return None
     holders = _holders(recs)
-    keep = [any(r.out._var in specs[j].reads for j in range(k + 1))  # its value before the plan matters
+    keep = [r.out._var in read_elsewhere
+            or any(r.out._var in specs[j].reads for j in range(k + 1))  # its value before the plan matters
             or _observable(r, holders) for k, r in enumerate(recs)]
     return _build(recs, keep, recs[0].shape)
 

@@ -369,12 +369,8 @@ def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False) -> NDArray:
         dtype = a.dtype
     _gpu_check(a.dtype if a.dtype.kind == "f" else np.float64, a.device, op)
     out = NDArray._empty(out_shape, dtype, a.device, name=op)
-    code = _cpu.REDUCE.index(op)
-    work = dtype if op in ("sum", "mean") else a.dtype
     if a.device.type == "cpu":
-        def fn(ctx):
-            x = np.ascontiguousarray(a._data, dtype=work).reshape(outer, n, inner)
-            _cpu.reduce_axis(code, x, out._data.reshape(outer, inner))
+        fn = _cpu.reduce_body(op, a, out, None if axis is None or a.ndim == 0 else ax, keepdims)
     else:
         name = f"reduce_{op}_{_gpu.GPU_DTYPES[a.dtype][0]}"
 
