@@ -6,12 +6,14 @@ Workloads (issue 14's targets in brackets):
 
 - ``chain100``, ``chain10k``, ``chain1m``: ``c = c + b`` repeated (2000, 2000, 100 times), per op,
   from the first push to the result being ready [100 elements <= 8 us/op; 10k <= 1.5x NumPy; 1M <= 1.0x]
-- ``two1m``: two independent 1M-element chains interleaved [<= 0.7x NumPy doing both]
+- ``two1m``: two independent 1M-element chains interleaved [<= 0.7x NumPy doing both]; alongside,
+  NumPy running each chain in a thread of its own: what two threads get from the machine right then
 - ``expr``: ``exp((x*2+y)*(x-y))``, x 1000x1000, y (1000,) broadcast: imperative [<= 1.2x NumPy] and
   recorded, compiled (fused) and replayed [<= 0.6x NumPy]; numexpr (2 threads) and ``jax.jit`` alongside
 - ``mm64``: ``(a @ a).sum()`` 64x64, result read [<= 3x NumPy]; ``mm2048``: ``a @ a`` 2048x2048 [<= 1.0x]
 - ``cold``: in fresh processes, the first tiny op after ``import ops`` [<= 0.3 s] and the first tiled
   Cholesky (n=4096, tile 512) against the second in the same process [<= 1.5x]
+- ``small``: where the time of one 100-element ``c = c + b`` goes, part by part (us, best of rounds)
 
 Each figure is the best of ``--repeats`` rounds; within a round every system runs once, in turn, so
 that drift of the shared machine hits all of them alike.  Ratios compare figures of the same run.
@@ -24,13 +26,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 
 import ops as nd
 
-ALL = ("chain100", "chain10k", "chain1m", "two1m", "expr", "mm64", "mm2048", "cold")
+ALL = ("chain100", "chain10k", "chain1m", "two1m", "expr", "mm64", "mm2048", "cold", "small")
 
 
 def _peers():
@@ -115,7 +118,20 @@ def _two_chains(peers) -> dict:
         c1.wait_to_read()
         c2.wait_to_read()
         return time.perf_counter() - t0
-    return {"numpy": lambda: _time(numpy_run), "ops": ops_run}
+    def numpy_two_threads():  # what the machine gives two threads at this moment (NumPy drops the GIL)
+        def chain():
+            c = np.zeros(n)
+            for _ in range(steps):
+                c = c + b0
+        threads = [threading.Thread(target=chain) for _ in range(2)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0
+    return {"numpy": lambda: _time(numpy_run), "ops": ops_run,
+            "numpy, one chain per thread": numpy_two_threads}
 
 
 def _expr(peers) -> dict:
@@ -202,6 +218,59 @@ def cold(repeats: int) -> dict:
             "first / second": first / second}
 
 
+def small(repeats: int) -> dict:
+    """The parts of one small op, each timed alone on this thread (best of ``repeats`` x 20 000)."""
+    import depengine as de
+    from ops import _cpu, _kernels
+    from ops import math as front
+
+    eng = nd.engine()
+    a, b = nd.ones(100), nd.ones(100)
+    out = (a + b).wait_to_read()
+    w = np.dtype(np.float64)
+    fn, _ = _cpu.elementwise(eng, "add", w, out, (a, b))
+    na, nb = np.ones(100), np.ones(100)
+    v = eng.new_var("v")
+    parts = {
+        "numpy c + b (allocates)": lambda: na + nb,
+        "kernel call (ops._native.call)": lambda: fn(None),
+        "dtypes and shape (_types)": lambda: front._types("add", a, b, a.device),
+        "new array (new_var + buffer)": lambda: front._fresh((100,), w, a.device, "add"),
+        "  of which Engine.new_var": lambda: eng.new_var("x"),
+        "layout, entry point, block": lambda: _cpu.elementwise(eng, "add", w, out, (a, b)),
+        "push of an empty op (pusher's side)": lambda: eng.push(_noop, (), [v]),
+    }
+    times = {}
+    for name, f in parts.items():
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(20_000):
+                f()
+            best = min(best, (time.perf_counter() - t0) / 20_000 * 1e6)
+            eng.wait_all()
+        times[name] = best
+    with de.Engine("naive") as naive:  # the whole op, run where it is pushed: no thread hand-off
+        nd.set_engine(naive)
+        try:
+            c, bb = nd.ones(100), nd.ones(100)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(20_000):
+                    c = c + bb
+                best = min(best, (time.perf_counter() - t0) / 20_000 * 1e6)
+            times["whole op on the naive engine"] = best
+        finally:
+            nd.set_engine(None)
+    times["calls through"] = _kernels.CALLS
+    return times
+
+
+def _noop(ctx):
+    pass
+
+
 def run(names, repeats: int, quick: bool) -> dict:
     peers = _peers()
     scale = 4 if quick else 1
@@ -216,8 +285,8 @@ def run(names, repeats: int, quick: bool) -> dict:
     }
     results = {}
     for name in names:
-        if name == "cold":
-            results["cold"] = cold(repeats)
+        if name in ("cold", "small"):
+            results[name] = cold(repeats) if name == "cold" else small(repeats)
             continue
         systems, per, unit = workloads[name]()
         best = {s: float("inf") for s in systems}
