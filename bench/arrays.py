@@ -62,39 +62,27 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _chained(zeros, wrap, ready, n: int, b0, steps: int) -> float:
+    """Seconds for ``steps`` of ``c = c + b``, from the first op to the result being ready."""
+    c, b = zeros(n), wrap(b0)
+    ready(c)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        c = c + b
+    ready(c)
+    return time.perf_counter() - t0
+
+
 def _chain(n: int, steps: int, peers) -> dict:
     b0 = np.random.default_rng(0).random(n)
-    systems = {}
-
-    def numpy_run():
-        c, b = np.zeros(n), b0
-        for _ in range(steps):
-            c = c + b
-        return c
-
-    def ops_run():
-        c, b = nd.zeros(n), nd.array(b0)
-        c.wait_to_read()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            c = c + b
-        c.wait_to_read()
-        return time.perf_counter() - t0
-
-    systems["numpy"] = lambda: _time(numpy_run)
-    systems["ops"] = ops_run
+    systems = {
+        "numpy": lambda: _chained(np.zeros, np.asarray, lambda c: None, n, b0, steps),
+        "ops": lambda: _chained(nd.zeros, nd.array, nd.NDArray.wait_to_read, n, b0, steps),
+    }
     if "jax" in peers:
         jnp = peers["jax"].numpy
-
-        def jax_run():
-            c, b = jnp.zeros(n), jnp.asarray(b0)
-            c.block_until_ready()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                c = c + b
-            c.block_until_ready()
-            return time.perf_counter() - t0
-        systems["jax eager"] = jax_run
+        ready = peers["jax"].block_until_ready
+        systems["jax eager"] = lambda: _chained(jnp.zeros, jnp.asarray, ready, n, b0, steps)
     return systems
 
 

@@ -57,17 +57,6 @@ def as_voidptr(typingctx, addr):
 
 
 @intrinsic
-def address_of(typingctx, ptr):
-    """A ``void*`` as an int64 address."""
-    if ptr != types.voidptr:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.ptrtoint(args[0], ir.IntType(64))
-    return types.int64(ptr), codegen
-
-
-@intrinsic
 def bits_to_f64(typingctx, bits):
     """Reinterpret an int64 as a float64."""
     if bits != types.int64:
