@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP) dot
 
-$(STAMP): pyproject.toml setup.py $(wildcard depengine/*.c depengine/*.h)
+$(STAMP): pyproject.toml setup.py $(wildcard depengine/*.c depengine/*.h ops/*.c)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench,gpu,mpi]'

@@ -1,9 +1,10 @@
-"""The C extension (everything else is in pyproject.toml).
+"""The C extensions (everything else is in pyproject.toml).
 
 ``depengine._core``: the compiled engine core (``depengine/_core.h`` says what
-each file holds).  Optional: where it cannot be compiled the install goes on,
-and every engine runs on the pure-Python reference
-(``depengine._compiled.WHY_NOT_COMPILED`` says why).
+each file holds).  ``ops._native``: the call of a CPU kernel without the GIL.
+Both optional: where they cannot be compiled the install goes on, every
+engine runs on the pure-Python reference (``depengine._compiled.WHY_NOT_COMPILED``
+says why) and kernels are called through ctypes (``ops._kernels.CALLS``).
 """
 
 from setuptools import Extension, setup
@@ -12,4 +13,5 @@ SOURCES = ["_core_module.c", "_core_objects.c", "_core_engine.c", "_core_pool.c"
 HEADERS = ["_core.h", "_core_push.c.h", "_core_waits.c.h"]
 
 setup(ext_modules=[Extension("depengine._core", [f"depengine/{s}" for s in SOURCES],
-                             depends=[f"depengine/{h}" for h in HEADERS], optional=True)])
+                             depends=[f"depengine/{h}" for h in HEADERS], optional=True),
+                   Extension("ops._native", ["ops/_native.c"], optional=True)])

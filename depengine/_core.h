@@ -132,6 +132,7 @@ struct Core {
     int type, debug, closing, closed, forked, any_deleted, gpu_used;
     i64 spin_ns;               /* how long an idle worker watches its queue before it sleeps */
     int capturing;             /* record() and bulk() blocks active (Python sets it) */
+    int pressing, backlog_skip;  /* pushers waiting for the backlog to shrink; pushes that won't wait */
     PyObject *prof;            /* the Recorder, or NULL */
     PyObject *store;           /* its store of records */
     PyObject *cpu;             /* de.cpu() */

@@ -209,9 +209,13 @@ wake_waiters(Core *c, VarObject *v)
         pthread_cond_broadcast(&c->cv);
 }
 
+#define BACKLOG 2048   /* pending ops past which a pushing thread waits for the workers (push) */
+
 static void
 epoch_done(Core *c, Epoch *e)   /* mu: one of e's ops finished */
 {
+    if (c->pressing && e == c->epoch && e->count == BACKLOG / 2 + 1)
+        pthread_cond_broadcast(&c->cv);   /* a pusher waits for the backlog to shrink */
     if (--e->count || !e->closed)
         return;
     Epoch **link = &c->closed_epochs;
@@ -699,5 +703,6 @@ core_execute_py(Core *c, OpObject *op, OpObject ***ready, int *nready)
     return r == NULL ? -1 : (Py_DECREF(r), 0);
 }
 
+#include <errno.h>
 #include "_core_push.c.h"
 #include "_core_waits.c.h"

@@ -7,7 +7,6 @@ static const char *const arg_names[NARGS] = {
     "_wcounts"};
 static PyObject *arg_strs[NARGS];
 static PyObject *s_normal, *s_async, *kinds[4];
-#define BACKLOG 2048   /* pending ops past which a pushing thread yields the GIL once per push */
 
 int
 push_ready(void)
@@ -184,6 +183,42 @@ check_not_deleted(PyObject *t)   /* mu */
         }
     }
     return 0;
+}
+
+/* A pusher far ahead of the workers (thousands of pending ops hold their memory, and make every
+ * garbage collection slow) waits, without the GIL, until they have caught up by half or 2 ms have
+ * passed: the workers running Python bodies need the GIL, and giving it up for a moment (a yield)
+ * does not hand it to them.  Ops that cannot progress (waiting on something this thread does
+ * later) cost at most one such wait: without progress, the next 256 pushes do not wait. */
+static int
+backlog_wait(Core *c)
+{
+    if (c->backlog_skip > 0) {
+        c->backlog_skip--;
+        return 0;
+    }
+    i64 before, after;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_nsec += 2000000;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&c->mu);
+    before = c->epoch->count;
+    c->pressing++;
+    while (c->epoch->count > BACKLOG / 2)
+        if (pthread_cond_timedwait(&c->cv, &c->mu, &until) == ETIMEDOUT)
+            break;
+    c->pressing--;
+    after = c->epoch->count;
+    pthread_mutex_unlock(&c->mu);
+    Py_END_ALLOW_THREADS
+    if (after >= before)
+        c->backlog_skip = 256;
+    return PyErr_CheckSignals();
 }
 
 /* Engine.push, see depengine/_engine.py.  GIL. */
@@ -371,13 +406,8 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
         goto after_error;
     if (c->done_ops != NULL)
         core_drain(c);
-    if (backlog > BACKLOG && !core_in_op(c)) {
-        /* The pusher never blocks, so it can outrun the workers; thousands of
-         * pending ops then make every garbage collection slow.  Let them catch up. */
-        Py_BEGIN_ALLOW_THREADS
-        sched_yield();
-        Py_END_ALLOW_THREADS
-    }
+    if (backlog > BACKLOG && !core_in_op(c) && backlog_wait(c) < 0)
+        goto after_error;
     return (PyObject *)op;
 after_error:
     Py_DECREF(op);

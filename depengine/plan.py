@@ -11,8 +11,9 @@ Optimisations, each switchable in ``compile``:
 
 - ``prune``: drop an op declared ``pure`` whose every write is overwritten
   later in the plan before anyone reads it (a dead store).
-- ``fuse``: let registered fusers (ops/ fuses chains of elementwise array
-  ops into one numba kernel) replace chains of ops by one op.
+- ``fuse``: let registered fusers replace groups of ops by one op (ops/
+  fuses elementwise array ops into one kernel that skips intermediates no
+  one can observe).
 - ``bulk``: run each chain of ops that would run back to back (one
   successor, whose only predecessor it is) as one dispatch, and group the
   chains that start on one dependency level into at most one dispatch per
@@ -42,12 +43,32 @@ from ._op import Op, new_op
 __all__ = ["Graph", "Plan", "register_fuser"]
 
 _CPU = cpu()
-_fusers: list[Callable] = []
+_fusers: list[tuple] = []  # (fuser, groups or None)
 
 
-def register_fuser(fuser: Callable) -> None:
-    """``fuser(chain) -> fn | None``: one function doing the work of a chain of recorded ops."""
-    _fusers.append(fuser)
+def register_fuser(fuser: Callable, groups: Callable | None = None) -> None:
+    """``fuser(specs) -> (fn, name) | None``: one function doing the work of a group of recorded ops.
+
+    By default the fuser is offered the chains of ops that run back to back.
+    With ``groups(specs)`` (lists of indices in push order) it is offered
+    those groups instead, as ``fuser(specs, read_elsewhere)`` with the vars
+    that the plan's other ops read.  A group runs where its last member did;
+    one whose members cannot all move there without reordering a conflict is
+    not offered.
+    """
+    _fusers.append((fuser, groups))
+
+
+def _movable(specs, group) -> bool:
+    """Whether running ``group`` at the place of its last member keeps the order of every conflict."""
+    members, last = set(group), group[-1]
+    for i in group[:-1]:
+        writes, reads = set(specs[i].writes), set(specs[i].reads)
+        for j in range(i + 1, last):
+            o = specs[j]
+            if j not in members and (writes.intersection(o.reads, o.writes) or reads.intersection(o.writes)):
+                return False
+    return True
 
 
 class _Spec:
@@ -234,32 +255,30 @@ class Plan:
         self.current: _Run | None = None
 
     def _fuse(self, specs):
-        preds = _dependencies(specs)
-        out, i = [], 0
-        chains = {c[0]: c for c in _chains(len(specs), preds) if len(c) > 1}
-        skip = set()
-        for i, s in enumerate(specs):
-            if i in skip:
-                continue
-            chain = chains.get(i)
-            fused = None
-            if chain:
-                for fuser in _fusers:
-                    fused = fuser([specs[k] for k in chain])
-                    if fused is not None:
-                        break
-            if fused is None:
-                out.append(s)
-                continue
-            fn, name = fused
-            members = [specs[k] for k in chain]
-            written = tuple(dict.fromkeys(v for m in members for v in m.writes))
-            reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
-            op = _new_member(fn, reads, written, name, max(m.priority for m in members))
-            out.append(_Spec(op, fn))
-            self.fused += len(chain) - 1
-            skip.update(chain)
-        return out
+        for fuser, grouper in _fusers:
+            fused = {}
+            for group in grouper(specs) if grouper else _chains(len(specs), _dependencies(specs)):
+                if len(group) < 2 or not _movable(specs, group):
+                    continue
+                members, inside = [specs[k] for k in group], set(group)
+                made = fuser(members, {v for i, o in enumerate(specs) if i not in inside for v in o.reads}) \
+                    if grouper else fuser(members)
+                if made is not None:
+                    fused[group[-1]] = (members, made)
+            gone = {id(m) for members, _ in fused.values() for m in members}
+            out = []
+            for i, s in enumerate(specs):
+                if i in fused:  # the group runs where its last member did
+                    members, (fn, name) = fused[i]
+                    written = tuple(dict.fromkeys(v for m in members for v in m.writes))
+                    reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
+                    top = max(m.priority for m in members)
+                    out.append(_Spec(_new_member(fn, reads, written, name, top), fn))
+                    self.fused += len(members) - 1
+                elif id(s) not in gone:
+                    out.append(s)
+            specs = out
+        return specs
 
     def _member(self, s: _Spec, index: int) -> Op:
         m = _new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)

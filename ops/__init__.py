@@ -7,8 +7,9 @@ kernels compiled with NVRTC; the simulated runtime with ``DEPENGINE_GPU=sim``).
 """
 
 from . import fusion as _fusion  # noqa: F401  (registers the elementwise fuser for recorded plans)
-from . import linalg, random, stencil
+from . import linalg, memory, random, stencil
 from ._core import engine, set_engine
+from ._kernels import kernel_events
 from .array import NDArray, _install_operators
 from .creation import arange, array, empty, full, ones, zeros
 from .interop import from_dlpack
@@ -68,8 +69,9 @@ def transpose(a, axes=None):
 
 __all__ = [
     "NDArray", "abs", "add", "arange", "argmax", "array", "cos", "divide", "dot", "empty", "engine", "equal",
-    "exp", "from_dlpack", "full", "greater", "greater_equal", "less", "less_equal", "linalg", "log",
-    "matmul", "max", "maximum", "mean", "min", "minimum", "multiply", "negative", "not_equal", "ones",
-    "power", "random", "reshape", "set_engine", "sin", "sqrt", "square", "stencil", "subtract", "sum", "tanh",
-    "transpose", "zeros",
+    "exp", "from_dlpack", "full", "greater", "greater_equal", "kernel_events", "less", "less_equal", "linalg",
+    "log",
+    "matmul", "max", "maximum", "mean", "memory", "min", "minimum", "multiply", "negative", "not_equal",
+    "ones", "power", "random", "reshape", "set_engine", "sin", "sqrt", "square", "stencil", "subtract", "sum",
+    "tanh", "transpose", "zeros",
 ]

@@ -1,103 +1,139 @@
-"""Cholesky tile kernels: BLAS and LAPACK called from numba nopython code.
+"""BLAS and LAPACK from numba nopython code: the Cholesky tile kernels and matmul.
 
 SciPy's ``scipy.linalg.blas``/``lapack`` Python wrappers hold the GIL (two
-threads calling them run no faster than one).  Calling the same routines
+threads calling them run no faster than one).  The same routines called
 through ``scipy.linalg.cython_blas``/``cython_lapack`` function pointers from
-``nogil`` numba functions releases it, so engine workers factor tiles in
-parallel.  Every kernel updates its output tile in place (no temporaries).
+``nogil`` numba functions release it, so engine workers run them in
+parallel.  The routine's address is an argument of each kernel, bound when
+it runs (``_kernels.call_address``), never compiled in: the kernels are
+cached across processes like every other kernel (a function holding a
+ctypes pointer cannot be cached and would compile in every process).
 
-Tiles are C-ordered (row-major); BLAS sees each one as its transpose, so the
+Arrays are C-ordered (row-major); BLAS sees each one as its transpose, so the
 calls below swap sides, triangles and transposes accordingly.
 """
 
 from __future__ import annotations
 
-import ctypes
-
 import numba
 import numpy as np
-from numba.extending import get_cython_function_address
 
-__all__ = ["gemm_nt_sub", "potrf_lower", "syrk_lower_sub", "trsm_right_lower_t"]
+from ._kernels import call_address
 
-_P = ctypes.c_void_p
+__all__ = ["NJIT_KERNELS", "gemm", "gemm_nt_sub", "potrf_lower", "syrk_lower_sub", "trsm_right_lower_t"]
 
-
-def _fn(module: str, name: str, nargs: int):
-    return ctypes.CFUNCTYPE(None, *([_P] * nargs))(get_cython_function_address(module, name))
+_opts = {"nogil": True, "cache": True}
+_routines: dict[str, int] = {}
 
 
-_dgemm = _fn("scipy.linalg.cython_blas", "dgemm", 13)
-_dsyrk = _fn("scipy.linalg.cython_blas", "dsyrk", 10)
-_dtrsm = _fn("scipy.linalg.cython_blas", "dtrsm", 11)
-_dpotrf = _fn("scipy.linalg.cython_lapack", "dpotrf", 5)
+def _address(name: str) -> int:
+    """The address of a BLAS (``d*``/``s*``) or LAPACK routine of SciPy's Cython modules."""
+    addr = _routines.get(name)
+    if addr is None:
+        from numba.extending import get_cython_function_address
 
-# cache=False: numba cannot cache functions that hold ctypes pointers; they
-# compile on first use (about a second each).
-_opts = {"nogil": True, "cache": False}
+        module = "scipy.linalg.cython_lapack" if name.endswith("potrf") else "scipy.linalg.cython_blas"
+        addr = _routines[name] = get_cython_function_address(module, name)
+    return addr
+
+
+# Each kernel passes its scalar arguments through one int64 scratch array (chars and ints in the
+# low bytes of a slot, doubles as float64 bits) that it reads again after the call, so that it
+# outlives the call (NRT frees an array right after its last use).
+@numba.njit(**_opts)
+def _potrf(a, fn):
+    s = np.zeros(3, np.int64)
+    s[0], s[1] = ord("U"), a.shape[0]
+    p = s.ctypes.data
+    call_address(fn, (p, p + 8, a.ctypes.data, p + 8, p + 16))
+    for i in range(a.shape[0]):  # a tile of the factor: zero above the diagonal
+        for j in range(i + 1, a.shape[1]):
+            a[i, j] = 0.0
+    return s.view(np.int32)[4]
 
 
 @numba.njit(**_opts)
-def _i(v):
-    return np.array([v], np.int32)
+def _trsm(lkk, b, fn):
+    s = np.zeros(9, np.int64)
+    s[0], s[1], s[2], s[3] = ord("L"), ord("U"), ord("T"), ord("N")
+    s[4], s[5], s[7], s[8] = b.shape[1], b.shape[0], lkk.shape[1], b.shape[1]
+    s.view(np.float64)[6] = 1.0
+    p = s.ctypes.data
+    call_address(fn, (p, p + 8, p + 16, p + 24, p + 32, p + 40, p + 48, lkk.ctypes.data, p + 56,
+                      b.ctypes.data, p + 64))
+    return s[0]
 
 
 @numba.njit(**_opts)
-def _c(ch):
-    return np.array([ord(ch)], np.uint8)
+def _syrk(c, a, fn):
+    s = np.zeros(8, np.int64)
+    s[0], s[1], s[2], s[3], s[5], s[7] = ord("U"), ord("T"), c.shape[0], a.shape[1], a.shape[1], c.shape[1]
+    f = s.view(np.float64)
+    f[4], f[6] = -1.0, 1.0
+    p = s.ctypes.data
+    call_address(fn, (p, p + 8, p + 16, p + 24, p + 32, a.ctypes.data, p + 40, p + 48, c.ctypes.data, p + 56))
+    return s[0]
+
+
+@numba.njit(inline="always")
+def _gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, fn):
+    """Column-major ``C = alpha op(A) op(B) + beta C`` (``ta``/``tb``: ord('N') or ord('T'))."""
+    s = np.zeros(10, np.int64)
+    s[0], s[1], s[2], s[3], s[4], s[6], s[7], s[9] = ta, tb, m, n, k, lda, ldb, ldc
+    if c.itemsize == 8:
+        f = s.view(np.float64)
+        f[5], f[8] = alpha, beta
+    else:
+        f32 = s.view(np.float32)  # a float32 in the low half of its slot
+        f32[10], f32[16] = alpha, beta
+    p = s.ctypes.data
+    call_address(fn, (p, p + 8, p + 16, p + 24, p + 32, p + 40, a.ctypes.data, p + 48, b.ctypes.data, p + 56,
+                      p + 64, c.ctypes.data, p + 72))
+    return s[0]
 
 
 @numba.njit(**_opts)
-def _d(v):
-    return np.array([v], np.float64)
+def _gemm_nn(a, b, c, fn):
+    """``c = a @ b``, row-major: column-major ``c^T = b^T a^T``."""
+    m, k = a.shape
+    n = b.shape[1]
+    return _gemm(ord("N"), ord("N"), n, m, k, 1.0, b, n, a, k, 0.0, c, n, fn)
 
 
 @numba.njit(**_opts)
-def potrf_lower(a):
+def _gemm_nt_sub(c, a, b, fn):
+    """``c -= a @ b^T``, row-major: column-major ``c^T -= b a^T``."""
+    m, n, k = c.shape[1], c.shape[0], a.shape[1]
+    return _gemm(ord("T"), ord("N"), m, n, k, -1.0, b, b.shape[1], a, a.shape[1], 1.0, c, c.shape[1], fn)
+
+
+NJIT_KERNELS = (_potrf, _trsm, _syrk, _gemm_nn, _gemm_nt_sub)
+
+
+def potrf_lower(a) -> int:
     """Factor the SPD tile ``a`` in place: its lower triangle becomes L (a = L L^T).
 
     Returns LAPACK's info: 0, or k > 0 if the leading minor of order k is not
     positive definite.  The strict upper triangle is set to zero.
     """
-    n = _i(a.shape[0])
-    info = _i(0)
-    _dpotrf(_c("U").ctypes, n.ctypes, a.ctypes, n.ctypes, info.ctypes)
-    for i in range(a.shape[0]):  # a tile of the factor: zero above the diagonal
-        for j in range(i + 1, a.shape[1]):
-            a[i, j] = 0.0
-    return info[0]
+    return int(_potrf(a, _address("dpotrf")))
 
 
-@numba.njit(**_opts)
-def trsm_right_lower_t(lkk, b):
+def trsm_right_lower_t(lkk, b) -> None:
     """``b <- b @ inv(L)^T`` in place, with L the lower triangle of ``lkk``."""
-    m = _i(b.shape[1])
-    n = _i(b.shape[0])
-    ldl = _i(lkk.shape[1])
-    ldb = _i(b.shape[1])
-    _dtrsm(_c("L").ctypes, _c("U").ctypes, _c("T").ctypes, _c("N").ctypes, m.ctypes, n.ctypes,
-           _d(1.0).ctypes, lkk.ctypes, ldl.ctypes, b.ctypes, ldb.ctypes)
+    _trsm(lkk, b, _address("dtrsm"))
 
 
-@numba.njit(**_opts)
-def syrk_lower_sub(c, a):
+def syrk_lower_sub(c, a) -> None:
     """``c <- c - a @ a^T`` on the lower triangle of ``c``, in place."""
-    n = _i(c.shape[0])
-    k = _i(a.shape[1])
-    lda = _i(a.shape[1])
-    ldc = _i(c.shape[1])
-    _dsyrk(_c("U").ctypes, _c("T").ctypes, n.ctypes, k.ctypes, _d(-1.0).ctypes, a.ctypes, lda.ctypes,
-           _d(1.0).ctypes, c.ctypes, ldc.ctypes)
+    _syrk(c, a, _address("dsyrk"))
 
 
-@numba.njit(**_opts)
-def gemm_nt_sub(c, a, b):
+def gemm_nt_sub(c, a, b) -> None:
     """``c <- c - a @ b^T`` in place."""
-    m = _i(c.shape[1])
-    n = _i(c.shape[0])
-    k = _i(a.shape[1])
-    ldb = _i(b.shape[1])
-    lda = _i(a.shape[1])
-    ldc = _i(c.shape[1])
-    _dgemm(_c("T").ctypes, _c("N").ctypes, m.ctypes, n.ctypes, k.ctypes, _d(-1.0).ctypes, b.ctypes,
-           ldb.ctypes, a.ctypes, lda.ctypes, _d(1.0).ctypes, c.ctypes, ldc.ctypes)
+    _gemm_nt_sub(c, a, b, _address("dgemm"))
+
+
+def gemm(a, b, c) -> None:
+    """``c = a @ b`` for C-contiguous 2-d float32 or float64 arrays of one dtype."""
+    _gemm_nn(a, b, c, _address("dgemm" if c.dtype == np.float64 else "sgemm"))

@@ -1,11 +1,13 @@
 """What every ops/ function shares: the engine, storage, dtypes, deferred frees.
 
-Arrays are released through the engine: when an array that owns its storage
-is garbage collected, its var is deleted with ``Engine.delete_var``, so the
-storage is freed only after every op already pushed that uses it has
-finished.  ``__del__`` can run anywhere (even inside the engine while it
-holds its lock), so it only queues the release; the next ops/ call, from
-user code, hands the queue to the engine.
+CPU memory needs nothing from the engine: ops keep the stores they use
+alive, and the last of them lets go (see ``ops.memory``).  GPU memory must
+be freed in stream order after the last op using it: when a device store is
+garbage collected (its arrays and their ops are gone), its var is deleted
+with ``Engine.delete_var`` and the buffer freed by that delete.  A finaliser
+can run anywhere (even inside the engine while it holds its lock), so it
+only queues the release; the next ops/ call, from user code, hands the
+queue to the engine.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ CPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int32, np.int64, np.float3
 GPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int64, np.float32, np.float64))  # int64: argmax
 
 _engine: de.Engine | None = None
+_default: de.Engine | None = None  # depengine.default_engine(), remembered
 _releases: deque = deque()
 
 
 def engine() -> de.Engine:
     """The engine ops/ pushes to: ``set_engine``'s, else ``depengine.default_engine()``."""
+    global _default
     eng = _engine
     if eng is None or eng.closed:
-        eng = de.default_engine()
+        eng = _default
+        if eng is None or eng.closed:  # a forked child's copy is closed too: it gets a new one
+            eng = _default = de.default_engine()
     return eng
 
 
@@ -62,13 +68,18 @@ def check_dtype(dtype, device) -> np.dtype:
 class DeviceStore:
     """Device memory shared by an array and its views; allocated by the op that first writes it."""
 
-    __slots__ = ("borrowed", "buf", "device", "nbytes")
+    __slots__ = ("borrowed", "buf", "device", "nbytes", "owner")
 
     def __init__(self, device: int, nbytes: int, borrowed: bool = False) -> None:
         self.device = device
         self.nbytes = nbytes
         self.buf = None
         self.borrowed = borrowed  # memory of another library (DLPack): never freed here
+        self.owner = None  # (engine, var) of the array that allocated it
+
+    def __del__(self) -> None:
+        if self.owner is not None:
+            queue_release(*self.owner, self)
 
     def ensure(self, rt, stream):
         if self.buf is None:
@@ -91,7 +102,7 @@ def flush_releases() -> None:
         if eng.closed or var.deleted:
             continue
         free = None
-        if store is not None and not store.borrowed:
+        if not store.borrowed:
             rt = runtime(eng, de.Device("gpu", store.device))
 
             def free(store=store, rt=rt):

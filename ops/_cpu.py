@@ -1,66 +1,255 @@
-"""CPU kernels: serial numba functions compiled with ``nogil=True, cache=True``.
+"""The CPU backend: op bodies for what the front end (``math.py``) decided.
 
-Engine workers call them with the GIL released, so they run in parallel.
-Elementwise kernels take operands already broadcast to the output's shape
-(read-only 4-d views, possibly with zero strides).
+Elementwise ops run one cfunc entry point (``_kernels.elementwise``) on an
+argument block packed when the op is pushed: the body is a single call that
+releases the GIL.  The layout is found once per call from the operands'
+shapes and strides: the output is seen as ``rows x inner`` after merging
+dimensions that all operands lay out alike (a contiguous operand of the
+output's shape is one row), and each operand is a contiguous row (``C``), a
+value repeated along the row (``B``, broadcasting), a strided row (``S``) or
+a scalar (``K``).  What cannot be seen that way (more than two merged
+dimensions, negative strides, operands of another dtype than the work
+dtype) runs NumPy's ufunc on the arrays' views instead, which also releases
+the GIL.  Large ops are cut into parts that idle workers share
+(``_parallel.run_parts``); the op is still one op.
+
+Reductions are NumPy's (pairwise sums, SIMD); random numbers and the BLAS
+kernels are njit functions compiled with ``cache=True``.
 """
 
 from __future__ import annotations
 
+from functools import partial as _partial
+
 import numba
 import numpy as np
 
-__all__ = ["BINARY", "BINARY_KERNELS", "COMPARE", "REDUCE", "UNARY", "UNARY_KERNELS", "fill_random",
-           "reduce_axis"]
+from . import _blas, _kernels
+from ._kernels import call
+from ._parallel import run_parts, workers_for
+from .array import NDArray as _NDArray
+
+__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "Elementwise", "elementwise",
+           "fill_random", "flat", "geometry", "matmul_body", "reduce_axis", "reduce_body"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
 UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "copy")
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
-# error_model="numpy": division by zero gives inf/nan as in NumPy instead of raising
+PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
+_SPLIT_MIN = 4 * PART_MIN
 _opts = {"nogil": True, "cache": True, "error_model": "numpy"}
 
-_EXPR = {
-    "add": "x + y", "subtract": "x - y", "multiply": "x * y", "divide": "x / y", "power": "x ** y",
-    "maximum": "np.maximum(x, y)", "minimum": "np.minimum(x, y)",
-    "equal": "x == y", "not_equal": "x != y", "less": "x < y", "less_equal": "x <= y",
-    "greater": "x > y", "greater_equal": "x >= y",
-    "exp": "np.exp(x)", "log": "np.log(x)", "sqrt": "np.sqrt(x)", "tanh": "np.tanh(x)",
-    "abs": "np.abs(x)", "negative": "-x", "sin": "np.sin(x)", "cos": "np.cos(x)", "square": "x * x",
-    "copy": "x",
-}
 
-# One small kernel per operation, each a 4-d loop over operands already
-# broadcast to the output's shape (zero strides where they repeat).  They are
-# generated from one template, compiled with this file's name so that numba
-# caches them, and compiled lazily: only the operations a program uses.
-_TEMPLATE = """
-@numba.njit(**_opts)
-def {name}({args}, out):
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            for k in range(out.shape[2]):
-                for m in range(out.shape[3]):
-                    {loads}
-                    out[i, j, k, m] = {expr}
-"""
+# ------------------------------------------------------------------ layout
+def layout(out, operands):
+    """``(rows, inner, values, sig, out_cls)`` of an elementwise op, or None (NumPy's turn).
+
+    ``values`` holds ``address or scalar, row stride, column stride`` for the
+    output then each operand, strides in elements; ``sig`` holds per operand
+    its class and dtype character (``"Cd"``: a contiguous row of float64).
+    """
+    shape = out.shape
+    if out._flat:
+        values = [out._addr, 0, 1]
+        sig = []
+        for x in operands:
+            if x.__class__ is _NDArray:
+                if not x._flat or x.shape != shape:
+                    break
+                values += (x._addr, 0, 1)
+                sig.append("C" + x.dtype.char)
+            else:
+                values += (x, 0, 0)
+                sig.append("K")
+        else:  # every operand is contiguous and of the output's shape: one row
+            return 1, out.size, values, tuple(sig), "C"
+    arrays = [x for x in operands if x.__class__ is _NDArray]
+    found = geometry(shape, [out, *arrays])
+    if found is None:
+        return None
+    rows, inner, geo = found
+    geo = iter(geo)
+    slot = next(geo)
+    values, out_cls, sig = list(slot), slot_class(slot), []
+    for x in operands:
+        if x.__class__ is _NDArray:
+            slot = next(geo)
+            values += slot
+            sig.append(slot_class(slot) + x.dtype.char)
+        else:
+            values += (x, 0, 0)
+            sig.append("K")
+    return rows, inner, values, tuple(sig), out_cls
 
 
-def _generate(op: str, arity: int):
-    name = f"_k_{op}"
-    args = "a, b" if arity == 2 else "a"
-    loads = "x = a[i, j, k, m]" + ("; y = b[i, j, k, m]" if arity == 2 else "")
-    source = _TEMPLATE.format(name=name, args=args, loads=loads, expr=_EXPR[op])
-    namespace = {"numba": numba, "np": np, "_opts": _opts, "__name__": __name__}
-    exec(compile(source, __file__, "exec"), namespace)
-    return namespace[name]
+def slot_class(slot) -> str:
+    return "C" if slot[2] == 1 else "B" if slot[2] == 0 else "S"
 
 
-BINARY_KERNELS = {op: _generate(op, 2) for op in BINARY + COMPARE}
-UNARY_KERNELS = {op: _generate(op, 1) for op in UNARY}
+def geometry(shape, arrays):
+    """``(rows, inner, [(address, row stride, column stride)])`` of ``arrays`` broadcast to ``shape``.
+
+    None when the merged dimensions are more than two or a stride is negative.
+    """
+    nd = len(shape)
+    strides = []
+    for x in arrays:
+        own = tuple(0 if n == 1 else s for n, s in zip(x.shape, x._strides, strict=True))
+        strides.append((0,) * (nd - x.ndim) + own)
+    if any(s < 0 for st in strides for s in st):
+        return None
+    merged: list[list] = []  # [size, strides per array], outermost first
+    for d in range(nd):
+        if shape[d] == 1:
+            continue
+        if merged and all(m == st[d] * shape[d] for m, st in zip(merged[-1][1], strides, strict=True)):
+            merged[-1] = [merged[-1][0] * shape[d], [st[d] for st in strides]]
+        else:
+            merged.append([shape[d], [st[d] for st in strides]])
+    if len(merged) > 2:
+        return None
+    while len(merged) < 2:
+        merged.insert(0, [1, [0] * len(strides)])
+    (rows, rs), (inner, cs) = merged
+    return rows, inner, [(x._addr, rs[k], cs[k]) for k, x in enumerate(arrays)]
 
 
+# -------------------------------------------------------------- op bodies
+class Elementwise:
+    """What one elementwise CPU op computes: the op's ``meta``, which the plan fuser reads.
+
+    ``inputs`` are arrays and scalars (already cast to ``work``).  It holds the
+    arrays (and so their memory) for as long as the op lives.
+    """
+
+    __slots__ = ("inputs", "op", "out", "shape", "work")
+
+    def __init__(self, op, inputs, out, work) -> None:
+        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, work, out.shape
+
+
+def elementwise(eng, op: str, work, out, operands):
+    """``(body, record)`` of one elementwise op writing ``out`` (operands: arrays and scalars).
+
+    The body is one kernel call (``partial(call, entry, block)``), or a
+    function running parts on idle workers, or NumPy's ufunc.
+    """
+    rec = Elementwise(op, operands, out, work)
+    found = layout(out, operands)
+    if found is None:
+        return _numpy_body(op, work, out, operands), rec
+    rows, inner, values, sig, out_cls = found
+    entry, packer = _kernels.elementwise(op, work, out.dtype, out_cls, sig)
+    nparts = parts_for(eng, rows * inner)
+    if nparts == 1:
+        return _partial(call, entry, packer.pack(0, rows, inner, *values)), rec
+    classes = ("C", *[s[0] for s in sig])
+    dtypes = (out.dtype, *[np.dtype(s[1]) if len(s) > 1 else work for s in sig])
+    return parts_body(eng, op, entry, split_blocks(packer, rows, inner, values, classes, dtypes, nparts)), rec
+
+
+def parts_for(eng, elements: int) -> int:
+    if elements < _SPLIT_MIN:
+        return 1
+    workers = workers_for(eng)
+    return 1 if workers == 1 else min(4 * workers, elements // PART_MIN)
+
+
+def split_blocks(packer, rows, inner, values, classes, dtypes, nparts):
+    """One block per part: rows split in ranges, or a single row split along its length.
+
+    ``values`` as ``layout`` gives them; ``classes`` and ``dtypes`` include the output's.
+    """
+    blocks = []
+    if rows > 1:
+        nparts = min(nparts, rows)
+        for k in range(nparts):
+            blocks.append(packer.pack(rows * k // nparts, rows * (k + 1) // nparts, inner, *values))
+        return blocks
+    for k in range(nparts):
+        c0, c1 = inner * k // nparts, inner * (k + 1) // nparts
+        vals = list(values)
+        for i, (cls, dt) in enumerate(zip(classes, dtypes, strict=True)):
+            if cls != "K":
+                vals[3 * i] += c0 * vals[3 * i + 2] * dt.itemsize
+        blocks.append(packer.pack(0, 1, c1 - c0, *vals))
+    return blocks
+
+
+def parts_body(eng, name, entry, blocks):
+    def run(i):
+        call(entry, blocks[i])
+
+    def fn(ctx):
+        run_parts(eng, name, len(blocks), run)
+    return fn
+
+
+_UFUNC = {"divide": np.true_divide, "abs": np.absolute}
+
+
+def _numpy_body(op, work, out, operands):
+    """NumPy's ufunc over the views: any dimensions, strides and dtypes (casting to ``work``)."""
+    ins = tuple(x._data if x.__class__ is _NDArray else work.type(x) for x in operands)
+    o = out._data
+    if op == "copy":
+        return lambda ctx: np.copyto(o, ins[0], casting="unsafe")
+    ufunc = _UFUNC.get(op) or getattr(np, op)
+    sig = (work,) * len(ins) + ((np.dtype(np.bool_),) if op in COMPARE else (work,))
+    return lambda ctx: ufunc(*ins, out=o, signature=sig, casting="unsafe")
+
+
+_REDUCERS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
+
+
+def reduce_body(op: str, a, out, axis, keepdims: bool):
+    """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays)."""
+    x, o = a._data, out._data
+    if op == "argmax":
+        return lambda ctx: np.argmax(x, axis=axis, out=o)
+    reducer = _REDUCERS[op]
+    if op in ("sum", "mean"):
+        return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims, dtype=o.dtype)
+    return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims)
+
+
+MATMUL_SPLIT = 1 << 24  # m*n*k from which a product is cut into row blocks that idle workers share
+
+
+def matmul_body(eng, a, b, out):
+    """BLAS for contiguous 2-d float operands of the result's dtype (row blocks in parts when large),
+    else NumPy's matmul; both release the GIL."""
+    A, B, C = a._data, b._data, out._data
+    if not (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f"
+            and a._flat and b._flat and out.size):
+        return lambda ctx: np.matmul(A, B, out=C, dtype=out.dtype)
+    m, k = A.shape
+    nparts = 1
+    if m * B.shape[1] * k >= MATMUL_SPLIT and workers_for(eng) > 1:
+        nparts = max(1, min(4 * workers_for(eng), m // 64))
+    if nparts == 1:
+        return lambda ctx: _blas.gemm(A, B, C)
+    bounds = [(m * i // nparts, m * (i + 1) // nparts) for i in range(nparts)]
+
+    def run(i):
+        r0, r1 = bounds[i]
+        _blas.gemm(A[r0:r1], B, C[r0:r1])
+    return lambda ctx: run_parts(eng, "matmul", nparts, run)
+
+
+def flat(op: str, out: np.ndarray, *inputs: np.ndarray) -> None:
+    """``op`` over contiguous 1-d NumPy arrays of one dtype (the simulated GPU's kernels use it)."""
+    work = inputs[0].dtype
+    entry, packer = _kernels.elementwise(op, work, out.dtype, "C", ("C" + work.char,) * len(inputs))
+    vals = [0, 1, out.size, _kernels.address(out), 0, 1]
+    for x in inputs:
+        vals += (_kernels.address(x), 0, 1)
+    call(entry, packer.pack(*vals))
+
+
+# ------------------------------------------------------------- njit kernels
 @numba.njit(**_opts)
 def reduce_axis(code, x, out):
     """Reduce ``x`` of shape (outer, n, inner) over its middle axis into ``out`` (outer, inner)."""
@@ -114,3 +303,6 @@ def fill_random(out, seed, counter, normal, a, b):
             flat[k] = a + b * r * np.cos(6.283185307179586 * u2)
         else:
             flat[k] = a + (b - a) * u1
+
+
+NJIT_KERNELS = (reduce_axis, fill_random)

@@ -71,23 +71,16 @@ def _sim_arange(out, start, step, n):
         out[i] = start + i * step
 
 
-def _4d(x):
-    return x.reshape(1, 1, 1, -1)
-
-
 def _sim_binary(op):
-    kernel = _cpu.BINARY_KERNELS[op]
-    return lambda out, a, b, n: kernel(_4d(a), _4d(b), _4d(out))
+    return lambda out, a, b, n: _cpu.flat(op, out, a, b)
 
 
 def _sim_compare(op):
-    kernel = _cpu.BINARY_KERNELS[op]
-    return lambda out, a, b, n: kernel(_4d(a), _4d(b), _4d(out.view(np.bool_)))
+    return lambda out, a, b, n: _cpu.flat(op, out.view(np.bool_), a, b)
 
 
 def _sim_unary(op):
-    kernel = _cpu.UNARY_KERNELS[op]
-    return lambda out, a, n: kernel(_4d(a), _4d(out))
+    return lambda out, a, n: _cpu.flat(op, out, a)
 
 
 def _sim_reduce(code):

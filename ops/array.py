@@ -1,20 +1,23 @@
 """NDArray: an array whose every operation is pushed to the engine and returns at once.
 
-An array owns one engine var and its storage (a NumPy array on the CPU, a
-device buffer on a GPU).  Views (basic slicing, reshape, transpose) share
-their parent's var and storage, so they are ordered with it.  Reading the
-values (``asnumpy``, ``__array__``, ``float()``) waits for pending writes.
+An array owns one engine var and its storage, held by a *store* (CPU: see
+``ops.memory``; GPU: a ``DeviceStore``).  Views (basic slicing, reshape,
+transpose) share their parent's var and store, so they are ordered with it;
+the memory goes when the array, its views and the ops using them are gone.
+Reading the values (``asnumpy``, ``__array__``, ``float()``) waits for
+pending writes.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
 
 import depengine as de
 
-from . import _core
+from . import _core, memory
 
 __all__ = ["NDArray"]
 
@@ -26,8 +29,9 @@ class NDArray:
     ``ops.arange``, ``ops.empty`` or ``ops.random``.
     """
 
-    __slots__ = ("__weakref__", "_base", "_data", "_engine", "_offset", "_store", "_strides", "_var",
-                 "device", "dtype", "shape")
+    __slots__ = ("__weakref__", "_addr", "_base", "_data", "_engine", "_flat", "_offset", "_store",
+                 "_strides", "_var", "device", "dtype", "shape")
+    # _addr: CPU address of element (0, ..., 0); _flat: C-contiguous; _offset, _strides: in elements
     __array_priority__ = 100.0  # NumPy defers mixed operations to our reflected operators
 
     def __init__(self, *args, **kwargs) -> None:
@@ -35,18 +39,23 @@ class NDArray:
 
     @classmethod
     def _new(cls, eng, var, shape, dtype, device, data=None, store=None, offset=0, strides=None,
-             base=None) -> NDArray:
+             base=None, addr=0) -> NDArray:
         a = object.__new__(cls)
         a._engine = eng
         a._var = var
-        a.shape = tuple(shape)
+        a.shape = shape = tuple(shape)
         a.dtype = np.dtype(dtype)
         a.device = device
         a._data = data
         a._store = store
         a._offset = offset
-        a._strides = strides if strides is not None else _c_strides(a.shape)
+        c_strides = _c_strides(shape)
+        a._strides = c_strides if strides is None else strides
+        a._flat = a._strides == c_strides
         a._base = base
+        if not addr and data is not None:  # host memory: kernels get the address of element (0, ..., 0)
+            addr = data.__array_interface__["data"][0]
+        a._addr = addr
         return a
 
     @classmethod
@@ -71,16 +80,43 @@ class NDArray:
             raise ValueError(f"owner={owner!r}: arrays have owner ranks on Engine('mpi') only")
         var = eng.new_var(name)
         if device.type == "cpu":
-            return cls._new(eng, var, shape, dt, device, data=np.empty(shape, dt) if data is None else data)
+            return cls._cpu_owner(eng, var, shape, dt, device)
         if eng.type != "perdevice":
             raise ValueError(f"GPU arrays need Engine('perdevice'); ops/ uses a {eng.type!r} engine "
                              "(set DEPENGINE_ENGINE=perdevice or ops.set_engine)")
         nbytes = max(1, int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
-        return cls._new(eng, var, shape, dt, device, store=_core.DeviceStore(device.index, nbytes))
+        store = _core.DeviceStore(device.index, nbytes)
+        store.owner = (eng, var)
+        return cls._new(eng, var, shape, dt, device, store=store)
 
-    def __del__(self) -> None:
-        if getattr(self, "_base", 1) is None and self._var is not None:
-            _core.queue_release(self._engine, self._var, self._store)
+    @classmethod
+    def _cpu_owner(cls, eng, var, shape, dtype, device) -> NDArray:
+        """A new C-contiguous CPU array (a pooled buffer when it is large); the fast path of ``_empty``."""
+        a = object.__new__(cls)
+        a._engine = eng
+        a._var = var
+        a.shape = shape
+        a.dtype = dtype
+        a.device = device
+        size = 1
+        for n in shape:
+            size *= n
+        a._data, a._store, a._addr = memory.alloc(shape, dtype, size)
+        a._offset = 0
+        a._strides = _c_strides(shape)
+        a._flat = True
+        a._base = None
+        return a
+
+    @classmethod
+    def _wrap_host(cls, eng, data: np.ndarray, name: str, device) -> NDArray:
+        """An owner CPU array over the NumPy array ``data`` (kept, never copied)."""
+        item = data.dtype.itemsize
+        if any(s % item for s in data.strides):
+            data = data.copy()
+        strides = tuple(s // item for s in data.strides)
+        return cls._new(eng, eng.new_var(name), data.shape, data.dtype, device, data=data, store=data,
+                        strides=strides, addr=data.__array_interface__["data"][0])
 
     # -------------------------------------------------------------- basics
     @property
@@ -89,7 +125,7 @@ class NDArray:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -111,7 +147,7 @@ class NDArray:
 
     @property
     def _contiguous(self) -> bool:
-        return self._strides == _c_strides(self.shape)
+        return self._flat
 
     def __len__(self) -> int:
         if not self.shape:
@@ -168,8 +204,10 @@ class NDArray:
 
     # ------------------------------------------------------------- views
     def _view(self, shape, strides, offset, data=None) -> NDArray:
+        root = self._root
+        addr = root._addr + (offset - root._offset) * self.dtype.itemsize if data is not None else 0
         return NDArray._new(self._engine, self._var, shape, self.dtype, self.device, data=data,
-                            store=self._store, offset=offset, strides=strides, base=self._root)
+                            store=self._store, offset=offset, strides=strides, base=root, addr=addr)
 
     def reshape(self, *shape) -> NDArray:
         """A view with a new shape (a copy when the layout does not allow a view)."""
@@ -181,7 +219,8 @@ class NDArray:
                 data = self._data.reshape(shape, copy=False)
             except ValueError:
                 return self.copy().reshape(shape)
-            return self._view(shape, None, 0, data)
+            item = self.dtype.itemsize
+            return self._view(shape, tuple(s // item for s in data.strides), self._offset, data)
         if not self._contiguous:
             return self.copy().reshape(shape)
         return self._view(shape, _c_strides(shape), self._offset)
@@ -292,12 +331,19 @@ class NDArray:
 
 
 def _c_strides(shape) -> tuple[int, ...]:
-    strides = []
-    acc = 1
-    for n in reversed(shape):
-        strides.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(strides))
+    strides = _C_STRIDES.get(shape)
+    if strides is None:
+        acc, out = 1, []
+        for n in reversed(shape):
+            out.append(acc)
+            acc *= max(n, 1)
+        strides = tuple(reversed(out))
+        if len(_C_STRIDES) < 4096:
+            _C_STRIDES[shape] = strides
+    return strides
+
+
+_C_STRIDES: dict[tuple, tuple] = {}
 
 
 def _resolve_shape(shape, size: int) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ import numpy as np
 import depengine as de
 
 from . import _gpu
-from ._core import push, runtime
+from ._core import check_dtype, engine, flush_releases, push, runtime
 from .array import NDArray
 
 __all__ = ["arange", "array", "empty", "full", "ones", "zeros"]
@@ -122,8 +122,11 @@ def array(obj, dtype=None, device=None, owner=None) -> NDArray:
             host = host.astype(np.int64)
     if host.dtype.kind not in "biuf":
         raise TypeError(f"array: dtype {host.dtype} is not supported (booleans, integers and floats are)")
-    if device.type == "cpu":  # host is already a private copy: nothing to push
+    check_dtype(host.dtype, device)
+    flush_releases()
+    eng = engine()
+    if eng.type == "mpi" or owner is not None:  # a buffer on every rank (owner= elsewhere: an error)
         return NDArray._empty(host.shape, host.dtype, device, name="array", owner=owner, data=host)
-    staging = NDArray._empty(host.shape, host.dtype, de.cpu(), name="staging")
-    staging._data = host
-    return staging.copyto(device)
+    if device.type == "cpu":  # already a private copy: nothing to push
+        return NDArray._wrap_host(eng, host, "array", device)
+    return NDArray._wrap_host(eng, host, "staging", de.cpu()).copyto(device)

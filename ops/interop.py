@@ -147,7 +147,7 @@ def from_dlpack(obj) -> NDArray:
         data = np.from_dlpack(obj)
         if data.dtype not in (np.bool_, np.int32, np.int64, np.float32, np.float64):
             raise TypeError(f"from_dlpack: dtype {data.dtype} is not supported on cpu(0)")
-        return NDArray._new(eng, eng.new_var("from_dlpack"), data.shape, data.dtype, de.cpu(), data=data)
+        return NDArray._wrap_host(eng, data, "from_dlpack", de.cpu())
     if int(dev_type) != KDL_CUDA:
         raise TypeError(f"from_dlpack: device type {dev_type} is neither CPU (1) nor CUDA (2)")
     device = de.gpu(int(dev_id))
@@ -163,8 +163,9 @@ def from_dlpack(obj) -> NDArray:
     store = DeviceStore(device.index, max(size, 1), borrowed=True)
     store.buf = Buffer.from_handle(managed.dl_tensor.data + managed.dl_tensor.byte_offset, size,
                                    owner=_ConsumedTensor(managed))
-    arr = NDArray._new(eng, eng.new_var("from_dlpack"), shape, dtype, device, store=store, strides=strides)
-    return arr
+    var = eng.new_var("from_dlpack")
+    store.owner = (eng, var)
+    return NDArray._new(eng, var, shape, dtype, device, store=store, strides=strides)
 
 
 class _ConsumedTensor:

@@ -21,6 +21,7 @@ sends each to its rank; the factor is assembled on that same rank.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -29,7 +30,7 @@ from ._core import push, runtime
 from .array import NDArray
 from .creation import empty, zeros
 
-__all__ = ["blas_threads", "cholesky"]
+__all__ = ["blas_threads", "cholesky", "use_blas"]
 
 PRIORITY = {"potrf": 30, "trsm": 20, "next": 10, "update": 0}
 
@@ -37,10 +38,13 @@ _blas_limiter = None
 
 
 def blas_threads(n: int | None) -> None:
-    """Threads per BLAS call: 1 (the default once ops/ runs BLAS: one per engine worker), or
-    ``None`` to restore what the process had."""
+    """Threads per call of the BLAS ops/ calls (SciPy's OpenBLAS; NumPy's own is left alone).
+
+    1 is the default once ops/ runs BLAS: the engine's workers make the calls
+    in parallel, one thread each.  ``None`` restores what the process had.
+    """
     global _blas_limiter
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 
     if _blas_limiter is not None:
         _blas_limiter.restore_original_limits()
@@ -48,12 +52,17 @@ def blas_threads(n: int | None) -> None:
     if n is not None:
         if n.__class__ is not int or n < 1:
             raise ValueError(f"blas_threads({n!r}): expected an int >= 1 or None")
-        _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the library ops/ calls)
+
+        blas = ThreadpoolController().select(user_api="blas")
+        ours = [lib.filepath for lib in blas.lib_controllers if f"{os.sep}scipy" in lib.filepath]
+        _blas_limiter = (blas.select(filepath=ours) if ours else blas).limit(limits=n)
 
 
-def _cpu_ops():
+def use_blas() -> None:
+    """Called before ops/ pushes BLAS work: one BLAS thread per call unless the user chose."""
     if _blas_limiter is None:
-        blas_threads(1)  # engine workers run BLAS calls in parallel: one thread each
+        blas_threads(1)
 
 
 def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -> NDArray:
@@ -79,7 +88,7 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
     bounds = [(k * tile, min(n, (k + 1) * tile)) for k in range(nt)]
     gpu = a.device.type == "gpu"
     if not gpu:
-        _cpu_ops()
+        use_blas()
     # lower-triangle tiles, each a private array (its own var)
     if ranks == 1:
         tiles = {(i, j): a[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]].copy()

@@ -12,14 +12,15 @@ import numbers
 
 import numpy as np
 
-from . import _cpu, _gpu
+from . import _core, _cpu, _gpu
 from ._core import check_dtype, push, runtime
 from .array import NDArray, _normalize_axis
+from .linalg import use_blas
 
 __all__ = ["assign", "astype", "binary", "dot", "matmul", "reduce", "unary"]
 
 _FLOAT_RESULT = {"exp", "log", "sqrt", "tanh", "sin", "cos"}
-_ND = 4  # elementwise kernels see operands as 4-d (fewer numba specialisations)
+_COMPARE = frozenset(_cpu.COMPARE)
 
 
 # ---------------------------------------------------------------- operands
@@ -67,39 +68,6 @@ def _result(out, shape, dtype, device, op) -> NDArray:
     if not np.can_cast(dtype, out.dtype, casting="same_kind"):
         raise TypeError(f"{op}: cannot cast the {np.dtype(dtype).name} result to out's {out.dtype.name}")
     return out
-
-
-# ------------------------------------------------------------ CPU helpers
-def _cpu_in(x, shape, dtype):
-    """``x`` as a read-only view broadcast to ``shape`` (padded to 4-d) of ``dtype``."""
-    a = x._data if isinstance(x, NDArray) else np.asarray(x, dtype)
-    if a.dtype != dtype:
-        a = a.astype(dtype)
-    return np.broadcast_to(a, _pad(shape))
-
-
-def _cpu_out(x: NDArray) -> np.ndarray:
-    """``x``'s data as a writable 4-d view (never a copy)."""
-    d = x._data
-    extra = _ND - d.ndim
-    return np.lib.stride_tricks.as_strided(d, (1,) * extra + d.shape, (0,) * extra + d.strides)
-
-
-def _pad(shape) -> tuple:
-    return (1,) * max(0, _ND - len(shape)) + tuple(shape)
-
-
-_NUMPY = {"divide": np.true_divide, "negative": np.negative, "abs": np.absolute, "square": np.square}
-
-
-def _cpu_call(kernel, inputs, out: NDArray, op: str) -> None:
-    """Run a 4-d kernel; arrays of more than 4 dimensions use NumPy's ufunc (which also drops the GIL)."""
-    if out.ndim <= _ND:
-        kernel(*inputs, _cpu_out(out))
-    elif op == "copy":
-        np.copyto(out._data, inputs[0])
-    else:
-        _NUMPY.get(op, getattr(np, op))(*inputs, out=out._data)
 
 
 # ------------------------------------------------------------ GPU helpers
@@ -212,56 +180,88 @@ def _gpu_check(dtype, device, what):
                         "(float32 and float64 are)")
 
 
-class _Elementwise:
-    """What a CPU elementwise op computes, for fusing chains of them in recorded plans."""
-
-    __slots__ = ("inputs", "op", "out", "shape", "work")
-
-    def __init__(self, op, inputs, out, work, shape) -> None:
-        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, np.dtype(work), tuple(shape)
-
-
 # --------------------------------------------------------------- elementwise
+_TYPES: dict = {}  # (op, device type, dtype or scalar type of a, of b) -> (work dtype, result dtype)
+
+
+def _types(op: str, a, b, device) -> tuple:
+    """Work and result dtypes of ``op(a, b)`` (NumPy's promotion; Python scalars are weak), checked."""
+    key = (op, device.type, a.dtype.char if a.__class__ is NDArray else type(a),
+           b.dtype.char if b.__class__ is NDArray else type(b))
+    hit = _TYPES.get(key)
+    if hit is None:
+        work = np.result_type(_dtype_of(a), _dtype_of(b))
+        if op == "divide" and work.kind in "biu":
+            work = np.dtype(np.float64)
+        if work == np.bool_ and op in ("subtract", "divide", "power"):
+            work = np.dtype(np.int64)
+        result = np.dtype(np.bool_) if op in _COMPARE else work
+        check_dtype(result, device)
+        hit = _TYPES[key] = (work, result)
+    return hit
+
+
+def _scalar(x, work: np.dtype):
+    """A Python scalar cast to ``work`` as a kernel takes it (raises now if it does not fit)."""
+    return work.type(x).item()
+
+
 def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
     """``op`` (add, subtract, ..., or a comparison) of ``a`` and ``b`` with broadcasting."""
-    a = _check_operand(a, op)
-    b = _check_operand(b, op)
-    if not isinstance(a, NDArray) and not isinstance(b, NDArray):
-        raise TypeError(f"{op}: at least one operand must be an NDArray")
-    device = _operand_device(a, b)
-    shape = _broadcast(_shape_of(a), _shape_of(b))
-    compare = op in _cpu.COMPARE
-    work = np.result_type(_dtype_of(a), _dtype_of(b))
-    if op == "divide" and work.kind in "biu":
-        work = np.dtype(np.float64)
-    if work == np.bool_ and op in ("subtract", "divide", "power"):
-        work = np.dtype(np.int64)
-    result_dtype = np.dtype(np.bool_) if compare else work
-    check_dtype(result_dtype, device)
-    out = _result(out, shape, result_dtype, device, op)
-    if not compare and work != out.dtype:  # in place into a narrower dtype: compute in out's
-        work = out.dtype
-    _gpu_check(work, device, op)
-    reads = [x for x in (a, b) if isinstance(x, NDArray)]
-    if device.type == "cpu":
-        kernel = _cpu.BINARY_KERNELS[op]
-
-        def fn(ctx):
-            _cpu_call(kernel, (_cpu_in(a, shape, work), _cpu_in(b, shape, work)), out, op)
+    if a.__class__ is not NDArray:
+        a = _check_operand(a, op)
+    if b.__class__ is not NDArray:
+        b = _check_operand(b, op)
+    if isinstance(a, NDArray):
+        device = a.device
+        if isinstance(b, NDArray):
+            if b.device != device:
+                _operand_device(a, b)
+            shape = a.shape if a.shape == b.shape else _broadcast(a.shape, b.shape)
+            reads = (a._var, b._var)
+        else:
+            shape, reads = a.shape, (a._var,)
+    elif isinstance(b, NDArray):
+        device, shape, reads = b.device, b.shape, (b._var,)
     else:
-        n = int(np.prod(shape, dtype=np.int64))
-        name = f"{op}_{_gpu.GPU_DTYPES[work][0]}"
+        raise TypeError(f"{op}: at least one operand must be an NDArray")
+    work, result = _types(op, a, b, device)
+    compare = op in _COMPARE
+    if out is None:
+        out = _fresh(shape, result, device, op)
+    else:
+        out = _result(out, shape, result, device, op)
+        if not compare and work != out.dtype:  # in place into a narrower dtype: compute in out's
+            work = out.dtype
+    _gpu_check(work, device, op)
+    eng = out._engine
+    if device.type == "cpu":
+        operands = (a if a.__class__ is NDArray else _scalar(a, work),
+                    b if b.__class__ is NDArray else _scalar(b, work))
+        fn, rec = _cpu.elementwise(eng, op, work, out, operands)
+        eng.push(fn, reads, [out._var], op, 0, False, None, "normal", True).meta = rec
+        return out
+    n = int(np.prod(shape, dtype=np.int64))
+    name = f"{op}_{_gpu.GPU_DTYPES[work][0]}"
 
-        def body(sc):
-            dst, finish = _bool_output(sc, out, shape) if compare else sc.output(out, shape, work)
-            _gpu.launch_1d(sc.rt, sc.device, name, n,
-                           [dst, sc.contiguous(a, shape, work), sc.contiguous(b, shape, work), np.int64(n)],
-                           sc.stream)
-            finish()
-        fn = _gpu_op(out, body)
-    meta = _Elementwise(op, (a, b), out, work, shape) if device.type == "cpu" else None
-    push(fn, reads, [out], op, device, meta=meta)
+    def body(sc):
+        dst, finish = _bool_output(sc, out, shape) if compare else sc.output(out, shape, work)
+        _gpu.launch_1d(sc.rt, sc.device, name, n,
+                       [dst, sc.contiguous(a, shape, work), sc.contiguous(b, shape, work), np.int64(n)],
+                       sc.stream)
+        finish()
+    push(_gpu_op(out, body), [x for x in (a, b) if isinstance(x, NDArray)], [out], op, device)
     return out
+
+
+def _fresh(shape, dtype, device, name: str) -> NDArray:
+    """A new result array (the CPU path without ``_empty``'s checks: dtypes were checked by ``_types``)."""
+    if device.type != "cpu":
+        return NDArray._empty(shape, dtype, device, name=name)
+    if _core._releases:
+        _core.flush_releases()
+    eng = _core.engine()
+    return NDArray._cpu_owner(eng, eng.new_var(name), shape, dtype, device)
 
 
 def _bool_output(sc, out, shape):
@@ -274,7 +274,7 @@ def _bool_output(sc, out, shape):
 
 def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
     """Elementwise ``op`` (exp, log, sqrt, tanh, abs, negative, sin, cos, square, copy)."""
-    if not isinstance(a, NDArray):
+    if a.__class__ is not NDArray and not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
     dtype = a.dtype
     if op in _FLOAT_RESULT and dtype.kind in "biu":
@@ -282,25 +282,21 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
     if op in ("negative", "square") and dtype == np.bool_:
         dtype = np.dtype(np.int64)
     _gpu_check(dtype, a.device, op)
-    out = _result(out, a.shape, dtype, a.device, op)
+    out = _fresh(a.shape, dtype, a.device, op) if out is None else _result(out, a.shape, dtype, a.device, op)
     if a.device.type == "cpu":
-        kernel = _cpu.UNARY_KERNELS[op]
+        eng = out._engine
+        fn, rec = _cpu.elementwise(eng, op, dtype, out, (a,))
+        eng.push(fn, (a._var,), [out._var], op, 0, False, None, "normal", True).meta = rec
+        return out
+    n = a.size
+    name = f"{op}_{_gpu.GPU_DTYPES[dtype][0]}"
 
-        def fn(ctx):
-            _cpu_call(kernel, (_cpu_in(a, a.shape, dtype),), out, op)
-        meta = _Elementwise(op, (a,), out, dtype, a.shape)
-    else:
-        meta = None
-        n = a.size
-        name = f"{op}_{_gpu.GPU_DTYPES[dtype][0]}"
-
-        def body(sc):
-            dst, finish = sc.output(out, a.shape, dtype)
-            _gpu.launch_1d(sc.rt, sc.device, name, n, [dst, sc.contiguous(a, a.shape, dtype), np.int64(n)],
-                           sc.stream)
-            finish()
-        fn = _gpu_op(out, body)
-    push(fn, [a], [out], op, a.device, meta=meta)
+    def body(sc):
+        dst, finish = sc.output(out, a.shape, dtype)
+        _gpu.launch_1d(sc.rt, sc.device, name, n, [dst, sc.contiguous(a, a.shape, dtype), np.int64(n)],
+                       sc.stream)
+        finish()
+    push(_gpu_op(out, body), [a], [out], op, a.device)
     return out
 
 
@@ -373,12 +369,8 @@ def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False) -> NDArray:
         dtype = a.dtype
     _gpu_check(a.dtype if a.dtype.kind == "f" else np.float64, a.device, op)
     out = NDArray._empty(out_shape, dtype, a.device, name=op)
-    code = _cpu.REDUCE.index(op)
-    work = dtype if op in ("sum", "mean") else a.dtype
     if a.device.type == "cpu":
-        def fn(ctx):
-            x = np.ascontiguousarray(a._data, dtype=work).reshape(outer, n, inner)
-            _cpu.reduce_axis(code, x, out._data.reshape(outer, inner))
+        fn = _cpu.reduce_body(op, a, out, None if axis is None or a.ndim == 0 else ax, keepdims)
     else:
         name = f"reduce_{op}_{_gpu.GPU_DTYPES[a.dtype][0]}"
 
@@ -420,8 +412,8 @@ def matmul(a: NDArray, b: NDArray) -> NDArray:
     check_dtype(dtype, device)
     out = NDArray._empty(shape, dtype, device, name="matmul")
     if device.type == "cpu":
-        def fn(ctx):
-            np.matmul(a._data, b._data, out=out._data, dtype=dtype)
+        use_blas()
+        fn = _cpu.matmul_body(out._engine, a, b, out)
     else:
         _gpu_check(dtype, device, "matmul")
         if a.ndim > 2 or b.ndim > 2:
