@@ -169,6 +169,7 @@ PyObject *core_complete(Core *c, OpObject *op, PyObject *error, int origin, int 
 int complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject ***ready,
                           int *nready);   /* no GIL */
 void core_drain(Core *c);          /* GIL held, mu not held */
+void op_release(OpObject *op);     /* GIL: drop the core's reference to a finished op */
 int core_execute_py(Core *c, OpObject *op, OpObject ***ready, int *nready);   /* GIL held */
 int core_in_op(Core *c);
 int push_ready(void);              /* interned names for push's arguments */

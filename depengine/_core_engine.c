@@ -387,6 +387,17 @@ depth_add(Core *c, long delta)
 
 /* --------------------------------------------------------- release */
 
+/* Drop the reference registration took.  A registered op is hidden from the cycle collector (the
+ * core keeps it alive anyway, and thousands may wait); one that outlives its completion (the
+ * user's Op object) is shown to it again.  GIL. */
+void
+op_release(OpObject *op)
+{
+    if (Py_REFCNT(op) > 1 && !PyObject_GC_IsTracked((PyObject *)op))
+        PyObject_GC_Track(op);
+    Py_DECREF(op);
+}
+
 /* Release (and record, when profiling) the native ops that finished without the GIL.  GIL, not mu. */
 void
 core_drain(Core *c)
@@ -407,7 +418,7 @@ core_drain(Core *c)
         PyMem_Free(op->versions);
         op->versions = NULL;
         Py_CLEAR(op->fn);
-        Py_DECREF(op);   /* the reference registration took */
+        op_release(op);
         op = next;
     }
 }
@@ -542,7 +553,7 @@ done:
     Py_XDECREF(name);
     if (rc < 0)
         return NULL;
-    Py_DECREF(op);   /* the reference registration took */
+    op_release(op);
     Py_RETURN_NONE;
 }
 

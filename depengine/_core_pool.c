@@ -105,7 +105,9 @@ pool_put(Pool *p, PyObject *item, i64 priority)
         p->heap[p->hlen] = (HeapEntry){-priority, p->tie++, item};
         heap_up(p->heap, p->hlen++);
     }
-    if (p->idle)
+    /* Wake a sleeping worker only when the one watching the queue (if any) has more than it can take:
+     * a wake-up is a system call answered on another core, dearer than a small op. */
+    if (p->idle && (!p->spinning || p->flen + p->hlen > 1))
         pthread_cond_signal(&p->cv);
     return 0;
 }

@@ -386,6 +386,7 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     op->registered = 1;
     op->core = c;
     Py_INCREF(op);     /* the core's, until the op is complete */
+    PyObject_GC_UnTrack(op);   /* the core holds it meanwhile: no collection need look at it */
     if (deleting != NULL) {
         ((VarObject *)deleting)->deleted_at = seq;
         c->any_deleted = 1;
