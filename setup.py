@@ -9,8 +9,9 @@ says why) and kernels are called through ctypes (``ops._kernels.CALLS``).
 
 from setuptools import Extension, setup
 
-SOURCES = ["_core_module.c", "_core_objects.c", "_core_engine.c", "_core_pool.c", "_core_records.c"]
-HEADERS = ["_core.h", "_core_push.c.h", "_core_waits.c.h"]
+SOURCES = ["_core_module.c", "_core_var.c", "_core_op.c", "_core_native.c", "_core_engine.c", "_core_queue.c",
+           "_core_pool.c", "_core_plan.c", "_core_records.c"]
+HEADERS = ["_core.h", "_core_transitions.c.h", "_core_push.c.h", "_core_waits.c.h"]
 
 setup(ext_modules=[Extension("depengine._core", [f"depengine/{s}" for s in SOURCES],
                              depends=[f"depengine/{h}" for h in HEADERS], optional=True),

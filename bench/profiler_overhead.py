@@ -1,15 +1,19 @@
-"""What profiling costs: hooks off against a build without them, and hooks on.
+"""What profiling costs, on each implementation of the engine and with native op bodies.
 
     python -m bench.profiler_overhead [--rounds 9] [--steps 2000] [--workers 2]
+    python -m bench.profiler_overhead --instructions
 
-"A build without the hooks" is depengine/engine.py with every profiler
-statement removed by an AST transform (``if ... _prof is not None:`` blocks,
-``prof = self._prof`` and the profile branches of the waits), compiled into a
-separate module: the same engine minus the hooks.  The variants (profiling
-on once per set of hooks there is: C and Python) run the empty-op stencil_1d
-of ``bench.throughput`` in interleaved rounds, so that machine noise hits them
-alike; the figures are medians, and the cost of profiling is also given as
-the median of the differences within each round.
+Variants, run in interleaved rounds so that machine noise hits them alike
+(figures are medians; the cost of profiling is also the median of the
+per-round differences): the compiled core with empty Python bodies, the
+compiled core with empty native bodies (``de.native``), and the pure-Python
+reference, each with profiling off and on; and, for the reference, "a build
+without the hooks": depengine/_engine.py with every profiler statement removed
+by an AST transform (``if ... _prof is not None:`` blocks, ``prof =
+self._prof`` and the profile branches of the waits), compiled into a separate
+module.  ``--instructions`` counts instructions per op under callgrind
+instead, on the naive engine (every op runs on the pushing thread):
+deterministic where wall time on a shared VM is not.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 
 import depengine as de
 from depengine import _engine as engine_module
-from depengine import profiler
+from depengine._naive import NaiveEngine
 from depengine._threaded import ThreadedEngine
 
 from . import callgrind
@@ -63,31 +67,53 @@ def engine_without_hooks(kind: type = ThreadedEngine) -> type:
     return type(f"{kind.__name__}WithoutHooks", (base,), methods)
 
 
-def _variant(name: str):
-    """An engine factory and the profiler hooks to record with (None: no profile), by variant name."""
-    if name == "without-hooks":
-        bare = engine_without_hooks()
-        return (lambda: bare(workers=1)), None
-    hooks = {"profiling-on": profiler.IMPLEMENTATION, "profiling-on-python": "Python"}.get(name)
-    return (lambda: de.Engine("threaded", workers=1)), hooks
+def _empty_native():
+    from .throughput import _empty_cfunc
+
+    return de.native(_empty_cfunc())
+
+
+# name -> (engine factory(workers), native bodies?, profiling on?)
+def _variants(workers: int, kind: str = "threaded") -> dict:
+    bare = engine_without_hooks(NaiveEngine if kind == "naive" else ThreadedEngine)
+    compiled = lambda: de.Engine(kind, workers=workers)  # noqa: E731
+    python = lambda: de.Engine(kind, workers=workers, core="python")  # noqa: E731
+    return {
+        "compiled, off": (compiled, False, False),
+        "compiled, on": (compiled, False, True),
+        "compiled native, off": (compiled, True, False),
+        "compiled native, on": (compiled, True, True),
+        "python, without hooks": (lambda: bare(workers=workers, core="python"), False, False),
+        "python, off": (python, False, False),
+        "python, on": (python, False, True),
+    }
+
+
+def _measure(variant, width: int, steps: int) -> float:
+    make, native, on = variant
+    body = _empty_native() if native else None
+    if not on:
+        return stencil_us_per_op(make, width, steps, body)
+    with de.profile():
+        return stencil_us_per_op(make, width, steps, body)
 
 
 def _child(name: str, steps: int) -> None:
-    make, hooks = _variant(name)
-    if hooks is None:
-        stencil_us_per_op(make, 16, steps)
-        return
-    profiler.use_implementation(hooks)
-    with de.profile():
-        stencil_us_per_op(make, 16, steps)
+    _measure(_variants(1, "naive")[name], 16, steps)
 
 
 def instructions_per_op(name: str) -> float:
-    """Instructions per op under callgrind (deterministic, unlike wall time here)."""
+    """Instructions per op under callgrind, on the naive engine.
+
+    The naive engine runs every op on the pushing thread, so the count is
+    deterministic: with worker threads that run without the GIL, how often a
+    worker sleeps and is woken depends on how valgrind interleaves the threads,
+    and the counts of one program varied by more than the per-op cost itself.
+    """
     return callgrind.instructions_per_op("bench.profiler_overhead", ["--child", name], 100, 600, 16)
 
 
-def stencil_us_per_op(make_engine, width: int, steps: int) -> float:
+def stencil_us_per_op(make_engine, width: int, steps: int, body=None) -> float:
     with make_engine() as eng:
         vs = [eng.new_var() for _ in range(width)]
         row = [([vs[j] for j in (i - 1, i + 1) if 0 <= j < width], [vs[i]]) for i in range(width)]
@@ -95,6 +121,9 @@ def stencil_us_per_op(make_engine, width: int, steps: int) -> float:
 
         def empty(ctx):
             pass
+
+        if body is not None:
+            empty = body
 
         start = time.perf_counter()
         for _ in range(steps):
@@ -120,49 +149,38 @@ def main(argv=None) -> int:
     if args.instructions:
         if not callgrind.available():
             p.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
-        names = ["without-hooks", "profiling-off", "profiling-on"]
-        if profiler.IMPLEMENTATION != "Python":
-            names.append("profiling-on-python")
-        counts = {n: instructions_per_op(n) for n in names}
-        print("stencil_1d 16 wide, threaded engine, 1 worker: instructions per op "
-              f"(callgrind, 600 - 100 steps; profiling-on uses the {profiler.IMPLEMENTATION} hooks)")
+        counts = {n: instructions_per_op(n) for n in _variants(1, "naive")}
+        print("stencil_1d 16 wide, naive engine (every op on the pushing thread): instructions per op "
+              "(callgrind)")
         for n, c in counts.items():
-            print(f"  {n:19s} {c:9.0f}")
-        print(f"  profiling off / without hooks: {counts['profiling-off'] / counts['without-hooks']:.4f}")
-        for n in names[2:]:
-            print(f"  {n} adds {counts[n] - counts['profiling-off']:.0f} "
-                  f"({counts[n] / counts['profiling-off']:.3f} x off)")
+            print(f"  {n:24s} {c:9.0f}")
+        _report_pairs(counts, "instructions")
         return 0
-    bare = engine_without_hooks()
-    variants = {
-        "without hooks": lambda: bare(workers=args.workers),
-        "hooks, profiling off": lambda: de.Engine("threaded", workers=args.workers),
-    }
-    hooks = sorted(profiler.IMPLEMENTATIONS, key=lambda h: h != profiler.IMPLEMENTATION)  # the default first
-    profiled = {f"profiling on, {h} hooks": h for h in hooks}
-    times: dict[str, list[float]] = {name: [] for name in [*variants, *profiled]}
+    variants = _variants(args.workers)
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, make in variants.items():
-            times[name].append(stencil_us_per_op(make, args.width, args.steps))
-        for name, h in profiled.items():
-            previous = profiler.use_implementation(h)
-            with de.profile():
-                times[name].append(stencil_us_per_op(
-                    lambda: de.Engine("threaded", workers=args.workers), args.width, args.steps))
-            profiler.use_implementation(previous)
+        for name, variant in variants.items():
+            times[name].append(_measure(variant, args.width, args.steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"stencil_1d {args.width}x{args.steps} empty ops, {args.workers} workers, "
           f"median of {args.rounds} interleaved rounds (us/op end-to-end)")
     for name, v in times.items():
-        print(f"  {name:26s} {med[name]:7.2f}   [{min(v):.2f}-{max(v):.2f}]")
-    off = med["hooks, profiling off"] / med["without hooks"]
-    print(f"  profiling off / without hooks: {off:.3f} ({(off - 1) * 100:+.1f}%)")
-    off_times = times["hooks, profiling off"]
-    for name in profiled:
-        paired = statistics.median(on - off for on, off in zip(times[name], off_times, strict=True))
-        print(f"  {name} adds {med[name] - med['hooks, profiling off']:.2f} us/op "
-              f"(median of the per-round differences: {paired:.2f})")
+        print(f"  {name:24s} {med[name]:7.2f}   [{min(v):.2f}-{max(v):.2f}]")
+    _report_pairs(med, "us/op", times)
     return 0
+
+
+def _report_pairs(values: dict, unit: str, rounds: dict | None = None) -> None:
+    """Profiling on minus off for each implementation (and, per round, when given)."""
+    print(f"  python off / without hooks: {values['python, off'] / values['python, without hooks']:.4f}")
+    for base in ("compiled", "compiled native", "python"):
+        on, off = values[f"{base}, on"], values[f"{base}, off"]
+        line = f"  {base}: profiling adds {on - off:.2f} {unit} ({on / off:.3f} x off)"
+        if rounds is not None:
+            paired = statistics.median(a - b for a, b in zip(rounds[f"{base}, on"], rounds[f"{base}, off"],
+                                                             strict=True))
+            line += f"; median of the per-round differences {paired:.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ Replay: the stencil_1d program (op (t, i) reads columns i-1 and i+1 and
 writes column i; empty op bodies) is recorded once with
 ``record(execute=False)`` and compiled; then ``--runs`` copies are pushed
 imperatively and ``--runs`` replays of the plan are run, each timed from the
-first push to the return of ``wait_all()``.  Bulk: ``--chain`` empty ops
+first push to the return of ``wait_all()``.  The same with empty native
+bodies (``de.native``): pushed, replayed by the compiled core in C (every
+member native: ``plan.native``), and replayed through the plan's Python
+chunks (the same plan with ``plan.native`` set aside).  Bulk: ``--chain`` empty ops
 all writing one var, unbulked and inside ``eng.bulk(64)``.  Figures are
 medians of ``--repeats`` alternating measurements on a threaded engine with
 2 workers (``--workers``); ratios compare figures of the same run.
@@ -22,6 +25,10 @@ import time
 import depengine as de
 
 from . import callgrind
+from .throughput import _empty_cfunc
+
+MODES = ("imperative", "replay", "native", "native replay", "native replay, Python chunks", "unbulked",
+         "bulk64")
 
 
 def _empty(ctx):
@@ -40,21 +47,27 @@ def measure(kind: str, workers: int, width: int, steps: int, runs: int, chain: i
         cols = [eng.new_var(f"c{i}") for i in range(width)]
         rows = [([cols[j] for j in (i - 1, i + 1) if 0 <= j < width], [cols[i]]) for i in range(width)]
 
-        def program():
+        def program(body=_empty):
             push = eng.push
             for _ in range(steps):
                 for reads, writes in rows:
-                    push(_empty, reads=reads, writes=writes)
+                    push(body, reads=reads, writes=writes)
 
-        with eng.record(execute=False) as g:
-            program()
-        plan = g.compile()
+        def recorded(body=_empty):
+            with eng.record(execute=False) as g:
+                program(body)
+            return g.compile()
 
-        def imperative():
+        plan = recorded()
+        native = de.native(_empty_cfunc())
+        native_plan, python_chunks = recorded(native), recorded(native)
+        python_chunks.native = None
+
+        def imperative(body=_empty):
             for _ in range(runs):
-                program()
+                program(body)
 
-        def replay():
+        def replay(plan=plan):
             for _ in range(runs):
                 plan.run()
 
@@ -71,14 +84,18 @@ def measure(kind: str, workers: int, width: int, steps: int, runs: int, chain: i
                 for _ in range(chain):
                     push(_empty, writes=[v])
 
-        found: dict[str, list[float]] = {"imperative": [], "replay": [], "unbulked": [], "bulk64": []}
+        found: dict[str, list[float]] = {k: [] for k in MODES}
         n = runs * width * steps
         for _ in range(repeats):
             found["imperative"].append(_timed(imperative, eng, n))
             found["replay"].append(_timed(replay, eng, n))
+            found["native"].append(_timed(lambda: imperative(native), eng, n))
+            found["native replay"].append(_timed(lambda: replay(native_plan), eng, n))
+            found["native replay, Python chunks"].append(_timed(lambda: replay(python_chunks), eng, n))
             found["unbulked"].append(_timed(unbulked, eng, chain))
             found["bulk64"].append(_timed(bulked, eng, chain))
-        return {"plan": repr(plan), **{k: statistics.median(x) for k, x in found.items()},
+        return {"plan": repr(plan), "native plan": native_plan.native is not None,
+                **{k: statistics.median(x) for k, x in found.items()},
                 "spread": {k: (min(x), max(x)) for k, x in found.items()}}
 
 
@@ -126,11 +143,14 @@ def main(argv=None) -> int:
         print(f"  unbulked / bulk64: {counts['unbulked'] / counts['bulk64']:.2f}")
         return 0
     r = measure(args.kind, args.workers, args.width, args.steps, args.runs, args.chain, args.repeats)
-    print(f"engine {args.kind}, {args.workers} workers; plan: {r['plan']}")
-    for key in ("imperative", "replay", "unbulked", "bulk64"):
+    print(f"engine {args.kind}, {args.workers} workers; plan: {r['plan']}; "
+          f"native plan replays in C: {r['native plan']}")
+    for key in MODES:
         lo, hi = r["spread"][key]
-        print(f"  {key:<10} {r[key]:7.2f} us/op  (min {lo:.2f}, max {hi:.2f})")
+        print(f"  {key:<28} {r[key]:7.2f} us/op  (min {lo:.2f}, max {hi:.2f})")
     print(f"  replay is {r['imperative'] / r['replay']:.1f}x faster than imperative pushes")
+    print(f"  native replay is {r['native'] / r['native replay']:.1f}x faster than native pushes, "
+          f"{r['native replay, Python chunks'] / r['native replay']:.1f}x faster than its Python chunks")
     print(f"  bulk(64) is {r['unbulked'] / r['bulk64']:.1f}x faster than unbulked pushes")
     return 0
 

@@ -60,8 +60,15 @@ def seed_failures(parent, vars_) -> dict:
     return {v: v._failure for v in vars_ if v._failure is not None and seq < v._clear_seq}
 
 
-def run_members(members, failures: dict, outcome: Outcome, prof=None, versions: dict | None = None) -> None:
-    """Run ``members`` (Op objects) in order; ``failures`` maps vars to the failure they carry."""
+def run_members(members, failures: dict, outcome: Outcome, prof=None, versions: dict | None = None,
+                raised: BaseException | None = None) -> None:
+    """Run ``members`` (Op objects) in order; ``failures`` maps vars to the failure they carry.
+
+    ``raised``: what the first member raised already, when something else ran it.
+    """
+    if raised is not None:
+        _run_careful(members, failures, outcome, prof, versions, raised)
+        return
     if not failures and prof is None:  # the common case: nothing failed, nothing recorded
         done = _op.DONE
         m = None

@@ -14,10 +14,13 @@
  * Lock order: the GIL before core->mu.  A thread holding core->mu never
  * waits for the GIL.
  *
- * Files: _core_objects.c (Var, Op, Done), _core_engine.c (push, the
- * transitions, completion, waits), _core_pool.c (ready queues, workers,
- * the naive engine's drain), _core_records.c (the profiler's records),
- * _core_module.c (the module).
+ * Files: _core_var.c, _core_op.c, _core_native.c (the Python-visible objects
+ * Var, Op and Done, Native), _core_engine.c (the Core object, completion,
+ * failures; it includes _core_transitions.c.h, _core_push.c.h and
+ * _core_waits.c.h), _core_queue.c (ready queues, routing), _core_pool.c
+ * (workers, the naive engine's drain), _core_plan.c (plans of native
+ * bodies), _core_records.c (the profiler's records), _core_module.c (the
+ * module).
  */
 #ifndef DEPENGINE_CORE_H
 #define DEPENGINE_CORE_H
@@ -153,17 +156,16 @@ struct Core {
     long naive_count;
 };
 
-/* _core_objects.c */
+/* _core_var.c, _core_op.c, _core_native.c */
 extern PyTypeObject VarType, OpType, DoneType, NativeType;
-PyObject *native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep);
 VarObject *var_new(Core *core, PyObject *engine, PyObject *name, i64 serial);
+PyObject *native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep);
 OpObject *op_alloc(void);
 PyObject *op_name(OpObject *op);   /* new reference */
 PyObject *done_new(Core *core, OpObject *op);
 int done_claim(PyObject *done);    /* mu held */
-int objects_ready(void);
 
-/* _core_engine.c */
+/* _core_engine.c (with _core_transitions.c.h, _core_push.c.h, _core_waits.c.h) */
 extern PyTypeObject CoreType;
 PyObject *core_complete(Core *c, OpObject *op, PyObject *error, int origin, int *nready, OpObject ***ready);
 int complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject ***ready,
@@ -177,7 +179,7 @@ int core_wait_until(Core *c, int (*done)(Core *, void *), void *arg, double time
 void depth_add(Core *c, long delta);
 int input_failure_visible(Core *c, OpObject *op, PyObject **failure);   /* mu held */
 
-/* _core_pool.c */
+/* _core_queue.c */
 int pool_init(Pool *p);
 void pool_free(Pool *p);
 int pool_put(Pool *p, PyObject *item, i64 priority);   /* mu held; -1: out of memory */
@@ -185,11 +187,20 @@ PyObject *pool_take(Pool *p);                            /* mu held; NULL when e
 int pool_empty(Pool *p);
 int core_route(Core *c, OpObject *op);                   /* pool index, or -1: the Python route hook */
 int core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n);   /* GIL held, mu not held */
+
+/* _core_pool.c */
 PyObject *core_work(Core *c, PyObject *args);            /* a worker thread's body */
 int naive_run(Core *c);                                  /* GIL held: drain ready ops inline */
 PyObject *core_execute_meth(Core *c, PyObject *item);
 PyObject *core_dispatch_meth(Core *c, PyObject *ops);
 PyObject *core_submit_meth(Core *c, PyObject *item);
+
+/* _core_plan.c: recorded plans of native bodies */
+extern PyTypeObject NativePlanType, PlanChunkType;
+int plan_chunk_run(PyObject *chunk, Py_ssize_t *at, int32_t *code);   /* no GIL; 0 ok, 1 failed, 2 careful */
+int plan_chunk_python(PyObject *chunk, int status, Py_ssize_t at, int32_t code);   /* GIL */
+PyObject *plan_chunk_done(Core *c, PyObject *chunk, int pool, PyObject **last_run);   /* no GIL, no mu */
+int plan_finish(PyObject *run);                                        /* GIL; steals run */
 
 /* _core_records.c */
 extern PyTypeObject RecordsType;

@@ -99,6 +99,15 @@ make_native(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return native_new((native_fn)fn, arg, args[2], args[3]);
 }
 
+static int
+objects_ready(void)
+{
+    if (PyType_Ready(&VarType) < 0 || PyType_Ready(&OpType) < 0 || PyType_Ready(&DoneType) < 0 ||
+        PyType_Ready(&NativeType) < 0 || PyType_Ready(&NativePlanType) < 0 || PyType_Ready(&PlanChunkType) < 0)
+        return -1;
+    return 0;
+}
+
 static PyMethodDef module_functions[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL, NULL},
     {"make_native", (PyCFunction)(void (*)(void))make_native, METH_FASTCALL, NULL},
@@ -131,6 +140,7 @@ PyInit__core(void)
         PyModule_AddObjectRef(m, "Op", (PyObject *)&OpType) < 0 ||
         PyModule_AddObjectRef(m, "Done", (PyObject *)&DoneType) < 0 ||
         PyModule_AddObjectRef(m, "Native", (PyObject *)&NativeType) < 0 ||
+        PyModule_AddObjectRef(m, "NativePlan", (PyObject *)&NativePlanType) < 0 ||
         PyModule_AddObjectRef(m, "Core", (PyObject *)&CoreType) < 0 ||
         PyModule_AddIntConstant(m, "NAIVE", T_NAIVE) < 0 ||
         PyModule_AddIntConstant(m, "THREADED", T_THREADED) < 0 ||

@@ -1,9 +1,8 @@
-/* The compiled core's ready queues and workers, and the naive engine's drain.
+/* The compiled core's workers, and the naive engine's drain.
  *
- * A pool is a ready queue (priority 0 in a FIFO ring, any other priority in
- * a heap: higher first, push order among equals) and the threads that take
- * from it.  The threads are Python threads (threading.Thread, so Python sees
- * and joins them) that call Core.work(pool) and spend their life in
+ * A pool is a ready queue (_core_queue.c) and the threads that take from it.
+ * The threads are Python threads (threading.Thread, so Python sees and joins
+ * them) that call Core.work(pool) and spend their life in
  * core_work: they hold the GIL only to run a Python op body or to call into
  * Python, and run native bodies, complete them and grant their successors
  * without it.  A worker that finishes an op and finds one of the ops it made
@@ -12,197 +11,6 @@
  */
 #include "_core.h"
 #include <time.h>
-
-int
-pool_init(Pool *p)
-{
-    memset(p, 0, sizeof *p);
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(&p->cv, &attr);
-    pthread_condattr_destroy(&attr);
-    return rc ? -1 : 0;
-}
-
-void
-pool_free(Pool *p)
-{
-    PyMem_RawFree(p->fifo);
-    PyMem_RawFree(p->heap);
-    p->fifo = NULL;
-    p->heap = NULL;
-}
-
-int
-pool_empty(Pool *p)
-{
-    return p->flen == 0 && p->hlen == 0;
-}
-
-static void
-heap_up(HeapEntry *h, Py_ssize_t i)
-{
-    HeapEntry e = h[i];
-    while (i > 0) {
-        Py_ssize_t parent = (i - 1) / 2;
-        if (h[parent].key < e.key || (h[parent].key == e.key && h[parent].tie < e.tie))
-            break;
-        h[i] = h[parent];
-        i = parent;
-    }
-    h[i] = e;
-}
-
-static void
-heap_down(HeapEntry *h, Py_ssize_t n, Py_ssize_t i)
-{
-    HeapEntry e = h[i];
-    for (;;) {
-        Py_ssize_t child = 2 * i + 1;
-        if (child >= n)
-            break;
-        if (child + 1 < n && (h[child + 1].key < h[child].key ||
-                              (h[child + 1].key == h[child].key && h[child + 1].tie < h[child].tie)))
-            child++;
-        if (e.key < h[child].key || (e.key == h[child].key && e.tie < h[child].tie))
-            break;
-        h[i] = h[child];
-        i = child;
-    }
-    h[i] = e;
-}
-
-/* Queue item (borrowed: the core's registration reference keeps an op alive).  mu. */
-int
-pool_put(Pool *p, PyObject *item, i64 priority)
-{
-    if (priority == 0) {
-        if (p->flen == p->fcap) {
-            Py_ssize_t cap = p->fcap ? 2 * p->fcap : 64;
-            PyObject **ring = PyMem_RawMalloc(cap * sizeof(PyObject *));
-            if (ring == NULL)
-                return -1;
-            for (Py_ssize_t i = 0; i < p->flen; i++)
-                ring[i] = p->fifo[(p->fhead + i) % p->fcap];
-            PyMem_RawFree(p->fifo);
-            p->fifo = ring;
-            p->fhead = 0;
-            p->fcap = cap;
-        }
-        p->fifo[(p->fhead + p->flen) % p->fcap] = item;
-        p->flen++;
-    }
-    else {
-        if (p->hlen == p->hcap) {
-            Py_ssize_t cap = p->hcap ? 2 * p->hcap : 16;
-            HeapEntry *h = PyMem_RawRealloc(p->heap, cap * sizeof(HeapEntry));
-            if (h == NULL)
-                return -1;
-            p->heap = h;
-            p->hcap = cap;
-        }
-        p->heap[p->hlen] = (HeapEntry){-priority, p->tie++, item};
-        heap_up(p->heap, p->hlen++);
-    }
-    /* Wake a sleeping worker only when the one watching the queue (if any) has more than it can take:
-     * a wake-up is a system call answered on another core, dearer than a small op. */
-    if (p->idle && (!p->spinning || p->flen + p->hlen > 1))
-        pthread_cond_signal(&p->cv);
-    return 0;
-}
-
-/* The best item (higher priority first; priority 0 items in push order), or NULL.  mu. */
-PyObject *
-pool_take(Pool *p)
-{
-    if (p->hlen && (p->heap[0].key < 0 || p->flen == 0)) {
-        PyObject *item = p->heap[0].item;
-        p->heap[0] = p->heap[--p->hlen];
-        if (p->hlen)
-            heap_down(p->heap, p->hlen, 0);
-        return item;
-    }
-    if (p->flen == 0)
-        return NULL;
-    PyObject *item = p->fifo[p->fhead];
-    p->fhead = (p->fhead + 1) % p->fcap;
-    p->flen--;
-    return item;
-}
-
-/* ------------------------------------------------------------- routing */
-
-static int
-touches_gpu(OpObject *op)   /* mu: a var the op names has GPU work the host must wait for */
-{
-    PyObject *lists[2] = {op->reads, op->writes};
-    for (int k = 0; k < 2; k++)
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(lists[k]); i++)
-            if (((VarObject *)PyTuple_GET_ITEM(lists[k], i))->gpu != NULL)
-                return 1;
-    return 0;
-}
-
-/* The pool that runs op: an index, -1 for a GPU op (the engine's Python route), -2 naive.  mu. */
-int
-core_route(Core *c, OpObject *op)
-{
-    if (c->type == T_NAIVE)
-        return -2;
-    if (!op->on_cpu)
-        return -1;
-    if (c->gpu_used && (op->kind_ix == 2 || touches_gpu(op)))
-        op->host_hook = 1;   /* the host waits for GPU work first (the engine's Python prepare hook) */
-    return c->pool_of_kind[(int)op->kind_ix];
-}
-
-static int
-naive_append(Core *c, OpObject *op)   /* mu */
-{
-    if (c->nlen == c->ncap) {
-        Py_ssize_t cap = c->ncap ? 2 * c->ncap : 16;
-        PyObject **ring = PyMem_RawMalloc(cap * sizeof(PyObject *));
-        if (ring == NULL)
-            return -1;
-        for (Py_ssize_t i = 0; i < c->nlen; i++)
-            ring[i] = c->naive[(c->nhead + i) % c->ncap];
-        PyMem_RawFree(c->naive);
-        c->naive = ring;
-        c->nhead = 0;
-        c->ncap = cap;
-    }
-    c->naive[(c->nhead + c->nlen) % c->ncap] = (PyObject *)op;
-    c->nlen++;
-    return 0;
-}
-
-/* Hand ready ops to their pools (Python route for GPU ops).  GIL, not mu. */
-int
-core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++) {
-        OpObject *op = ops[i];
-        pthread_mutex_lock(&c->mu);
-        int r = core_route(c, op), oom = 0;
-        if (r >= 0)
-            oom = pool_put(&c->pools[r], (PyObject *)op, op->priority) < 0;
-        else if (r == -2)
-            oom = naive_append(c, op) < 0;
-        pthread_mutex_unlock(&c->mu);
-        if (oom) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        if (r == -1) {
-            PyObject *res = PyObject_CallOneArg(PyTuple_GET_ITEM(c->hooks, 2), (PyObject *)op);
-            if (res == NULL)
-                return -1;
-            Py_DECREF(res);
-        }
-    }
-    return 0;
-}
 
 /* ------------------------------------------------------------- workers */
 
@@ -361,6 +169,30 @@ prepare(Core *c, OpObject *op, OpObject ***ready, int *nready)
     return 1;
 }
 
+/* A chunk of a plan of native bodies (_core_plan.c): its calls without the GIL, Python only when
+ * a member failed in this run or the run ends. */
+static PyObject *
+run_plan_chunk(Worker *w, PyObject *chunk)
+{
+    Py_ssize_t at = 0;
+    int32_t code = 0;
+    gil_drop(w);
+    int status = plan_chunk_run(chunk, &at, &code);
+    if (status) {
+        gil_take(w);
+        if (plan_chunk_python(chunk, status, at, code) < 0)
+            report_internal_error(w, "running a plan chunk failed");
+    }
+    PyObject *run;
+    PyObject *next = plan_chunk_done(w->c, chunk, w->pool, &run);
+    if (run != NULL) {
+        gil_take(w);
+        if (plan_finish(run) < 0)
+            report_internal_error(w, "finishing a plan run failed");
+    }
+    return next;
+}
+
 static PyObject *
 run_item(Worker *w, PyObject *item)
 {
@@ -378,6 +210,8 @@ run_item(Worker *w, PyObject *item)
         if (p < 0)
             report_internal_error(w, "running an op failed");
     }
+    else if (Py_IS_TYPE(item, &PlanChunkType))
+        return run_plan_chunk(w, item);
     else {   /* a plan chunk: execute() returns the chunks it made ready */
         gil_take(w);
         PyObject *more = PyObject_CallMethodNoArgs(item, s_execute);

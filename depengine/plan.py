@@ -32,13 +32,12 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from scheduler.locks import acquire_yielding
-
 from ._composite import Outcome, run_members, seed_failures
 from ._device import cpu
 from ._edges import dependency_edges, pushed_in_order
 from ._errors import DepengineError
-from ._op import Op, new_op
+from ._op import Op
+from ._plan_run import Chunk, Run, native_plan, new_member
 
 __all__ = ["Graph", "Plan", "register_fuser"]
 
@@ -249,10 +248,11 @@ class Plan:
         # members: one Op per recorded op, reused by every run; one item per chunk
         self.members = [self._member(s, i) for i, s in enumerate(specs)]
         self.chunk_members = [[self.members[i] for i in members] for members in groups]
-        self.items = [_Chunk(self, g) for g in range(len(groups))]
+        self.items = [Chunk(self, g) for g in range(len(groups))]
         for item in self.items:
             item.succ = self.succ[item.g]
-        self.current: _Run | None = None
+        self.current: Run | None = None
+        self.native = native_plan(self)  # all members native on the compiled core: runs in C
 
     def _fuse(self, specs):
         for fuser, grouper in _fusers:
@@ -273,7 +273,7 @@ class Plan:
                     written = tuple(dict.fromkeys(v for m in members for v in m.writes))
                     reads = tuple(dict.fromkeys(v for m in members for v in m.reads if v not in written))
                     top = max(m.priority for m in members)
-                    out.append(_Spec(_new_member(fn, reads, written, name, top), fn))
+                    out.append(_Spec(new_member(fn, reads, written, name, top), fn))
                     self.fused += len(members) - 1
                 elif id(s) not in gone:
                     out.append(s)
@@ -281,7 +281,7 @@ class Plan:
         return specs
 
     def _member(self, s: _Spec, index: int) -> Op:
-        m = _new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)
+        m = new_member(s.fn, s.reads, s.writes, s.name, s.priority, s.always_run, index)
         m.device = self.device
         return m
 
@@ -354,16 +354,24 @@ class Plan:
         if prof is not None:  # fresh members, so each run's ops are recorded on their own
             members = [self._profiled_member(m, ctx) for m in members]
         failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
-        run = self.current = _Run(self, ctx, members, failures, done, prof)
+        run = self.current = Run(self, ctx, members, failures, done, prof)
         submit = eng._plan_submit()
+        native = self.native if prof is None and not failures else None
         if submit is None or len(self.chunks) == 1:
-            run.serial()
+            if native is None:
+                run.serial()
+            else:  # every member on this thread, without the GIL
+                native.serial(run)
+                run.finish()
+            return
+        if native is not None:  # the chunks run and count down in the core
+            native.start(run)
             return
         for g in self.roots:
             submit(self.items[g])
 
     def _profiled_member(self, m: Op, ctx) -> Op:
-        copy = _new_member(m.fn, m.reads, m.writes, m._name, m.priority, m.always_run,
+        copy = new_member(m.fn, m.reads, m.writes, m._name, m.priority, m.always_run,
                            self.engine._take_ids(1))
         copy._p_engine = self.engine
         copy._p_lane = None
@@ -393,106 +401,3 @@ def _mode(specs) -> tuple[str, object, str | None]:
             break
     return "imperative", None, (f"{why}: a plan replays synchronous CPU ops as a DAG, or compute ops "
                                 f"all on one GPU as a graph; this one is pushed op by op")
-
-
-def _new_member(fn, reads, writes, name, priority, always_run=False, index=0) -> Op:
-    """An op a plan runs itself (never registered with the engine)."""
-    m = new_op(fn, reads, writes, name, priority, always_run, False, _CPU, "normal", None)
-    m.id = index
-    m._wait = 0
-    return m
-
-
-class _Run:
-    """The state of one run of a plan: counters, failures, and the plan op's ``done``.
-
-    Runs of one plan never overlap (every run writes the plan's vars), so the
-    plan's chunk items are made once and point at the current run.
-    """
-
-    __slots__ = ("counters", "ctx", "done", "failures", "lock", "members", "outcome", "plan", "prof",
-                 "remaining", "versions")
-
-    def __init__(self, plan: Plan, ctx, members, failures, done, prof) -> None:
-        self.plan = plan
-        self.ctx = ctx  # the plan run's op
-        self.members = members
-        self.counters = list(plan.npred)
-        self.remaining = len(plan.chunks)
-        self.failures = failures
-        self.outcome = Outcome(members_recorded=prof is not None)
-        self.done = done
-        self.prof = prof
-        self.versions = {} if prof is not None else None
-        self.lock = threading.Lock()
-
-    def run_chunk(self, g: int) -> None:
-        if self.prof is None:
-            members = self.plan.chunk_members[g]
-        else:
-            members = [self.members[i] for i in self.plan.chunks[g]]
-        run_members(members, self.failures, self.outcome, self.prof, self.versions)
-
-    def serial(self) -> None:
-        for g in _topological(self.plan):
-            self.run_chunk(g)
-        self.finish()
-
-    def finish(self) -> None:
-        out = self.outcome
-        out.failures = {v: self.failures.get(v) for v in self.plan.writes if self.failures.get(v)}
-        self.plan.current = None
-        if out.worth_reporting():
-            self.ctx._outcome = out
-        self.done()
-
-
-def _topological(plan: Plan) -> list[int]:
-    counters = list(plan.npred)
-    order, stack = [], list(reversed(plan.roots))
-    while stack:
-        g = stack.pop()
-        order.append(g)
-        for s in reversed(plan.succ[g]):
-            counters[s] -= 1
-            if not counters[s]:
-                stack.append(s)
-    return order
-
-
-class _Chunk:
-    """A dispatch of a plan run: one chain of its ops, run by one worker."""
-
-    __slots__ = ("g", "plan", "succ")
-    priority = 0
-    device = _CPU
-    kind = "normal"
-    stream = None
-    reads = ()
-    writes = ()
-
-    def __init__(self, plan: Plan, g: int) -> None:
-        self.plan = plan
-        self.g = g
-
-    def execute(self) -> list:
-        run = self.plan.current
-        run.run_chunk(self.g)
-        ready = []
-        items = self.plan.items
-        counters = run.counters
-        lock = run.lock
-        if not lock.acquire(False):
-            acquire_yielding(lock)
-        try:
-            for s in self.succ:
-                counters[s] -= 1
-                if not counters[s]:
-                    ready.append(items[s])
-            run.remaining -= 1
-            last = not run.remaining
-        finally:
-            lock.release()
-        if last:
-            run.finish()
-        return ready

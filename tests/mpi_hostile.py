@@ -29,6 +29,15 @@ import numpy as np
 import depengine as de
 from depengine.mpi import wire
 
+
+def write_result(out: str, rank: int, result: dict) -> None:
+    """Write ``rank{rank}.json`` whole or not at all: a rank killed mid-write (the launcher ends the
+    survivors of a dead rank) leaves no half-written file for the test to misread."""
+    path = os.path.join(out, f"rank{rank}.json")
+    with open(path + ".part", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".part", path)
+
 TIMEOUT = 60
 CANARY = 7.25
 
@@ -162,8 +171,7 @@ def scenario_stopped(arg: str) -> tuple[int, dict]:
     """The last rank stops (SIGSTOP: alive to the launcher, silent to the others) before its write."""
     eng, result = _lose_last_rank(signal.SIGSTOP)
     out = os.environ.get("MPIRESULT_DIR", ".")
-    with open(os.path.join(out, f"rank{eng.rank}.json"), "w") as f:
-        json.dump(result, f)
+    write_result(out, eng.rank, result)
     if eng.rank == 0:  # once every survivor wrote its result, end the stopped rank so that mpiexec returns
         files = [os.path.join(out, f"rank{r}.json") for r in range(eng.size - 1)]
         deadline = time.monotonic() + TIMEOUT

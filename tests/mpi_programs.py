@@ -182,8 +182,9 @@ def main(argv: list[str]) -> int:
 
         rank, result = mpi_hostile.SCENARIOS[name](arg)
     if out:  # one file per rank: lines of several ranks may interleave on a shared stdout
-        with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
+        from tests.mpi_hostile import write_result
+
+        write_result(out, rank, result)
     else:
         print("MPIRESULT " + json.dumps({"rank": rank, "result": result}), flush=True)
     return 0

@@ -108,14 +108,15 @@ def test_a_split_op_is_one_op(eng, small_parts):
     with de.profile() as prof:
         b = a + 1.0
         b.wait_to_read()
+        eng.wait_all()  # a helper that found every part taken may still be queued when the op ends
     assert b.var.version == 1
     np.testing.assert_array_equal(b.asnumpy(), np.arange(1000.0) + 1)
     records = prof.trace().ops
     mine = [r for r in records if r.name == "add"]
     parts = [r for r in records if r.name == "add part"]
     assert len(mine) == 1 and mine[0].writes[0][2] == 1
-    assert parts and all(not p.reads and not p.writes for p in parts)
-    assert all(mine[0].start <= p.start and p.end <= mine[0].end + 10**6 for p in parts)
+    assert len(parts) == eng.options.workers - 1 and all(not p.reads and not p.writes for p in parts)
+    assert all(mine[0].start <= p.start for p in parts)  # pushed by the op itself
 
 
 def test_a_failing_part_fails_the_op_once(eng, small_parts, monkeypatch):
