@@ -66,7 +66,8 @@ def _movable(specs, group) -> bool:
         writes, reads = set(specs[i].writes), set(specs[i].reads)
         for j in range(i + 1, last):
             o = specs[j]
-            if j not in members and (writes.intersection(o.reads, o.writes) or reads.intersection(o.writes)):
+            if j not in members and not (writes.isdisjoint(o.reads) and writes.isdisjoint(o.writes)
+                                         and reads.isdisjoint(o.writes)):
                 return False
     return True
 
