@@ -25,16 +25,17 @@ import numba
 import numpy as np
 
 from . import _blas, _kernels
+from ._core import Elementwise
 from ._kernels import call
 from ._parallel import run_parts, workers_for
 from .array import NDArray as _NDArray
 
-__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "Elementwise", "elementwise",
+__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "elementwise",
            "fill_random", "flat", "geometry", "matmul_body", "reduce_axis", "reduce_body"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
-UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "copy")
+UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "sign", "copy")
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
 PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
@@ -117,19 +118,6 @@ def geometry(shape, arrays):
 
 
 # -------------------------------------------------------------- op bodies
-class Elementwise:
-    """What one elementwise CPU op computes: the op's ``meta``, which the plan fuser reads.
-
-    ``inputs`` are arrays and scalars (already cast to ``work``).  It holds the
-    arrays (and so their memory) for as long as the op lives.
-    """
-
-    __slots__ = ("inputs", "op", "out", "shape", "work")
-
-    def __init__(self, op, inputs, out, work) -> None:
-        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, work, out.shape
-
-
 def elementwise(eng, op: str, work, out, operands):
     """``(body, record)`` of one elementwise op writing ``out`` (operands: arrays and scalars).
 
@@ -219,23 +207,32 @@ MATMUL_SPLIT = 1 << 24  # m*n*k from which a product is cut into row blocks that
 
 
 def matmul_body(eng, a, b, out):
-    """BLAS for contiguous 2-d float operands of the result's dtype (row blocks in parts when large),
-    else NumPy's matmul; both release the GIL."""
+    """BLAS for 2-d float operands of the result's dtype whose rows or columns are contiguous (so
+    transposed views too; row blocks in parts when large), else NumPy's matmul; both release the GIL."""
     A, B, C = a._data, b._data, out._data
-    if not (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f"
-            and a._flat and b._flat and out.size):
+    la = lb = None
+    if (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f" and out.size
+            and a.shape[1] and out._strides[1] == 1):
+        la, lb = _blas.blas_layout(A), _blas.blas_layout(B)
+    if la is None or lb is None:
         return lambda ctx: np.matmul(A, B, out=C, dtype=out.dtype)
+    flat = a._flat and b._flat and out._flat
     m, k = A.shape
     nparts = 1
     if m * B.shape[1] * k >= MATMUL_SPLIT and workers_for(eng) > 1:
         nparts = max(1, min(4 * workers_for(eng), m // 64))
     if nparts == 1:
-        return lambda ctx: _blas.gemm(A, B, C)
+        if flat:
+            return lambda ctx: _blas.gemm(A, B, C)
+        return lambda ctx: _blas.gemm_views(A, B, C, la, lb)
     bounds = [(m * i // nparts, m * (i + 1) // nparts) for i in range(nparts)]
 
     def run(i):
         r0, r1 = bounds[i]
-        _blas.gemm(A[r0:r1], B, C[r0:r1])
+        if flat:
+            _blas.gemm(A[r0:r1], B, C[r0:r1])
+        else:
+            _blas.gemm_views(A[r0:r1], B, C[r0:r1], _blas.blas_layout(A[r0:r1]), lb)
     return lambda ctx: run_parts(eng, "matmul", nparts, run)
 
 
