@@ -357,7 +357,7 @@ class Plan:
         failures = seed_failures(ctx, set(self.reads) | set(self.writes)) if eng._failed_vars else {}
         run = self.current = _Run(self, ctx, members, failures, done, prof)
         submit = eng._plan_submit()
-        if submit is None or len(self.chunks) == 1:
+        if submit is None or len(self.chunks) <= 1:  # (a plan of no op finishes at once)
             run.serial()
             return
         for g in self.roots:
