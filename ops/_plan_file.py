@@ -113,24 +113,26 @@ class Reader:
 
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
+        self.file = open(self.path, "rb")  # noqa: SIM115 (closed by close(); OSError: the file cannot be read)
         try:
-            self.zip = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
-            self.fail(f"not a plan file (not a zip archive: {exc})")
-        except OSError:
-            raise
-        try:
+            try:
+                self.zip = zipfile.ZipFile(self.file)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError,
+                    OSError) as exc:
+                self.fail(f"not a plan file (not a zip archive: {exc})")
             self.members = self._members()
             self.plan = self._graph()
         except BaseException:
-            self.zip.close()
+            self.close()
             raise
 
     def fail(self, why: str) -> NoReturn:
         raise PlanError(f"{self.path}: {why}")
 
     def close(self) -> None:
-        self.zip.close()
+        if getattr(self, "zip", None) is not None:
+            self.zip.close()
+        self.file.close()
 
     def _members(self) -> dict[str, zipfile.ZipInfo]:
         infos = self.zip.infolist()
@@ -168,7 +170,7 @@ class Reader:
         data = self._read(self.members[GRAPH], MAX_JSON)
         try:
             head = msgspec.json.decode(data, type=_Head)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             self.fail(f"{GRAPH} is not a plan graph: {exc}")
         if head.format != FORMAT:
             self.fail(f"{GRAPH} has format {head.format[:80]!r}, not {FORMAT!r}")
@@ -176,7 +178,7 @@ class Reader:
             self.fail(f"{GRAPH} is format version {head.version}; this depengine reads version {VERSION}")
         try:
             return msgspec.json.decode(data, type=PlanFile)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             self.fail(f"{GRAPH}: {exc}")
 
     def check_npy(self, name: str, dtype: np.dtype, shape: tuple, fortran: bool) -> None:

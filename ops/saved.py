@@ -185,12 +185,14 @@ def _check(reader: Reader, doc, device, max_bytes: int) -> dict[int, _Meta]:
                  "none negative")
         if b.order not in ("C", "F") or (b.order == "F" and device.type != "cpu"):
             fail(f"buffer {b.id} has order {b.order[:8]!r} (C, or F on the CPU)")
+        if b.data is not None:  # its values are in the file: they must be there, and of this very size
+            if b.data != f"arrays/{b.id}.npy":
+                fail(f"buffer {b.id} names data {b.data[:80]!r}; its data can only be arrays/{b.id}.npy")
+            reader.check_npy(b.data, dtype, tuple(b.shape), b.order == "F")
         total += math.prod(b.shape) * dtype.itemsize
         if total > max_bytes:
             fail(f"its buffers take more than max_bytes={max_bytes} bytes (at buffer {b.id}: {b.dtype} "
                  f"{b.shape[:MAX_NDIM + 1]})")
-        if b.data is not None and b.data != f"arrays/{b.id}.npy":
-            fail(f"buffer {b.id} names data {b.data[:80]!r}; its data can only be arrays/{b.id}.npy")
         buffers[b.id] = b
     metas: dict[int, _Meta] = {}
     for a in doc.arrays:
@@ -212,9 +214,6 @@ def _check(reader: Reader, doc, device, max_bytes: int) -> dict[int, _Meta]:
     count = len(doc.outputs.arrays)
     if (doc.outputs.form == "none" and count) or (doc.outputs.form == "single" and count != 1):
         fail(f"outputs of form {doc.outputs.form!r} cannot hold {len(doc.outputs.arrays)} arrays")
-    for b in buffers.values():
-        if b.data is not None:
-            reader.check_npy(b.data, np.dtype(b.dtype), tuple(b.shape), b.order == "F")
     return metas
 
 

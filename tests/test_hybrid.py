@@ -116,7 +116,7 @@ def test_bad_arguments_raise_before_anything_is_pushed(eng):
     seq = eng._seq
     with pytest.raises(TypeError, match="takes 2 arguments, got 1"):
         plan(x)
-    with pytest.raises(ValueError, match=r"argument 0 has shape \(3, 2\); the plan was recorded with \(24, 2\)"):
+    with pytest.raises(ValueError, match=r"argument 0 has shape \(3, 2\); the plan was recorded with \(24,"):
         plan(np.zeros((3, 2)), y)
     with pytest.raises(TypeError, match="argument 1: cannot cast float64 to the input's int64"):
         plan(x, np.zeros(24))
@@ -127,7 +127,7 @@ def test_bad_arguments_raise_before_anything_is_pushed(eng):
         nd.hybridize(lambda v: 3, x)
     with pytest.raises(TypeError, match="is not callable"):
         nd.hybridize(42, x)
-    with nd.autograd.record(), pytest.raises(AutogradError, match="hybridize inside autograd.record"):
+    with nd.autograd.record(), pytest.raises(AutogradError, match=r"hybridize inside autograd\.record"):
         nd.hybridize(sgd_step(params), x, y)
     eng.wait_all()
     assert eng._seq == seq
@@ -157,8 +157,9 @@ def test_a_saved_plan_gives_the_same_parameters_in_a_fresh_process(eng, tmp_path
              **{f"y{i}": y for i, y in enumerate(ys)})
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("DEPENGINE_GPU", None)
-    out = subprocess.run([sys.executable, "-c", _FRESH, str(tmp_path / "mlp.plan"), str(tmp_path / "data.npz"),
-                          str(tmp_path / "after.npz")], capture_output=True, text=True, env=env, timeout=110)
+    files = [str(tmp_path / name) for name in ("mlp.plan", "data.npz", "after.npz")]
+    out = subprocess.run([sys.executable, "-c", _FRESH, *files], capture_output=True, text=True, env=env,
+                         timeout=110)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"name": "step", "inputs": 2, "state": 6}
     after = np.load(tmp_path / "after.npz", allow_pickle=False)
@@ -174,7 +175,8 @@ def test_the_plan_file_is_a_readable_graph_and_plain_arrays(eng, tmp_path):
     with zipfile.ZipFile(tmp_path / "p.plan") as z:
         doc = json.loads(z.read("plan.json"))
         names = z.namelist()
-        stored = {b["id"]: np.load(z.open(b["data"]), allow_pickle=False) for b in doc["buffers"] if "data" in b}
+        stored = {b["id"]: np.load(z.open(b["data"]), allow_pickle=False)
+                  for b in doc["buffers"] if "data" in b}
     assert doc["format"] == "depengine-plan" and doc["version"] == 1 and doc["device"] == "cpu"
     assert {op["op"] for op in doc["ops"]} <= set(nd.saved.REGISTRY)
     assert {"matmul", "maximum", "tanh", "log", "sum", "setitem"} <= {op["op"] for op in doc["ops"]}
