@@ -21,7 +21,7 @@ import numpy as np
 import depengine as de
 
 __all__ = ["CPU_DTYPES", "DeviceStore", "Elementwise", "Record", "check_dtype", "engine", "flush_releases",
-           "holding_releases", "push", "queue_release", "runtime", "set_engine", "tape"]
+           "holding_releases", "push", "push_recorded", "queue_release", "runtime", "set_engine", "tape"]
 
 CPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int32, np.int64, np.float32, np.float64))
 GPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int64, np.float32, np.float64))  # int64: argmax
@@ -179,6 +179,15 @@ def holding_releases():
         yield
     finally:
         _held -= 1
+
+
+def push_recorded(fn, rec: Record, inplace: bool, name: str) -> None:
+    """Push ``fn`` reading ``rec``'s arrays and writing its output, with ``rec`` as the op's meta, after
+    showing ``rec`` to autograd's hook (``inplace``: ``rec.out`` existed before)."""
+    if tape is not None:
+        tape(rec, inplace)
+    arrays = [x for x in rec.inputs if x.__class__ is rec.out.__class__]  # (NDArray: ops.array imports this)
+    push(fn, arrays, [rec.out], name, rec.out.device, meta=rec)
 
 
 def push(fn, reads, writes, name: str, device, kind: str = "normal", priority: int = 0, meta=None,

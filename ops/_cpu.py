@@ -30,8 +30,8 @@ from ._kernels import call
 from ._parallel import run_parts, workers_for
 from .array import NDArray as _NDArray
 
-__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "elementwise",
-           "fill_random", "flat", "geometry", "matmul_body", "reduce_axis", "reduce_body"]
+__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "elementwise", "fill_random", "flat",
+           "geometry", "matmul_body", "reduce_axis", "reduce_body", "softmax_ce", "softmax_ce_grad"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
@@ -189,16 +189,31 @@ def _numpy_body(op, work, out, operands):
     return lambda ctx: ufunc(*ins, out=o, signature=sig, casting="unsafe")
 
 
-_REDUCERS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
+_REDUCERS = {"sum": np.add.reduce, "max": np.maximum.reduce, "min": np.minimum.reduce}
 
 
 def reduce_body(op: str, a, out, axis, keepdims: bool):
-    """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays)."""
+    """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays).
+
+    The ufuncs' own reductions, without the Python layers of ``np.sum`` and
+    ``np.mean`` (which cost more than the work on small arrays); ``mean``
+    divides as ``np.mean`` does.
+    """
     x, o = a._data, out._data
     if op == "argmax":
         return lambda ctx: np.argmax(x, axis=axis, out=o)
+    if op == "mean":
+        count = a.size // max(out.size, 1) if axis is not None else a.size
+        if not count:
+            return lambda ctx: np.mean(x, axis=axis, out=o, keepdims=keepdims, dtype=o.dtype)
+        count = np.intp(count)
+
+        def mean(ctx):
+            np.add.reduce(x, axis=axis, dtype=o.dtype, out=o, keepdims=keepdims)
+            np.true_divide(o, count, out=o, casting="unsafe")
+        return mean
     reducer = _REDUCERS[op]
-    if op in ("sum", "mean"):
+    if op == "sum":
         return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims, dtype=o.dtype)
     return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims)
 
@@ -219,7 +234,7 @@ def matmul_body(eng, a, b, out):
     flat = a._flat and b._flat and out._flat
     m, k = A.shape
     nparts = 1
-    if m * B.shape[1] * k >= MATMUL_SPLIT and workers_for(eng) > 1:
+    if m * B.shape[1] * k > MATMUL_SPLIT and workers_for(eng) > 1:
         nparts = max(1, min(4 * workers_for(eng), m // 64))
     if nparts == 1:
         if flat:
@@ -302,4 +317,50 @@ def fill_random(out, seed, counter, normal, a, b):
             flat[k] = a + (b - a) * u1
 
 
-NJIT_KERNELS = (reduce_axis, fill_random)
+@numba.njit(**_opts)
+def softmax_ce(x, labels, out, strict):
+    """Per row i of ``x`` (n, c): ``log(sum(exp(x[i]))) - x[i, labels[i]]``, in float64, into ``out``.
+
+    A label that is not an integer in [0, c) raises (``strict``) or gives NaN.
+    """
+    n, c = x.shape
+    for i in range(n):
+        k = np.int64(labels[i])
+        if k != labels[i] or k < 0 or k >= c:
+            if strict:
+                raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+            out[i] = np.nan
+            continue
+        top = np.float64(x[i, 0])
+        for j in range(1, c):
+            top = max(top, np.float64(x[i, j]))
+        total = 0.0
+        for j in range(c):
+            total += np.exp(np.float64(x[i, j]) - top)
+        out[i] = top + np.log(total) - np.float64(x[i, k])
+
+
+@numba.njit(**_opts)
+def softmax_ce_grad(x, labels, g, out, strict):
+    """``out[i, j] = g[i] * (softmax(x[i])[j] - (j == labels[i]))``: the gradient of ``softmax_ce``."""
+    n, c = x.shape
+    for i in range(n):
+        k = np.int64(labels[i])
+        if k != labels[i] or k < 0 or k >= c:
+            if strict:
+                raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+            for j in range(c):
+                out[i, j] = np.nan
+            continue
+        top = np.float64(x[i, 0])
+        for j in range(1, c):
+            top = max(top, np.float64(x[i, j]))
+        total = 0.0
+        for j in range(c):
+            total += np.exp(np.float64(x[i, j]) - top)
+        for j in range(c):
+            p = np.exp(np.float64(x[i, j]) - top) / total
+            out[i, j] = np.float64(g[i]) * (p - (1.0 if j == k else 0.0))
+
+
+NJIT_KERNELS = (reduce_axis, fill_random, softmax_ce, softmax_ce_grad)

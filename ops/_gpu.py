@@ -99,6 +99,21 @@ def _sim_random(out, seed, counter, normal, a, b, n):
     _cpu.fill_random(out, np.uint64(seed), np.uint64(counter), bool(normal), float(a), float(b))
 
 
+def _sim_softmax_ce(out, x, labels, n, c):
+    _cpu.softmax_ce(x.reshape(n, c), labels, out, False)
+
+
+def _sim_softmax_ce_grad(out, x, labels, g, n, c):
+    _cpu.softmax_ce_grad(x.reshape(n, c), labels, g, out.reshape(n, c), False)
+
+
+_SOFTMAX_ROW = ("long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+                "  const {t}* row = x + i * c; double lab = labels[i]; long long k = (long long)lab;\n"
+                "  bool bad = lab != (double)k || k < 0 || k >= c;\n"
+                "  double top = row[0]; for (long long j = 1; j < c; ++j) top = fmax(top, (double)row[j]);\n"
+                "  double total = 0; for (long long j = 0; j < c; ++j) total += exp((double)row[j] - top);\n")
+
+
 def _build() -> dict[str, KernelSource]:
     ks: dict[str, KernelSource] = {}
 
@@ -134,6 +149,15 @@ def _build() -> dict[str, KernelSource]:
                 "long long base = o * n * inner + i; " + loop,
                 _sim_reduce(code), ("w", "r", "", "", ""))
 
+        row = _SOFTMAX_ROW.format(t=ctype)
+        args = f"{ctype}* out, const {ctype}* x, const {ctype}* labels"
+        add(f"softmax_ce_{tag}", f"{args}, long long n, long long c",
+            row + f"  out[i] = bad ? ({ctype})NAN : ({ctype})(top + log(total) - row[k]);",
+            _sim_softmax_ce, ("w", "r", "r", "", ""))
+        add(f"softmax_ce_grad_{tag}", f"{args}, const {ctype}* g, long long n, long long c",
+            row + "  for (long long j = 0; j < c; ++j) out[i * c + j] = bad ? "
+            f"({ctype})NAN : ({ctype})((double)g[i] * (exp((double)row[j] - top) / total - (j == k)));",
+            _sim_softmax_ce_grad, ("w", "r", "r", "r", "", ""))
         add(f"fill_{tag}", f"{ctype}* out, {ctype} value, long long n", f"{_IDX} out[i] = value;",
             _sim_fill, ("w", "", ""))
         add(f"arange_{tag}", f"{ctype}* out, {ctype} start, {ctype} step, long long n",

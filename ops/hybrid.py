@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core, autograd
+from ._core import Record, push
 from .array import NDArray
 from .creation import array
 from .math import assign, unary
@@ -94,9 +95,7 @@ class HybridPlan:
         if len(args) != len(self.inputs):
             raise TypeError(f"plan {self.name!r} takes {len(self.inputs)} arguments, got {len(args)}")
         checked = [_argument(i, new, rec) for i, (new, rec) in enumerate(zip(args, self.inputs, strict=True))]
-        for new, rec in zip(checked, self.inputs, strict=True):
-            if new is not rec:
-                assign(rec, new)
+        self._copy_in(checked)
         self.plan.run()
         results = [unary("copy", out) for out in self.outputs]
         if self.form == "none":
@@ -104,6 +103,29 @@ class HybridPlan:
         if self.form == "single":
             return results[0]
         return tuple(results) if self.form == "tuple" else results
+
+    def _copy_in(self, values) -> None:
+        """Copy the arguments into the recorded inputs: one op for all those on the CPU."""
+        targets, sources = [], []
+        for new, rec in zip(values, self.inputs, strict=True):
+            if new is rec:
+                continue
+            if rec.device.type != "cpu" or (isinstance(new, NDArray) and new.device.type != "cpu"):
+                assign(rec, new if isinstance(new, NDArray) else array(new, rec.dtype, rec.device))
+                continue
+            if _core.tape is not None:  # the inputs are written in place: autograd may object
+                _core.tape(Record("setitem", (new,), rec), True)
+            targets.append(rec)
+            sources.append(new)
+        if not targets:
+            return
+        pairs = [(t._data, s._data if isinstance(s, NDArray) else s)
+                 for t, s in zip(targets, sources, strict=True)]
+
+        def copy_in(ctx):
+            for dst, src in pairs:
+                np.copyto(dst, src, casting="unsafe")
+        push(copy_in, [s for s in sources if isinstance(s, NDArray)], targets, "inputs", targets[0].device)
 
     def save(self, path) -> None:
         """Write the plan (a JSON graph of ops/ operations and its arrays, no pickle) to ``path``."""
@@ -117,7 +139,8 @@ class HybridPlan:
 
 
 def _argument(i: int, new, rec: NDArray):
-    """``new`` checked against the recorded input ``rec``: an NDArray to copy from (maybe ``rec`` itself)."""
+    """``new`` checked against the recorded input ``rec``: an NDArray to copy from (maybe ``rec`` itself),
+    or a NumPy copy of it."""
     if isinstance(new, NDArray):
         if new.device != rec.device:
             raise ValueError(f"argument {i} is on {new.device}; the plan's input is on {rec.device}")
@@ -133,7 +156,7 @@ def _argument(i: int, new, rec: NDArray):
         raise ValueError(f"argument {i} has shape {tuple(new.shape)}; the plan was recorded with {rec.shape}")
     if not np.can_cast(new.dtype, rec.dtype, casting="same_kind"):
         raise TypeError(f"argument {i}: cannot cast {new.dtype} to the input's {rec.dtype}")
-    return new if isinstance(new, NDArray) else array(new, dtype=rec.dtype, device=rec.device)
+    return new if isinstance(new, NDArray) else np.array(new, dtype=rec.dtype)  # a private copy
 
 
 # ----------------------------------------------------------- what a plan uses

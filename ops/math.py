@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 
 from . import _core, _cpu, _gpu
-from ._core import Elementwise, Record, check_dtype, push
+from ._core import Elementwise, Record, check_dtype, push, push_recorded
 from .array import NDArray, _normalize_axis
 from .linalg import use_blas
 
@@ -227,15 +227,8 @@ def astype(a: NDArray, dtype, out: NDArray | None = None) -> NDArray:
     else:
         _gpu_check(out.dtype, a.device, "astype")
         fn = _gpu_copy(out, a, out.dtype)
-    _push_recorded(fn, Record("astype", (a,), out), inplace, "astype")
+    push_recorded(fn, Record("astype", (a,), out), inplace, "astype")
     return out
-
-
-def _push_recorded(fn, rec: Record, inplace: bool, name: str) -> None:
-    """Push ``fn`` reading ``rec``'s arrays and writing its output, with ``rec`` as the op's meta."""
-    if _core.tape is not None:
-        _core.tape(rec, inplace)
-    push(fn, [x for x in rec.inputs if isinstance(x, NDArray)], [rec.out], name, rec.out.device, meta=rec)
 
 
 def _exact_out(out, shape, dtype, device, op) -> None:
@@ -276,7 +269,7 @@ def assign(target: NDArray, value) -> None:
             target._data[...] = value._data if isinstance(value, NDArray) else value
     else:
         fn = _gpu_copy(target, value, dtype)
-    _push_recorded(fn, Record("setitem", (value,), target), True, "setitem")
+    push_recorded(fn, Record("setitem", (value,), target), True, "setitem")
 
 
 # ---------------------------------------------------------------- reductions
@@ -327,7 +320,7 @@ def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False, out: NDArray 
                             np.int64(inner)], sc.stream)
             finish()
         fn = _gpu.gpu_op(out, body)
-    _push_recorded(fn, Record(op, (a,), out, {"axis": axis, "keepdims": keepdims}), inplace, op)
+    push_recorded(fn, Record(op, (a,), out, {"axis": axis, "keepdims": keepdims}), inplace, op)
     return out
 
 
@@ -388,7 +381,7 @@ def matmul(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
                          [dst, pa, pb, np.int64(m), np.int64(n), np.int64(k)], sc.stream)
             finish()
         fn = _gpu.gpu_op(out, body)
-    _push_recorded(fn, Record("matmul", (a, b), out), inplace, "matmul")
+    push_recorded(fn, Record("matmul", (a, b), out), inplace, "matmul")
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 import depengine as de
 
-from . import _core, _cpu
+from . import _core, _cpu, nn
 from . import creation as c
 from . import math as m
 from ._plan_file import DTYPES, FORMAT, VERSION, PlanError, Reader, write_archive
@@ -49,7 +49,8 @@ _ELEMENTWISE = frozenset(_cpu.BINARY + _cpu.COMPARE + _cpu.UNARY)
 # operation -> (operands, which of them must be arrays: "all", "first", "any" or "none")
 _OPERANDS = {**{op: (2, "any") for op in _cpu.BINARY + _cpu.COMPARE}, **{op: (1, "all") for op in _cpu.UNARY},
              **{op: (1, "all") for op in _cpu.REDUCE}, "matmul": (2, "all"), "setitem": (1, "none"),
-             "astype": (1, "all"), "full": (0, "none"), "arange": (0, "none"), "empty": (0, "none")}
+             "astype": (1, "all"), "full": (0, "none"), "arange": (0, "none"), "empty": (0, "none"),
+             "softmax_ce": (2, "all"), "softmax_ce_grad": (3, "all")}
 REGISTRY = tuple(_OPERANDS)
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -320,6 +321,16 @@ def _check_kind(where, op, args, out: _Meta, device, reader: Reader) -> None:
         if tuple(shape) != out.shape:
             fail(f"{where}: the result has shape {tuple(shape)}, array {op.out} has shape {out.shape}")
         _castable(where, m.matmul_dtype(a.dtype, b.dtype), out, reader)
+    elif name in ("softmax_ce", "softmax_ce_grad"):
+        x, labels = args[0], args[1]
+        rows = x.shape[:1]
+        if x.ndim != 2 or x.dtype.kind != "f" or labels.shape != rows or (name == "softmax_ce_grad" and (
+                args[2].shape != rows or args[2].dtype != x.dtype)):
+            fail(f"{where}: takes float rows (n, c), n labels{' and n gradients' if len(args) == 3 else ''}")
+        if labels.dtype.kind not in ("f" if device.type == "gpu" else "biuf"):
+            fail(f"{where}: labels of dtype {labels.dtype.name} on {device}")
+        if out.shape != (x.shape if name == "softmax_ce_grad" else rows) or out.dtype != x.dtype:
+            fail(f"{where}: writes {out.dtype.name} {out.shape}, not what it makes")
     elif name in ("setitem", "astype"):
         x = args[0]
         xs = x.shape if isinstance(x, _Meta) else ()
@@ -405,6 +416,10 @@ def _replay(reader: Reader, op, arrays, device) -> None:
         m.assign(out, args[0])
     elif name == "astype":
         m.astype(args[0], out.dtype, out=out)
+    elif name == "softmax_ce":
+        nn.softmax_ce(args[0], args[1], out=out)
+    elif name == "softmax_ce_grad":
+        nn.softmax_ce_grad(args[0], args[1], args[2], out=out)
     elif name == "full":
         c.fill(out, _value(reader, name, attrs.value, out.dtype))
     elif name == "arange":

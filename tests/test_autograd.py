@@ -266,3 +266,43 @@ def test_non_differentiable_results_are_not_followed(eng):
     assert mask._ag is None and idx._ag is None
     y.backward()
     np.testing.assert_array_equal(x.grad.asnumpy(), [1.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("where", ["cpu", "gpu"])
+def test_nn_functions_compute_what_numpy_does(eng, where):
+    dev = de.cpu() if where == "cpu" else de.gpu(0)
+    rng = np.random.default_rng(5)
+    z = rng.uniform(-3, 3, (6, 4))
+    labels = rng.integers(0, 4, 6)
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    x = nd.array(z, device=dev)
+    np.testing.assert_allclose(nd.log_softmax(x).asnumpy(), logp, rtol=1e-12)
+    np.testing.assert_allclose(nd.softmax(x, axis=0).asnumpy(), np.exp(z) / np.exp(z).sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(nd.relu(x).asnumpy(), np.maximum(z, 0))
+    np.testing.assert_allclose(nd.sigmoid(x).asnumpy(), 1 / (1 + np.exp(-z)), rtol=1e-12)
+    lab = nd.array(labels.astype(np.float64) if where == "gpu" else labels, device=dev)
+    want = -logp[np.arange(6), labels]
+    np.testing.assert_allclose(nd.softmax_cross_entropy(x, lab).asnumpy(), want, rtol=1e-12)
+    onehot = np.eye(4)[labels]
+    dense = nd.softmax_cross_entropy(x, nd.array(onehot, device=dev))
+    np.testing.assert_allclose(dense.asnumpy(), want, rtol=1e-12)
+
+
+def test_softmax_cross_entropy_checks_its_labels(eng):
+    x = nd.array(np.zeros((3, 2)))
+    bad = nd.softmax_cross_entropy(x, nd.array([0, 2, 1]))  # 2 is not a class of 2
+    with pytest.raises(ValueError, match="not a class index"):
+        bad.asnumpy()
+    on_gpu = nd.softmax_cross_entropy(x.copyto(de.gpu(0)), nd.array([0.0, 5.0, 1.0], device=de.gpu(0)))
+    assert np.isnan(on_gpu.asnumpy()[1]) and not np.isnan(on_gpu.asnumpy()[0])  # kernels cannot raise
+    gx, int_labels = nd.zeros((3, 2), device=de.gpu(0)), nd.array([0, 1, 1]).copyto(de.gpu(0))
+    eng.wait_all()
+    seq = eng._seq
+    with pytest.raises(TypeError, match=r"class indices on gpu\(0\) are floats, not int64"):
+        nd.softmax_cross_entropy(gx, int_labels)
+    with pytest.raises(ValueError, match=r"label of shape \(2,\) fits neither"):
+        nd.softmax_cross_entropy(x, nd.array([0, 1]))
+    with pytest.raises(TypeError, match="expected a float array, got int64"):
+        nd.softmax_cross_entropy(nd.array([[1, 2]]), nd.array([0]))
+    assert eng._seq == seq

@@ -91,14 +91,18 @@ def _nn(name):
     def make(draw, rng, gpu):
         rows, classes = draw(st.integers(1, 4)), draw(st.integers(2, 4))
         logits = rng.uniform(-2, 2, (rows, classes))
-        if name == "softmax_cross_entropy":
-            labels = rng.integers(0, classes, rows)
+        if name == "softmax_cross_entropy":  # class indices: one op and its gradient op
+            lead = (2,) if draw(st.booleans()) else ()
+            logits = rng.uniform(-2, 2, (*lead, rows, classes))
+            labels = rng.integers(0, classes, (*lead, rows))
             labels = labels.astype(np.float64) if gpu else labels
 
             def fn(x):
-                lab = nd.array(labels, device=x.device)
-                return nd.softmax_cross_entropy(x, lab)
+                return nd.softmax_cross_entropy(x, nd.array(labels, device=x.device))
             return [logits], fn
+        if name == "softmax_cross_entropy_dense":  # probabilities: log_softmax and array math, both operands
+            probs = rng.uniform(0.1, 1, (rows, classes))
+            return [logits, probs / probs.sum(axis=1, keepdims=True)], nd.softmax_cross_entropy
         if name in ("relu", "sigmoid"):
             return [_away(logits)], getattr(nd, name)
         axis = draw(st.sampled_from([0, -1]))
@@ -130,6 +134,7 @@ CASES = {
     "matmul": _matmul, "views": _view, "astype": _astype,
     "relu": _nn("relu"), "sigmoid": _nn("sigmoid"), "softmax": _nn("softmax"),
     "log_softmax": _nn("log_softmax"), "softmax_cross_entropy": _nn("softmax_cross_entropy"),
+    "softmax_cross_entropy_dense": _nn("softmax_cross_entropy_dense"),
 }
 
 

@@ -85,7 +85,7 @@ def test_hybridize_records_without_running_and_fuses(eng):
     for p, b in zip(params, before, strict=True):
         np.testing.assert_array_equal(p.asnumpy(), b)
     assert plan.plan.fused > 0 and plan.plan.mode == "plan"
-    assert len(plan.graph) > 40  # forward, backward and the updates, recorded once
+    assert len(plan.graph) > 30  # forward, backward and the updates, recorded once
 
 
 def test_each_call_returns_new_arrays(eng):
@@ -179,7 +179,8 @@ def test_the_plan_file_is_a_readable_graph_and_plain_arrays(eng, tmp_path):
                   for b in doc["buffers"] if "data" in b}
     assert doc["format"] == "depengine-plan" and doc["version"] == 1 and doc["device"] == "cpu"
     assert {op["op"] for op in doc["ops"]} <= set(nd.saved.REGISTRY)
-    assert {"matmul", "maximum", "tanh", "log", "sum", "setitem"} <= {op["op"] for op in doc["ops"]}
+    assert {"matmul", "maximum", "tanh", "softmax_ce", "softmax_ce_grad", "sum", "setitem"} <= {
+        op["op"] for op in doc["ops"]}
     assert sorted(names) == sorted(["plan.json"] + [f"arrays/{k}.npy" for k in stored])
     by_id = {a["id"]: a for a in doc["arrays"]}
     for k, p in zip(doc["state"], params, strict=True):
