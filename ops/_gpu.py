@@ -152,11 +152,11 @@ def _build() -> dict[str, KernelSource]:
         row = _SOFTMAX_ROW.format(t=ctype)
         args = f"{ctype}* out, const {ctype}* x, const {ctype}* labels"
         add(f"softmax_ce_{tag}", f"{args}, long long n, long long c",
-            row + f"  out[i] = bad ? ({ctype})NAN : ({ctype})(top + log(total) - row[k]);",
+            row + f"  out[i] = bad ? ({ctype})nan(\"\") : ({ctype})(top + log(total) - row[k]);",
             _sim_softmax_ce, ("w", "r", "r", "", ""))
         add(f"softmax_ce_grad_{tag}", f"{args}, const {ctype}* g, long long n, long long c",
             row + "  for (long long j = 0; j < c; ++j) out[i * c + j] = bad ? "
-            f"({ctype})NAN : ({ctype})((double)g[i] * (exp((double)row[j] - top) / total - (j == k)));",
+            f"({ctype})nan(\"\") : ({ctype})((double)g[i] * (exp((double)row[j] - top) / total - (j == k)));",
             _sim_softmax_ce_grad, ("w", "r", "r", "r", "", ""))
         add(f"fill_{tag}", f"{ctype}* out, {ctype} value, long long n", f"{_IDX} out[i] = value;",
             _sim_fill, ("w", "", ""))
