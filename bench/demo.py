@@ -5,6 +5,10 @@ the engine and prints which ops ran at the same time.  Part 2 factors an SPD
 matrix with the tiled Cholesky of ``ops.linalg``, checks it against NumPy and
 compares its speed with NumPy's LAPACK and dask in the same run.  Part 3 runs
 the 2-d heat equation over tiles and checks it against NumPy.
+
+``--train`` runs the training demo instead (``bench.train_demo``): an MLP on
+two spirals trained with ``ops.autograd``, imperative and hybridized, against
+hand-written NumPy and ``jax.jit``, with its loss curve as an SVG.
 """
 
 from __future__ import annotations
@@ -103,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", default=None, help="save a trace of one Cholesky run here")
     p.add_argument("--report", nargs="?", const="depengine-report.html", default=None, metavar="HTML",
                    help="write the HTML report of one Cholesky run (default depengine-report.html)")
+    p.add_argument("--train", action="store_true", help="the training demo (ops.autograd, hybridize) instead")
+    p.add_argument("--epochs", type=int, default=20, help="--train: epochs")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="--train: where ops/ trains")
+    p.add_argument("--svg", default="train-loss.svg", help="--train: the loss curves")
     args = p.parse_args(argv)
+    if args.train:
+        from .train_demo import main as train_main
+
+        return train_main(["--epochs", str(args.epochs), "--device", args.device, "--svg", args.svg])
     if args.report and args.skip_cholesky:
         p.error("--report reports the Cholesky run: drop --skip-cholesky")
     parallel_demo(args.workers)

@@ -65,7 +65,8 @@ def _movable(specs, group) -> bool:
         writes, reads = set(specs[i].writes), set(specs[i].reads)
         for j in range(i + 1, last):
             o = specs[j]
-            if j not in members and (writes.intersection(o.reads, o.writes) or reads.intersection(o.writes)):
+            if j not in members and not (writes.isdisjoint(o.reads) and writes.isdisjoint(o.writes)
+                                         and reads.isdisjoint(o.writes)):
                 return False
     return True
 
@@ -357,7 +358,7 @@ class Plan:
         run = self.current = Run(self, ctx, members, failures, done, prof)
         submit = eng._plan_submit()
         native = self.native if prof is None and not failures else None
-        if submit is None or len(self.chunks) == 1:
+        if submit is None or len(self.chunks) <= 1:  # (a plan of no op finishes at once)
             if native is None:
                 run.serial()
             else:  # every member on this thread, without the GIL

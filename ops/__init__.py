@@ -6,17 +6,20 @@ Arrays live on ``de.cpu()`` (numba kernels, BLAS) or ``de.gpu(i)`` (CUDA
 kernels compiled with NVRTC; the simulated runtime with ``DEPENGINE_GPU=sim``).
 """
 
+from . import autograd, linalg, memory, random, stencil
 from . import fusion as _fusion  # noqa: F401  (registers the elementwise fuser for recorded plans)
-from . import linalg, memory, random, stencil
 from ._core import engine, set_engine
 from ._kernels import kernel_events
 from .array import NDArray, _install_operators
 from .creation import arange, array, empty, full, ones, zeros
+from .hybrid import HybridPlan, hybridize
 from .interop import from_dlpack
 from .math import binary as _binary
 from .math import dot, matmul
 from .math import reduce as _reduce
 from .math import unary as _unary
+from .nn import log_softmax, relu, sigmoid, softmax, softmax_cross_entropy
+from .saved import PlanError, load_plan
 
 _install_operators()
 
@@ -29,10 +32,10 @@ def _named(impl, op: str, doc: str):
     return fn
 
 
-_UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square")
+_UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "sign")
 _BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum",
            "equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
-exp, log, sqrt, tanh, abs, negative, sin, cos, square = (
+exp, log, sqrt, tanh, abs, negative, sin, cos, square, sign = (
     _named(_unary, n, f"Elementwise {n}(a); pushed, returns at once.") for n in _UNARY)
 (add, subtract, multiply, divide, power, maximum, minimum,
  equal, not_equal, less, less_equal, greater, greater_equal) = (
@@ -68,10 +71,10 @@ def transpose(a, axes=None):
 
 
 __all__ = [
-    "NDArray", "abs", "add", "arange", "argmax", "array", "cos", "divide", "dot", "empty", "engine", "equal",
-    "exp", "from_dlpack", "full", "greater", "greater_equal", "kernel_events", "less", "less_equal", "linalg",
-    "log",
+    "HybridPlan", "NDArray", "PlanError", "abs", "add", "arange", "argmax", "array", "autograd", "cos",
+    "divide", "dot", "empty", "engine", "equal", "exp", "from_dlpack", "full", "greater", "greater_equal",
+    "hybridize", "kernel_events", "less", "less_equal", "linalg", "load_plan", "log", "log_softmax",
     "matmul", "max", "maximum", "mean", "memory", "min", "minimum", "multiply", "negative", "not_equal",
-    "ones", "power", "random", "reshape", "set_engine", "sin", "sqrt", "square", "stencil", "subtract", "sum",
-    "tanh", "transpose", "zeros",
+    "ones", "power", "random", "relu", "reshape", "set_engine", "sigmoid", "sign", "sin", "softmax",
+    "softmax_cross_entropy", "sqrt", "square", "stencil", "subtract", "sum", "tanh", "transpose", "zeros",
 ]

@@ -20,7 +20,8 @@ import numpy as np
 
 from ._kernels import call_address
 
-__all__ = ["NJIT_KERNELS", "gemm", "gemm_nt_sub", "potrf_lower", "syrk_lower_sub", "trsm_right_lower_t"]
+__all__ = ["NJIT_KERNELS", "blas_layout", "gemm", "gemm_nt_sub", "gemm_views", "potrf_lower",
+           "syrk_lower_sub", "trsm_right_lower_t"]
 
 _opts = {"nogil": True, "cache": True}
 _routines: dict[str, int] = {}
@@ -107,7 +108,13 @@ def _gemm_nt_sub(c, a, b, fn):
     return _gemm(ord("T"), ord("N"), m, n, k, -1.0, b, b.shape[1], a, a.shape[1], 1.0, c, c.shape[1], fn)
 
 
-NJIT_KERNELS = (_potrf, _trsm, _syrk, _gemm_nn, _gemm_nt_sub)
+@numba.njit(**_opts)
+def _gemm_views(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, fn):
+    """Column-major ``C = op(A) op(B)`` over views whose leading dimensions are given."""
+    return _gemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc, fn)
+
+
+NJIT_KERNELS = (_potrf, _trsm, _syrk, _gemm_nn, _gemm_nt_sub, _gemm_views)
 
 
 def potrf_lower(a) -> int:
@@ -137,3 +144,25 @@ def gemm_nt_sub(c, a, b) -> None:
 def gemm(a, b, c) -> None:
     """``c = a @ b`` for C-contiguous 2-d float32 or float64 arrays of one dtype."""
     _gemm_nn(a, b, c, _address("dgemm" if c.dtype == np.float64 else "sgemm"))
+
+
+def blas_layout(x) -> tuple[int, int] | None:
+    """``(ord('N') or ord('T'), leading dimension)`` of a 2-d view as column-major BLAS sees it: its
+    transpose when its rows are contiguous (``N``), itself when its columns are (a transposed array,
+    ``T``); None when neither is."""
+    rows, cols = x.shape
+    s0, s1 = (s // x.itemsize for s in x.strides)
+    if (s1 == 1 or cols == 1) and s0 >= max(cols, 1):
+        return ord("N"), s0
+    if (s0 == 1 or rows == 1) and s1 >= max(rows, 1):
+        return ord("T"), s1
+    return None
+
+
+def gemm_views(a, b, c, la, lb) -> None:
+    """``c = a @ b`` where ``a`` and ``b`` have the layouts ``la``, ``lb`` of ``blas_layout`` and ``c``
+    has contiguous rows: column-major ``c^T = op(b^T) op(a^T)``."""
+    m, k = a.shape
+    n = b.shape[1]
+    fn = _address("dgemm" if c.dtype == np.float64 else "sgemm")
+    _gemm_views(lb[0], la[0], n, m, k, b, lb[1], a, la[1], c, c.strides[0] // c.itemsize, fn)

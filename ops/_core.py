@@ -13,13 +13,15 @@ queue to the engine.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
+from types import MappingProxyType
 
 import numpy as np
 
 import depengine as de
 
-__all__ = ["CPU_DTYPES", "DeviceStore", "check_dtype", "engine", "flush_releases", "push", "queue_release",
-           "runtime", "set_engine"]
+__all__ = ["CPU_DTYPES", "DeviceStore", "Elementwise", "Record", "check_dtype", "engine", "flush_releases",
+           "holding_releases", "push", "push_recorded", "queue_release", "runtime", "set_engine", "tape"]
 
 CPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int32, np.int64, np.float32, np.float64))
 GPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int64, np.float32, np.float64))  # int64: argmax
@@ -27,6 +29,55 @@ GPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int64, np.float32, np.floa
 _engine: de.Engine | None = None
 _default: de.Engine | None = None  # depengine.default_engine(), remembered
 _releases: deque = deque()
+_held = 0  # > 0 while a plan is being recorded by ops/ (hybridize, load_plan): releases wait
+
+tape = None
+"""Autograd's one hook into the front end.
+
+``ops.autograd`` sets it (to a callable) while anything may need it: a
+``record()`` block, or a tape still holding arrays it needs.  Every front-end
+operation calls ``tape(record, inplace)`` before it pushes anything, where
+``inplace`` says that the operation writes into an array that existed
+before (``out=``, ``+=``, ``x[...] = v``); the hook may raise, and then
+nothing is pushed.
+"""
+
+
+_NO_ATTRS = MappingProxyType({})
+
+
+class Record:
+    """What one front-end operation does: its op's ``meta``.
+
+    ``op`` names the operation (one of the fixed set the front end offers),
+    ``inputs`` are its operands (arrays, and scalars already cast to the
+    type the kernel takes), ``out`` the array it writes and ``attrs`` its
+    other arguments.  Autograd tapes records and a saved plan is a list of
+    them; a view (reshape, transpose, indexing) has a record too, pushed
+    nowhere.
+    """
+
+    __slots__ = ("attrs", "inputs", "op", "out")
+
+    def __init__(self, op: str, inputs: tuple, out, attrs: dict | None = None) -> None:
+        self.op, self.inputs, self.out, self.attrs = op, inputs, out, attrs or _NO_ATTRS
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.op} -> {self.out!r}>"
+
+
+class Elementwise(Record):
+    """The record of an elementwise op, which the plan fuser reads (``ops.fusion``).
+
+    ``work`` is the dtype it computes in; ``inputs`` hold the arrays (and so
+    their memory) for as long as the op lives.
+    """
+
+    __slots__ = ("shape", "work")
+
+    def __init__(self, op, inputs, out, work) -> None:
+        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, work, out.shape
+        self.attrs = _NO_ATTRS
 
 
 def engine() -> de.Engine:
@@ -93,8 +144,12 @@ def queue_release(eng, var, store) -> None:
 
 
 def flush_releases() -> None:
-    """Hand queued releases to their engines (from user code, never from inside the engine)."""
-    while _releases:
+    """Hand queued releases to their engines (from user code, never from inside the engine).
+
+    While ops/ records a plan (``holding_releases``) they wait: a delete pushed
+    then would be recorded into the plan and replayed.
+    """
+    while _releases and not _held:
         try:
             eng, var, store = _releases.popleft()
         except IndexError:
@@ -113,6 +168,26 @@ def flush_releases() -> None:
             eng.delete_var(var, on_delete=free)
         except de.EngineClosedError:
             pass
+
+
+@contextmanager
+def holding_releases():
+    """Queue releases instead of pushing them while the block records a plan."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+
+
+def push_recorded(fn, rec: Record, inplace: bool, name: str) -> None:
+    """Push ``fn`` reading ``rec``'s arrays and writing its output, with ``rec`` as the op's meta, after
+    showing ``rec`` to autograd's hook (``inplace``: ``rec.out`` existed before)."""
+    if tape is not None:
+        tape(rec, inplace)
+    arrays = [x for x in rec.inputs if x.__class__ is rec.out.__class__]  # (NDArray: ops.array imports this)
+    push(fn, arrays, [rec.out], name, rec.out.device, meta=rec)
 
 
 def push(fn, reads, writes, name: str, device, kind: str = "normal", priority: int = 0, meta=None,

@@ -25,16 +25,17 @@ import numba
 import numpy as np
 
 from . import _blas, _kernels
+from ._core import Elementwise
 from ._kernels import call
 from ._parallel import run_parts, workers_for
 from .array import NDArray as _NDArray
 
-__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "Elementwise", "elementwise",
-           "fill_random", "flat", "geometry", "matmul_body", "reduce_axis", "reduce_body"]
+__all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "elementwise", "fill_random", "flat",
+           "geometry", "matmul_body", "reduce_axis", "reduce_body", "softmax_ce", "softmax_ce_grad"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
-UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "copy")
+UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "sign", "copy")
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
 PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
@@ -117,19 +118,6 @@ def geometry(shape, arrays):
 
 
 # -------------------------------------------------------------- op bodies
-class Elementwise:
-    """What one elementwise CPU op computes: the op's ``meta``, which the plan fuser reads.
-
-    ``inputs`` are arrays and scalars (already cast to ``work``).  It holds the
-    arrays (and so their memory) for as long as the op lives.
-    """
-
-    __slots__ = ("inputs", "op", "out", "shape", "work")
-
-    def __init__(self, op, inputs, out, work) -> None:
-        self.op, self.inputs, self.out, self.work, self.shape = op, inputs, out, work, out.shape
-
-
 def elementwise(eng, op: str, work, out, operands):
     """``(body, record)`` of one elementwise op writing ``out`` (operands: arrays and scalars).
 
@@ -201,16 +189,31 @@ def _numpy_body(op, work, out, operands):
     return lambda ctx: ufunc(*ins, out=o, signature=sig, casting="unsafe")
 
 
-_REDUCERS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
+_REDUCERS = {"sum": np.add.reduce, "max": np.maximum.reduce, "min": np.minimum.reduce}
 
 
 def reduce_body(op: str, a, out, axis, keepdims: bool):
-    """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays)."""
+    """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays).
+
+    The ufuncs' own reductions, without the Python layers of ``np.sum`` and
+    ``np.mean`` (which cost more than the work on small arrays); ``mean``
+    divides as ``np.mean`` does.
+    """
     x, o = a._data, out._data
     if op == "argmax":
         return lambda ctx: np.argmax(x, axis=axis, out=o)
+    if op == "mean":
+        count = a.size // max(out.size, 1) if axis is not None else a.size
+        if not count:
+            return lambda ctx: np.mean(x, axis=axis, out=o, keepdims=keepdims, dtype=o.dtype)
+        count = np.intp(count)
+
+        def mean(ctx):
+            np.add.reduce(x, axis=axis, dtype=o.dtype, out=o, keepdims=keepdims)
+            np.true_divide(o, count, out=o, casting="unsafe")
+        return mean
     reducer = _REDUCERS[op]
-    if op in ("sum", "mean"):
+    if op == "sum":
         return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims, dtype=o.dtype)
     return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims)
 
@@ -219,23 +222,32 @@ MATMUL_SPLIT = 1 << 24  # m*n*k from which a product is cut into row blocks that
 
 
 def matmul_body(eng, a, b, out):
-    """BLAS for contiguous 2-d float operands of the result's dtype (row blocks in parts when large),
-    else NumPy's matmul; both release the GIL."""
+    """BLAS for 2-d float operands of the result's dtype whose rows or columns are contiguous (so
+    transposed views too; row blocks in parts when large), else NumPy's matmul; both release the GIL."""
     A, B, C = a._data, b._data, out._data
-    if not (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f"
-            and a._flat and b._flat and out.size):
+    la = lb = None
+    if (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f" and out.size
+            and a.shape[1] and out._strides[1] == 1):
+        la, lb = _blas.blas_layout(A), _blas.blas_layout(B)
+    if la is None or lb is None:
         return lambda ctx: np.matmul(A, B, out=C, dtype=out.dtype)
+    flat = a._flat and b._flat and out._flat
     m, k = A.shape
     nparts = 1
-    if m * B.shape[1] * k >= MATMUL_SPLIT and workers_for(eng) > 1:
+    if m * B.shape[1] * k > MATMUL_SPLIT and workers_for(eng) > 1:
         nparts = max(1, min(4 * workers_for(eng), m // 64))
     if nparts == 1:
-        return lambda ctx: _blas.gemm(A, B, C)
+        if flat:
+            return lambda ctx: _blas.gemm(A, B, C)
+        return lambda ctx: _blas.gemm_views(A, B, C, la, lb)
     bounds = [(m * i // nparts, m * (i + 1) // nparts) for i in range(nparts)]
 
     def run(i):
         r0, r1 = bounds[i]
-        _blas.gemm(A[r0:r1], B, C[r0:r1])
+        if flat:
+            _blas.gemm(A[r0:r1], B, C[r0:r1])
+        else:
+            _blas.gemm_views(A[r0:r1], B, C[r0:r1], _blas.blas_layout(A[r0:r1]), lb)
     return lambda ctx: run_parts(eng, "matmul", nparts, run)
 
 
@@ -305,4 +317,50 @@ def fill_random(out, seed, counter, normal, a, b):
             flat[k] = a + (b - a) * u1
 
 
-NJIT_KERNELS = (reduce_axis, fill_random)
+@numba.njit(**_opts)
+def softmax_ce(x, labels, out, strict):
+    """Per row i of ``x`` (n, c): ``log(sum(exp(x[i]))) - x[i, labels[i]]``, in float64, into ``out``.
+
+    A label that is not an integer in [0, c) raises (``strict``) or gives NaN.
+    """
+    n, c = x.shape
+    for i in range(n):
+        k = np.int64(labels[i])
+        if k != labels[i] or k < 0 or k >= c:
+            if strict:
+                raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+            out[i] = np.nan
+            continue
+        top = np.float64(x[i, 0])
+        for j in range(1, c):
+            top = max(top, np.float64(x[i, j]))
+        total = 0.0
+        for j in range(c):
+            total += np.exp(np.float64(x[i, j]) - top)
+        out[i] = top + np.log(total) - np.float64(x[i, k])
+
+
+@numba.njit(**_opts)
+def softmax_ce_grad(x, labels, g, out, strict):
+    """``out[i, j] = g[i] * (softmax(x[i])[j] - (j == labels[i]))``: the gradient of ``softmax_ce``."""
+    n, c = x.shape
+    for i in range(n):
+        k = np.int64(labels[i])
+        if k != labels[i] or k < 0 or k >= c:
+            if strict:
+                raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+            for j in range(c):
+                out[i, j] = np.nan
+            continue
+        top = np.float64(x[i, 0])
+        for j in range(1, c):
+            top = max(top, np.float64(x[i, j]))
+        total = 0.0
+        for j in range(c):
+            total += np.exp(np.float64(x[i, j]) - top)
+        for j in range(c):
+            p = np.exp(np.float64(x[i, j]) - top) / total
+            out[i, j] = np.float64(g[i]) * (p - (1.0 if j == k else 0.0))
+
+
+NJIT_KERNELS = (reduce_axis, fill_random, softmax_ce, softmax_ce_grad)

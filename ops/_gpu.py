@@ -1,9 +1,11 @@
-"""GPU kernels: CUDA C compiled once per device with NVRTC, and numba twins for the simulator.
+"""The GPU backend: CUDA C kernels compiled once per device with NVRTC (numba twins for the
+simulator), and the scratch memory an op uses on its stream.
 
-Every kernel works on contiguous operands (ops/ gathers strided or
+Every kernel works on contiguous operands (``Scratch`` gathers strided or
 broadcast operands into contiguous scratch first) with one thread per output
 element, except ``matmul`` (16x16 shared-memory tiles).  Dtypes: float32 and
-float64 (``f32``/``f64``); comparisons write ``bool`` as one byte.
+float64 (``f32``/``f64``); comparisons write ``bool`` as one byte, which
+casts back to floats (``cast_b8_*``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,14 @@ import numpy as np
 from scheduler.runtime import KernelSource
 
 from . import _cpu
+from ._core import runtime
+from .array import NDArray
 
-__all__ = ["ALL_KERNELS", "BLOCK", "GPU_DTYPES", "kernel", "launch_1d"]
+__all__ = ["ALL_KERNELS", "BLOCK", "CAST_TAGS", "GPU_DTYPES", "Scratch", "gpu_op", "kernel", "launch_1d",
+           "offsets"]
 
 GPU_DTYPES = {np.dtype(np.float32): ("f32", "float"), np.dtype(np.float64): ("f64", "double")}
+CAST_TAGS = {np.dtype(np.bool_): "b8", **{dt: tag for dt, (tag, _) in GPU_DTYPES.items()}}  # cast_<from>_<to>
 BLOCK = 256
 
 _BINARY_EXPR = {"add": "a[i] + b[i]", "subtract": "a[i] - b[i]", "multiply": "a[i] * b[i]",
@@ -29,7 +35,7 @@ _COMPARE_EXPR = {"equal": "==", "not_equal": "!=", "less": "<", "less_equal": "<
                  "greater_equal": ">="}
 _UNARY_EXPR = {"exp": "exp(a[i])", "log": "log(a[i])", "sqrt": "sqrt(a[i])", "tanh": "tanh(a[i])",
                "abs": "fabs(a[i])", "negative": "-a[i]", "sin": "sin(a[i])", "cos": "cos(a[i])",
-               "square": "a[i] * a[i]", "copy": "a[i]"}
+               "square": "a[i] * a[i]", "sign": "(a[i] > 0) - (a[i] < 0)", "copy": "a[i]"}
 _IDX = "long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;"
 
 
@@ -93,6 +99,21 @@ def _sim_random(out, seed, counter, normal, a, b, n):
     _cpu.fill_random(out, np.uint64(seed), np.uint64(counter), bool(normal), float(a), float(b))
 
 
+def _sim_softmax_ce(out, x, labels, n, c):
+    _cpu.softmax_ce(x.reshape(n, c), labels, out, False)
+
+
+def _sim_softmax_ce_grad(out, x, labels, g, n, c):
+    _cpu.softmax_ce_grad(x.reshape(n, c), labels, g, out.reshape(n, c), False)
+
+
+_SOFTMAX_ROW = ("long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; if (i >= n) return;\n"
+                "  const {t}* row = x + i * c; double lab = labels[i]; long long k = (long long)lab;\n"
+                "  bool bad = lab != (double)k || k < 0 || k >= c;\n"
+                "  double top = row[0]; for (long long j = 1; j < c; ++j) top = fmax(top, (double)row[j]);\n"
+                "  double total = 0; for (long long j = 0; j < c; ++j) total += exp((double)row[j] - top);\n")
+
+
 def _build() -> dict[str, KernelSource]:
     ks: dict[str, KernelSource] = {}
 
@@ -128,6 +149,15 @@ def _build() -> dict[str, KernelSource]:
                 "long long base = o * n * inner + i; " + loop,
                 _sim_reduce(code), ("w", "r", "", "", ""))
 
+        row = _SOFTMAX_ROW.format(t=ctype)
+        args = f"{ctype}* out, const {ctype}* x, const {ctype}* labels"
+        add(f"softmax_ce_{tag}", f"{args}, long long n, long long c",
+            row + f"  out[i] = bad ? ({ctype})nan(\"\") : ({ctype})(top + log(total) - row[k]);",
+            _sim_softmax_ce, ("w", "r", "r", "", ""))
+        add(f"softmax_ce_grad_{tag}", f"{args}, const {ctype}* g, long long n, long long c",
+            row + "  for (long long j = 0; j < c; ++j) out[i * c + j] = bad ? "
+            f"({ctype})nan(\"\") : ({ctype})((double)g[i] * (exp((double)row[j] - top) / total - (j == k)));",
+            _sim_softmax_ce_grad, ("w", "r", "r", "r", "", ""))
         add(f"fill_{tag}", f"{ctype}* out, {ctype} value, long long n", f"{_IDX} out[i] = value;",
             _sim_fill, ("w", "", ""))
         add(f"arange_{tag}", f"{ctype}* out, {ctype} start, {ctype} step, long long n",
@@ -169,7 +199,7 @@ def _build() -> dict[str, KernelSource]:
             f"{_IDX} out[i] = src[idx[i]];", _sim_gather, ("w", "r", "r", ""))
         add(f"scatter_{size}", f"{ctype}* out, const {ctype}* src, const long long* idx, long long n",
             f"{_IDX} out[idx[i]] = src[i];", _sim_scatter, ("rw", "r", "r", ""))
-    for src_tag, src_t in GPU_DTYPES.values():
+    for src_tag, src_t in (("b8", "unsigned char"), *GPU_DTYPES.values()):  # bool: comparison results
         for dst_tag, dst_t in GPU_DTYPES.values():
             if src_tag != dst_tag:
                 add(f"cast_{src_tag}_{dst_tag}", f"{dst_t}* out, const {src_t}* a, long long n",
@@ -209,6 +239,110 @@ def launch_1d(rt, device: int, name: str, n: int, args, stream) -> None:
     """Launch ``name`` with one thread per element of an ``n``-element output."""
     grid = (max(1, (n + BLOCK - 1) // BLOCK),)
     rt.launch(kernel(rt, device, name), grid, (BLOCK,), args, stream)
+
+
+# ------------------------------------------------- scratch memory of an op
+def offsets(x: NDArray) -> np.ndarray:
+    """Element offsets of every element of ``x`` in its device buffer, in C order."""
+    idx = np.full(x.shape, x._offset, dtype=np.int64)
+    for axis, (n, st) in enumerate(zip(x.shape, x._strides, strict=True)):
+        shape = [1] * x.ndim
+        shape[axis] = n
+        idx += (np.arange(n, dtype=np.int64) * st).reshape(shape)
+    return idx
+
+
+class Scratch:
+    """Device buffers used by one op on one stream, freed in stream order after it."""
+
+    def __init__(self, rt, device: int, stream) -> None:
+        self.rt, self.device, self.stream = rt, device, stream
+        self.bufs = []
+
+    def alloc(self, nbytes: int):
+        buf = self.rt.alloc(self.device, max(nbytes, 1), self.stream)
+        self.bufs.append(buf)
+        return buf
+
+    def free(self) -> None:
+        for buf in self.bufs:
+            self.rt.free(buf, self.stream)
+
+    def contiguous(self, x, shape, dtype):
+        """A kernel argument holding ``x`` broadcast to ``shape`` as a contiguous ``dtype`` array."""
+        buf, offset = self.contiguous_buffer(x, shape, dtype)
+        return self.rt.kernel_arg(buf, dtype, (int(np.prod(shape, dtype=np.int64)),), offset)
+
+    def contiguous_buffer(self, x, shape, dtype):
+        """(buffer, element offset) of ``x`` broadcast to ``shape``, contiguous, as ``dtype``."""
+        rt, dev, s = self.rt, self.device, self.stream
+        n = int(np.prod(shape, dtype=np.int64))
+        dtype = np.dtype(dtype)
+        if not isinstance(x, NDArray):
+            buf = self.alloc(n * dtype.itemsize)
+            launch_1d(rt, dev, f"fill_{GPU_DTYPES[dtype][0]}", n,
+                           [rt.kernel_arg(buf, dtype, (n,)), dtype.type(x), np.int64(n)], s)
+            return buf, 0
+        src = x._store.ensure(rt, s)
+        if x.shape == tuple(shape) and x._contiguous:
+            buf, offset = src, x._offset
+        else:
+            idx = np.ascontiguousarray(np.broadcast_to(offsets(x), shape)).reshape(-1)
+            ibuf = self.alloc(idx.nbytes)
+            rt.copy_htod(ibuf, idx, s)
+            buf, offset = self.alloc(n * x.dtype.itemsize), 0
+            total = x._store.nbytes // x.dtype.itemsize
+            launch_1d(rt, dev, f"gather_{x.dtype.itemsize}", n,
+                           [rt.kernel_arg(buf, x.dtype, (n,)), rt.kernel_arg(src, x.dtype, (total,)),
+                            rt.kernel_arg(ibuf, np.int64, (n,)), np.int64(n)], s)
+        if x.dtype == dtype:
+            return buf, offset
+        cast = self.alloc(n * dtype.itemsize)
+        launch_1d(rt, dev, f"cast_{CAST_TAGS[x.dtype]}_{GPU_DTYPES[dtype][0]}", n,
+                       [rt.kernel_arg(cast, dtype, (n,)), rt.kernel_arg(buf, x.dtype, (n,), offset),
+                        np.int64(n)], s)
+        return cast, 0
+
+    def output(self, out: NDArray, shape, dtype):
+        """(kernel argument, finish) for writing a contiguous ``dtype`` result into ``out``."""
+        rt, dev, s = self.rt, self.device, self.stream
+        n = int(np.prod(shape, dtype=np.int64))
+        dst = out._store.ensure(rt, s)
+        if out.shape == tuple(shape) and out._contiguous and out.dtype == dtype:
+            return rt.kernel_arg(dst, dtype, (n,), out._offset), lambda: None
+        tmp = self.alloc(n * np.dtype(dtype).itemsize)
+        tmp_arg = rt.kernel_arg(tmp, dtype, (n,))
+
+        def finish():
+            # cast to out's dtype, then scatter into its (possibly strided) elements
+            src = tmp_arg
+            if np.dtype(dtype) != out.dtype:
+                cast = self.alloc(n * out.dtype.itemsize)
+                launch_1d(rt, dev, f"cast_{GPU_DTYPES[np.dtype(dtype)][0]}_"
+                               f"{GPU_DTYPES[out.dtype][0]}", n,
+                               [rt.kernel_arg(cast, out.dtype, (n,)), tmp_arg, np.int64(n)], s)
+                src = rt.kernel_arg(cast, out.dtype, (n,))
+            idx = np.ascontiguousarray(offsets(out)).reshape(-1)
+            ibuf = self.alloc(idx.nbytes)
+            rt.copy_htod(ibuf, idx, s)
+            total = out._store.nbytes // out.dtype.itemsize
+            launch_1d(rt, dev, f"scatter_{out.dtype.itemsize}", n,
+                           [rt.kernel_arg(dst, out.dtype, (total,)), src, rt.kernel_arg(ibuf, np.int64, (n,)),
+                            np.int64(n)], s)
+        return tmp_arg, finish
+
+
+def gpu_op(out: NDArray, body):
+    """An op body running ``body(scratch)`` on the op's stream, then freeing scratch."""
+    eng = out._engine
+
+    def fn(ctx):
+        scratch = Scratch(runtime(eng, out.device), out.device.index, ctx.stream)
+        try:
+            body(scratch)
+        finally:
+            scratch.free()
+    return fn
 
 
 # ------------------------------------------------------- Cholesky tile kernels

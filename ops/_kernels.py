@@ -128,6 +128,7 @@ _EXPR = {
     "greater": "x > y", "greater_equal": "x >= y",
     "exp": "exp64(x)", "log": "np.log(x)", "sqrt": "np.sqrt(x)", "tanh": "np.tanh(x)",
     "abs": "np.abs(x)", "negative": "-x", "sin": "np.sin(x)", "cos": "np.cos(x)", "square": "x * x",
+    "sign": "np.sign(x)",
     "copy": "x",
 }
 
@@ -227,7 +228,8 @@ def elementwise(op: str, work: np.dtype, out_dtype: np.dtype, out_cls: str, sig:
     hit = _entries.get(key)
     if hit is not None:
         return hit
-    name = f"_ew_{op}_{np.dtype(work).name}_{np.dtype(out_dtype).name}_{out_cls}_{''.join(sig)}"
+    ops_sig = "".join(sig).replace("?", "z")  # bool's character is not one of a name
+    name = f"_ew_{op}_{np.dtype(work).name}_{np.dtype(out_dtype).name}_{out_cls}_{ops_sig}"
     classes = tuple(s[0] for s in sig)
     fmt = slot_format(("C", *classes), work)  # the output's slots first
     setup, rows, _ = row_loads("o", 3, out_cls, out_dtype, work)

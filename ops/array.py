@@ -29,9 +29,10 @@ class NDArray:
     ``ops.arange``, ``ops.empty`` or ``ops.random``.
     """
 
-    __slots__ = ("__weakref__", "_addr", "_base", "_data", "_engine", "_flat", "_offset", "_store",
+    __slots__ = ("__weakref__", "_addr", "_ag", "_base", "_data", "_engine", "_flat", "_offset", "_store",
                  "_strides", "_var", "device", "dtype", "shape")
-    # _addr: CPU address of element (0, ..., 0); _flat: C-contiguous; _offset, _strides: in elements
+    # _addr: CPU address of element (0, ..., 0); _flat: C-contiguous; _offset, _strides: in elements;
+    # _ag: autograd's entry (ops.autograd: the gradient buffer of attach_grad, or the taped op that made it)
     __array_priority__ = 100.0  # NumPy defers mixed operations to our reflected operators
 
     def __init__(self, *args, **kwargs) -> None:
@@ -53,6 +54,7 @@ class NDArray:
         a._strides = c_strides if strides is None else strides
         a._flat = a._strides == c_strides
         a._base = base
+        a._ag = None
         if not addr and data is not None:  # host memory: kernels get the address of element (0, ..., 0)
             addr = data.__array_interface__["data"][0]
         a._addr = addr
@@ -106,6 +108,7 @@ class NDArray:
         a._strides = _c_strides(shape)
         a._flat = True
         a._base = None
+        a._ag = None
         return a
 
     @classmethod
@@ -220,10 +223,17 @@ class NDArray:
             except ValueError:
                 return self.copy().reshape(shape)
             item = self.dtype.itemsize
-            return self._view(shape, tuple(s // item for s in data.strides), self._offset, data)
+            return self._taped("reshape", self._view(shape, tuple(s // item for s in data.strides),
+                                                     self._offset, data), shape)
         if not self._contiguous:
             return self.copy().reshape(shape)
-        return self._view(shape, _c_strides(shape), self._offset)
+        return self._taped("reshape", self._view(shape, _c_strides(shape), self._offset), shape)
+
+    def _taped(self, op: str, view: NDArray, arg) -> NDArray:
+        """``view`` of this array, shown to autograd (views push nothing, so they call its hook here)."""
+        if _core.tape is not None:
+            _core.tape(_core.Record(op, (self,), view, {"arg": arg}), False)
+        return view
 
     def transpose(self, *axes) -> NDArray:
         if not axes or axes == (None,):
@@ -236,7 +246,7 @@ class NDArray:
         shape = tuple(self.shape[a] for a in axes)
         strides = tuple(self._strides[a] for a in axes)
         data = self._data.transpose(axes) if self._data is not None else None
-        return self._view(shape, strides, self._offset, data)
+        return self._taped("transpose", self._view(shape, strides, self._offset, data), axes)
 
     @property
     def T(self) -> NDArray:
@@ -249,7 +259,7 @@ class NDArray:
             data = self._data[_as_tuple(key)]
             if not isinstance(data, np.ndarray):  # a scalar element: keep a 0-d view
                 data = self._data[(*_as_tuple(key), Ellipsis)]
-        return self._view(shape, strides, offset, data)
+        return self._taped("getitem", self._view(shape, strides, offset, data), key)
 
     def __setitem__(self, key, value) -> None:
         from .math import assign
@@ -272,6 +282,30 @@ class NDArray:
         from .transfer import copyto
 
         return copyto(self, target)
+
+    # ------------------------------------------------------------ autograd
+    def attach_grad(self, grad_req: str = "write") -> None:
+        """Give this array a gradient buffer (zeros), filled by ``backward`` (see ``ops.autograd``)."""
+        from .autograd import attach_grad
+
+        attach_grad(self, grad_req)
+
+    @property
+    def grad(self) -> NDArray:
+        """The gradient buffer of ``attach_grad``."""
+        from .autograd import grad_buffer
+
+        return grad_buffer(self)
+
+    def backward(self, out_grad: NDArray | None = None, retain_graph: bool = False) -> None:
+        """Push the gradient ops of this result into the buffers of the arrays it depends on."""
+        from .autograd import backward
+
+        backward([self], None if out_grad is None else [out_grad], retain_graph)
+
+    def detach(self) -> NDArray:
+        """A view of the same memory that autograd does not follow."""
+        return self._view(self.shape, self._strides, self._offset, self._data)
 
     # ------------------------------------------------------------- interop
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
@@ -446,5 +480,5 @@ def _install_operators() -> None:
     NDArray.__abs__ = lambda self: m.unary("abs", self)
     NDArray.__pos__ = lambda self: self
     NDArray.__hash__ = None
-    for name in ("exp", "log", "sqrt", "tanh", "sin", "cos", "square", "abs"):
+    for name in ("exp", "log", "sqrt", "tanh", "sin", "cos", "square", "abs", "sign"):
         setattr(NDArray, name, (lambda op: lambda self: m.unary(op, self))(name))

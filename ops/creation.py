@@ -10,10 +10,10 @@ import numpy as np
 import depengine as de
 
 from . import _gpu
-from ._core import check_dtype, engine, flush_releases, push, runtime
+from ._core import Record, check_dtype, engine, flush_releases, push, runtime
 from .array import NDArray
 
-__all__ = ["arange", "array", "empty", "full", "ones", "zeros"]
+__all__ = ["allocate", "arange", "arange_into", "array", "empty", "fill", "full", "ones", "zeros"]
 
 
 def _device(device) -> de.Device:
@@ -41,10 +41,15 @@ def empty(shape, dtype=np.float64, device=None, owner=None) -> NDArray:
     device = _device(device)
     out = NDArray._empty(_shape(shape), dtype, device, name="empty", owner=owner)
     if device.type == "gpu":  # allocate on the GPU, in stream order
-        def alloc(ctx):
-            out._store.ensure(runtime(out._engine, out.device), ctx.stream)
-        push(alloc, [], [out], "empty", device)
+        allocate(out)
     return out
+
+
+def allocate(out: NDArray) -> None:
+    """Push the op that allocates the device memory of ``out`` (a GPU array) in stream order."""
+    def alloc(ctx):
+        out._store.ensure(runtime(out._engine, out.device), ctx.stream)
+    push(alloc, [], [out], "empty", out.device, meta=Record("empty", (), out))
 
 
 def full(shape, fill_value, dtype=None, device=None, owner=None) -> NDArray:
@@ -55,20 +60,29 @@ def full(shape, fill_value, dtype=None, device=None, owner=None) -> NDArray:
         if dtype.kind == "i":
             dtype = np.int64
     out = NDArray._empty(_shape(shape), dtype, device, name="full", owner=owner)
+    fill(out, fill_value)
+    return out
+
+
+def _contiguous_arg(out: NDArray, rt, stream, what: str):
+    if not out._contiguous:
+        raise NotImplementedError(f"{what} on a GPU writes only a contiguous array")
+    return rt.kernel_arg(out._store.ensure(rt, stream), out.dtype, (out.size,), out._offset)
+
+
+def fill(out: NDArray, fill_value) -> None:
+    """Push the op that sets every element of ``out`` to ``fill_value``."""
     value = out.dtype.type(fill_value)
-    if device.type == "cpu":
+    if out.device.type == "cpu":
         def fn(ctx):
             out._data.fill(value)
     else:
-        n = out.size
-
         def fn(ctx):
             rt = runtime(out._engine, out.device)
-            buf = out._store.ensure(rt, ctx.stream)
-            _gpu.launch_1d(rt, device.index, f"fill_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
-                           [rt.kernel_arg(buf, out.dtype, (n,)), value, np.int64(n)], ctx.stream)
-    push(fn, [], [out], "full", device)
-    return out
+            dst = _contiguous_arg(out, rt, ctx.stream, "full")
+            _gpu.launch_1d(rt, out.device.index, f"fill_{_gpu.GPU_DTYPES[out.dtype][0]}", out.size,
+                           [dst, value, np.int64(out.size)], ctx.stream)
+    push(fn, [], [out], "full", out.device, meta=Record("full", (), out, {"value": value.item()}))
 
 
 def zeros(shape, dtype=np.float64, device=None, owner=None) -> NDArray:
@@ -91,18 +105,23 @@ def arange(start, stop=None, step=1, dtype=None, device=None, owner=None) -> NDA
         ints = all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
         dtype = np.int64 if ints and device.type == "cpu" else np.float64
     out = NDArray._empty((n,), dtype, device, name="arange", owner=owner)
-    if device.type == "cpu":
+    arange_into(out, start, step)
+    return out
+
+
+def arange_into(out: NDArray, start, step) -> None:
+    """Push the op that writes ``start, start + step, ...`` into the 1-d array ``out``."""
+    n = out.size
+    if out.device.type == "cpu":
         def fn(ctx):
             out._data[...] = np.arange(start, start + n * step, step, dtype=out.dtype)[:n]
     else:
         def fn(ctx):
             rt = runtime(out._engine, out.device)
-            buf = out._store.ensure(rt, ctx.stream)
-            _gpu.launch_1d(rt, device.index, f"arange_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
-                           [rt.kernel_arg(buf, out.dtype, (n,)), out.dtype.type(start), out.dtype.type(step),
-                            np.int64(n)], ctx.stream)
-    push(fn, [], [out], "arange", device)
-    return out
+            _gpu.launch_1d(rt, out.device.index, f"arange_{_gpu.GPU_DTYPES[out.dtype][0]}", n,
+                           [_contiguous_arg(out, rt, ctx.stream, "arange"), out.dtype.type(start),
+                            out.dtype.type(step), np.int64(n)], ctx.stream)
+    push(fn, [], [out], "arange", out.device, meta=Record("arange", (), out, {"start": start, "step": step}))
 
 
 def array(obj, dtype=None, device=None, owner=None) -> NDArray:

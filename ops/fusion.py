@@ -29,7 +29,8 @@ import numpy as np
 from depengine.plan import register_fuser
 
 from . import _kernels
-from ._cpu import Elementwise, geometry, parts_body, parts_for, slot_class, split_blocks
+from ._core import Elementwise
+from ._cpu import geometry, parts_body, parts_for, slot_class, split_blocks
 from ._kernels import call
 from .array import NDArray
 
@@ -37,7 +38,9 @@ __all__ = ["fuse", "groups"]
 
 
 def groups(specs) -> list[list[int]]:
-    """Groups of elementwise CPU ops of one shape connected through the arrays they produce."""
+    """Groups of elementwise CPU ops of one shape connected through the arrays they produce, cut
+    where an op between two members conflicts with an earlier member (the group runs where its
+    last member did, so its members must be able to move there)."""
     parent: dict[int, int] = {}
 
     def find(i):
@@ -49,7 +52,7 @@ def groups(specs) -> list[list[int]]:
     producer: dict[int, int] = {}  # id(array) -> spec that last wrote it
     for i, s in enumerate(specs):
         rec = s.meta
-        if rec.__class__ is not Elementwise:
+        if rec.__class__ is not Elementwise or rec.out.device.type != "cpu":
             continue
         parent[i] = i
         for x in rec.inputs:
@@ -60,7 +63,27 @@ def groups(specs) -> list[list[int]]:
     found: dict[int, list[int]] = {}
     for i in parent:
         found.setdefault(find(i), []).append(i)
-    return [sorted(g) for g in found.values() if len(g) > 1]
+    return [seg for g in found.values() for seg in _segments(specs, sorted(g)) if len(seg) > 1]
+
+
+def _segments(specs, group: list[int]) -> list[list[int]]:
+    """``group`` cut into runs whose members can all move to the run's last member."""
+    runs, run = [], [group[0]]
+    for k in group[1:]:
+        between = specs[run[-1] + 1:k]
+        if any(_conflict(specs[i], o) for i in run for o in between):
+            runs.append(run)
+            run = [k]
+        else:
+            run.append(k)
+    runs.append(run)
+    return runs
+
+
+def _conflict(a, b) -> bool:
+    """Whether ops ``a`` and ``b`` name a var that one of them writes (their order matters)."""
+    return not (set(a.writes).isdisjoint(b.reads) and set(a.writes).isdisjoint(b.writes)
+                and set(a.reads).isdisjoint(b.writes))
 
 
 def _refs(x) -> int:

@@ -13,11 +13,12 @@ import numbers
 import numpy as np
 
 from . import _core, _cpu, _gpu
-from ._core import check_dtype, push, runtime
+from ._core import Elementwise, Record, check_dtype, push, push_recorded
 from .array import NDArray, _normalize_axis
 from .linalg import use_blas
 
-__all__ = ["assign", "astype", "binary", "dot", "matmul", "reduce", "unary"]
+__all__ = ["assign", "astype", "binary", "dot", "matmul", "matmul_dtype", "matmul_shape", "reduce",
+           "reduce_shape", "types", "unary", "unary_dtype"]
 
 _FLOAT_RESULT = {"exp", "log", "sqrt", "tanh", "sin", "cos"}
 _COMPARE = frozenset(_cpu.COMPARE)
@@ -70,110 +71,6 @@ def _result(out, shape, dtype, device, op) -> NDArray:
     return out
 
 
-# ------------------------------------------------------------ GPU helpers
-def _offsets(x: NDArray) -> np.ndarray:
-    """Element offsets of every element of ``x`` in its device buffer, in C order."""
-    idx = np.full(x.shape, x._offset, dtype=np.int64)
-    for axis, (n, st) in enumerate(zip(x.shape, x._strides, strict=True)):
-        shape = [1] * x.ndim
-        shape[axis] = n
-        idx += (np.arange(n, dtype=np.int64) * st).reshape(shape)
-    return idx
-
-
-class _Scratch:
-    """Device buffers used by one op on one stream, freed in stream order after it."""
-
-    def __init__(self, rt, device: int, stream) -> None:
-        self.rt, self.device, self.stream = rt, device, stream
-        self.bufs = []
-
-    def alloc(self, nbytes: int):
-        buf = self.rt.alloc(self.device, max(nbytes, 1), self.stream)
-        self.bufs.append(buf)
-        return buf
-
-    def free(self) -> None:
-        for buf in self.bufs:
-            self.rt.free(buf, self.stream)
-
-    def contiguous(self, x, shape, dtype):
-        """A kernel argument holding ``x`` broadcast to ``shape`` as a contiguous ``dtype`` array."""
-        buf, offset = self.contiguous_buffer(x, shape, dtype)
-        return self.rt.kernel_arg(buf, dtype, (int(np.prod(shape, dtype=np.int64)),), offset)
-
-    def contiguous_buffer(self, x, shape, dtype):
-        """(buffer, element offset) of ``x`` broadcast to ``shape``, contiguous, as ``dtype``."""
-        rt, dev, s = self.rt, self.device, self.stream
-        n = int(np.prod(shape, dtype=np.int64))
-        dtype = np.dtype(dtype)
-        if not isinstance(x, NDArray):
-            buf = self.alloc(n * dtype.itemsize)
-            _gpu.launch_1d(rt, dev, f"fill_{_gpu.GPU_DTYPES[dtype][0]}", n,
-                           [rt.kernel_arg(buf, dtype, (n,)), dtype.type(x), np.int64(n)], s)
-            return buf, 0
-        src = x._store.ensure(rt, s)
-        if x.shape == tuple(shape) and x._contiguous:
-            buf, offset = src, x._offset
-        else:
-            idx = np.ascontiguousarray(np.broadcast_to(_offsets(x), shape)).reshape(-1)
-            ibuf = self.alloc(idx.nbytes)
-            rt.copy_htod(ibuf, idx, s)
-            buf, offset = self.alloc(n * x.dtype.itemsize), 0
-            total = x._store.nbytes // x.dtype.itemsize
-            _gpu.launch_1d(rt, dev, f"gather_{x.dtype.itemsize}", n,
-                           [rt.kernel_arg(buf, x.dtype, (n,)), rt.kernel_arg(src, x.dtype, (total,)),
-                            rt.kernel_arg(ibuf, np.int64, (n,)), np.int64(n)], s)
-        if x.dtype == dtype:
-            return buf, offset
-        cast = self.alloc(n * dtype.itemsize)
-        _gpu.launch_1d(rt, dev, f"cast_{_gpu.GPU_DTYPES[x.dtype][0]}_{_gpu.GPU_DTYPES[dtype][0]}", n,
-                       [rt.kernel_arg(cast, dtype, (n,)), rt.kernel_arg(buf, x.dtype, (n,), offset),
-                        np.int64(n)], s)
-        return cast, 0
-
-    def output(self, out: NDArray, shape, dtype):
-        """(kernel argument, finish) for writing a contiguous ``dtype`` result into ``out``."""
-        rt, dev, s = self.rt, self.device, self.stream
-        n = int(np.prod(shape, dtype=np.int64))
-        dst = out._store.ensure(rt, s)
-        if out.shape == tuple(shape) and out._contiguous and out.dtype == dtype:
-            return rt.kernel_arg(dst, dtype, (n,), out._offset), lambda: None
-        tmp = self.alloc(n * np.dtype(dtype).itemsize)
-        tmp_arg = rt.kernel_arg(tmp, dtype, (n,))
-
-        def finish():
-            # cast to out's dtype, then scatter into its (possibly strided) elements
-            src = tmp_arg
-            if np.dtype(dtype) != out.dtype:
-                cast = self.alloc(n * out.dtype.itemsize)
-                _gpu.launch_1d(rt, dev, f"cast_{_gpu.GPU_DTYPES[np.dtype(dtype)][0]}_"
-                               f"{_gpu.GPU_DTYPES[out.dtype][0]}", n,
-                               [rt.kernel_arg(cast, out.dtype, (n,)), tmp_arg, np.int64(n)], s)
-                src = rt.kernel_arg(cast, out.dtype, (n,))
-            idx = np.ascontiguousarray(_offsets(out)).reshape(-1)
-            ibuf = self.alloc(idx.nbytes)
-            rt.copy_htod(ibuf, idx, s)
-            total = out._store.nbytes // out.dtype.itemsize
-            _gpu.launch_1d(rt, dev, f"scatter_{out.dtype.itemsize}", n,
-                           [rt.kernel_arg(dst, out.dtype, (total,)), src, rt.kernel_arg(ibuf, np.int64, (n,)),
-                            np.int64(n)], s)
-        return tmp_arg, finish
-
-
-def _gpu_op(out: NDArray, body):
-    """An op body running ``body(scratch)`` on the op's stream, then freeing scratch."""
-    eng = out._engine
-
-    def fn(ctx):
-        scratch = _Scratch(runtime(eng, out.device), out.device.index, ctx.stream)
-        try:
-            body(scratch)
-        finally:
-            scratch.free()
-    return fn
-
-
 def _gpu_check(dtype, device, what):
     if device.type == "gpu" and np.dtype(dtype) not in _gpu.GPU_DTYPES:
         raise TypeError(f"{what}: dtype {np.dtype(dtype).name} is not supported on {device} "
@@ -184,7 +81,7 @@ def _gpu_check(dtype, device, what):
 _TYPES: dict = {}  # (op, device type, dtype or scalar type of a, of b) -> (work dtype, result dtype)
 
 
-def _types(op: str, a, b, device) -> tuple:
+def types(op: str, a, b, device) -> tuple:
     """Work and result dtypes of ``op(a, b)`` (NumPy's promotion; Python scalars are weak), checked."""
     key = (op, device.type, a.dtype.char if a.__class__ is NDArray else type(a),
            b.dtype.char if b.__class__ is NDArray else type(b))
@@ -225,8 +122,9 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
         device, shape, reads = b.device, b.shape, (b._var,)
     else:
         raise TypeError(f"{op}: at least one operand must be an NDArray")
-    work, result = _types(op, a, b, device)
+    work, result = types(op, a, b, device)
     compare = op in _COMPARE
+    inplace = out is not None
     if out is None:
         out = _fresh(shape, result, device, op)
     else:
@@ -235,12 +133,17 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
             work = out.dtype
     _gpu_check(work, device, op)
     eng = out._engine
+    operands = (a if a.__class__ is NDArray else _scalar(a, work),
+                b if b.__class__ is NDArray else _scalar(b, work))
     if device.type == "cpu":
-        operands = (a if a.__class__ is NDArray else _scalar(a, work),
-                    b if b.__class__ is NDArray else _scalar(b, work))
         fn, rec = _cpu.elementwise(eng, op, work, out, operands)
+        if _core.tape is not None:
+            _core.tape(rec, inplace)
         eng.push(fn, reads, [out._var], op, 0, False, None, "normal", True).meta = rec
         return out
+    rec = Elementwise(op, operands, out, work)
+    if _core.tape is not None:
+        _core.tape(rec, inplace)
     n = int(np.prod(shape, dtype=np.int64))
     name = f"{op}_{_gpu.GPU_DTYPES[work][0]}"
 
@@ -250,12 +153,12 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
                        [dst, sc.contiguous(a, shape, work), sc.contiguous(b, shape, work), np.int64(n)],
                        sc.stream)
         finish()
-    push(_gpu_op(out, body), [x for x in (a, b) if isinstance(x, NDArray)], [out], op, device)
+    push(_gpu.gpu_op(out, body), [x for x in (a, b) if isinstance(x, NDArray)], [out], op, device, meta=rec)
     return out
 
 
 def _fresh(shape, dtype, device, name: str) -> NDArray:
-    """A new result array (the CPU path without ``_empty``'s checks: dtypes were checked by ``_types``)."""
+    """A new result array (the CPU path without ``_empty``'s checks: dtypes were checked by ``types``)."""
     if device.type != "cpu":
         return NDArray._empty(shape, dtype, device, name=name)
     if _core._releases:
@@ -272,22 +175,33 @@ def _bool_output(sc, out, shape):
     return sc.rt.kernel_arg(out._store.ensure(sc.rt, sc.stream), np.uint8, (n,), out._offset), lambda: None
 
 
+def unary_dtype(op: str, dtype: np.dtype) -> np.dtype:
+    """The dtype ``op(a)`` computes in and returns for ``a`` of ``dtype``."""
+    if op in _FLOAT_RESULT and dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if op in ("negative", "square", "sign") and dtype == np.bool_:
+        return np.dtype(np.int64)
+    return dtype
+
+
 def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
-    """Elementwise ``op`` (exp, log, sqrt, tanh, abs, negative, sin, cos, square, copy)."""
+    """Elementwise ``op`` (exp, log, sqrt, tanh, abs, negative, sin, cos, square, sign, copy)."""
     if a.__class__ is not NDArray and not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
-    dtype = a.dtype
-    if op in _FLOAT_RESULT and dtype.kind in "biu":
-        dtype = np.dtype(np.float64)
-    if op in ("negative", "square") and dtype == np.bool_:
-        dtype = np.dtype(np.int64)
+    dtype = unary_dtype(op, a.dtype)
     _gpu_check(dtype, a.device, op)
+    inplace = out is not None
     out = _fresh(a.shape, dtype, a.device, op) if out is None else _result(out, a.shape, dtype, a.device, op)
     if a.device.type == "cpu":
         eng = out._engine
         fn, rec = _cpu.elementwise(eng, op, dtype, out, (a,))
+        if _core.tape is not None:
+            _core.tape(rec, inplace)
         eng.push(fn, (a._var,), [out._var], op, 0, False, None, "normal", True).meta = rec
         return out
+    rec = Elementwise(op, (a,), out, dtype)
+    if _core.tape is not None:
+        _core.tape(rec, inplace)
     n = a.size
     name = f"{op}_{_gpu.GPU_DTYPES[dtype][0]}"
 
@@ -296,21 +210,37 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
         _gpu.launch_1d(sc.rt, sc.device, name, n, [dst, sc.contiguous(a, a.shape, dtype), np.int64(n)],
                        sc.stream)
         finish()
-    push(_gpu_op(out, body), [a], [out], op, a.device)
+    push(_gpu.gpu_op(out, body), [a], [out], op, a.device, meta=rec)
     return out
 
 
-def astype(a: NDArray, dtype) -> NDArray:
-    dtype = check_dtype(dtype, a.device)
-    out = NDArray._empty(a.shape, dtype, a.device, name="astype")
+def astype(a: NDArray, dtype, out: NDArray | None = None) -> NDArray:
+    """``a`` converted to ``dtype`` (into ``out``, of ``a``'s shape, if given: then its dtype counts)."""
+    inplace = out is not None
+    if inplace:
+        _exact_out(out, a.shape, out.dtype, a.device, "astype")
+    else:
+        out = NDArray._empty(a.shape, check_dtype(dtype, a.device), a.device, name="astype")
     if a.device.type == "cpu":
         def fn(ctx):
             out._data[...] = a._data
     else:
-        _gpu_check(dtype, a.device, "astype")
-        fn = _gpu_copy(out, a, dtype)
-    push(fn, [a], [out], "astype", a.device)
+        _gpu_check(out.dtype, a.device, "astype")
+        fn = _gpu_copy(out, a, out.dtype)
+    push_recorded(fn, Record("astype", (a,), out), inplace, "astype")
     return out
+
+
+def _exact_out(out, shape, dtype, device, op) -> None:
+    """Check an ``out=`` that must have the result's very shape (reductions, matmul)."""
+    if not isinstance(out, NDArray):
+        raise TypeError(f"out={out!r} must be an NDArray")
+    if out.device != device:
+        raise ValueError(f"out is on {out.device} but the operands are on {device}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{op}: out has shape {out.shape}, the result has shape {tuple(shape)}")
+    if not np.can_cast(dtype, out.dtype, casting="same_kind"):
+        raise TypeError(f"{op}: cannot cast the {np.dtype(dtype).name} result to out's {out.dtype.name}")
 
 
 def _gpu_copy(out: NDArray, src, dtype):
@@ -322,7 +252,7 @@ def _gpu_copy(out: NDArray, src, dtype):
         _gpu.launch_1d(sc.rt, sc.device, f"copy_{_gpu.GPU_DTYPES[dtype][0]}", n,
                        [dst, sc.contiguous(src, out.shape, dtype), np.int64(n)], sc.stream)
         finish()
-    return _gpu_op(out, body)
+    return _gpu.gpu_op(out, body)
 
 
 def assign(target: NDArray, value) -> None:
@@ -339,53 +269,69 @@ def assign(target: NDArray, value) -> None:
             target._data[...] = value._data if isinstance(value, NDArray) else value
     else:
         fn = _gpu_copy(target, value, dtype)
-    reads = [value] if isinstance(value, NDArray) else []
-    push(fn, reads, [target], "setitem", target.device)
+    push_recorded(fn, Record("setitem", (value,), target), True, "setitem")
 
 
 # ---------------------------------------------------------------- reductions
-def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False) -> NDArray:
-    """``op`` (sum, mean, max, min, argmax) over ``axis`` (None: every element)."""
-    if not isinstance(a, NDArray):
-        raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
+def reduce_shape(op: str, shape: tuple, dtype: np.dtype, axis, keepdims: bool) -> tuple:
+    """``(outer, n, inner, result shape, result dtype)`` of reducing an array of ``shape`` with ``op``."""
     if axis is None:
-        outer, n, inner = 1, a.size, 1
-        out_shape = (1,) * a.ndim if keepdims else ()
+        outer, n, inner = 1, int(np.prod(shape, dtype=np.int64)), 1
+        out_shape = (1,) * len(shape) if keepdims else ()
     else:
-        ax = _normalize_axis(axis, a.ndim)
-        outer = int(np.prod(a.shape[:ax], dtype=np.int64))
-        n = a.shape[ax] if a.ndim else 1
-        inner = int(np.prod(a.shape[ax + 1:], dtype=np.int64))
-        out_shape = a.shape[:ax] + ((1,) if keepdims else ()) + a.shape[ax + 1:]
+        ax = _normalize_axis(axis, len(shape))
+        outer = int(np.prod(shape[:ax], dtype=np.int64))
+        n = shape[ax] if shape else 1
+        inner = int(np.prod(shape[ax + 1:], dtype=np.int64))
+        out_shape = shape[:ax] + ((1,) if keepdims else ()) + shape[ax + 1:]
     if n == 0 and op in ("max", "min", "argmax"):
         raise ValueError(f"zero-size array to reduction operation {op} which has no identity")
     if op == "argmax":
-        dtype = np.dtype(np.int64)
+        result = np.dtype(np.int64)
     elif op == "mean":
-        dtype = a.dtype if a.dtype.kind == "f" else np.dtype(np.float64)
-    elif op == "sum" and a.dtype.kind in "biu":
-        dtype = np.dtype(np.int64)
+        result = dtype if dtype.kind == "f" else np.dtype(np.float64)
+    elif op == "sum" and dtype.kind in "biu":
+        result = np.dtype(np.int64)
     else:
-        dtype = a.dtype
+        result = dtype
+    return outer, n, inner, out_shape, result
+
+
+def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False, out: NDArray | None = None) -> NDArray:
+    """``op`` (sum, mean, max, min, argmax) over ``axis`` (None: every element), into ``out`` if given."""
+    if not isinstance(a, NDArray):
+        raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
+    outer, n, inner, out_shape, dtype = reduce_shape(op, a.shape, a.dtype, axis, keepdims)
     _gpu_check(a.dtype if a.dtype.kind == "f" else np.float64, a.device, op)
-    out = NDArray._empty(out_shape, dtype, a.device, name=op)
+    inplace = out is not None
+    if inplace:
+        _exact_out(out, out_shape, dtype, a.device, op)
+    else:
+        out = NDArray._empty(out_shape, dtype, a.device, name=op)
     if a.device.type == "cpu":
-        fn = _cpu.reduce_body(op, a, out, None if axis is None or a.ndim == 0 else ax, keepdims)
+        fn = _cpu.reduce_body(op, a, out, None if axis is None or a.ndim == 0 else axis % a.ndim, keepdims)
     else:
         name = f"reduce_{op}_{_gpu.GPU_DTYPES[a.dtype][0]}"
 
         def body(sc):
-            dst = sc.rt.kernel_arg(out._store.ensure(sc.rt, sc.stream), dtype, (outer * inner,))
+            dst, finish = sc.output(out, out_shape, dtype)
             _gpu.launch_1d(sc.rt, sc.device, name, outer * inner,
                            [dst, sc.contiguous(a, a.shape, a.dtype), np.int64(outer), np.int64(n),
                             np.int64(inner)], sc.stream)
-        fn = _gpu_op(out, body)
-    push(fn, [a], [out], op, a.device)
+            finish()
+        fn = _gpu.gpu_op(out, body)
+    push_recorded(fn, Record(op, (a,), out, {"axis": axis, "keepdims": keepdims}), inplace, op)
     return out
 
 
 # -------------------------------------------------------------------- matmul
-def _matmul_shape(a: NDArray, b: NDArray) -> tuple:
+def matmul_dtype(a: np.dtype, b: np.dtype) -> np.dtype:
+    dtype = np.result_type(a, b)
+    return np.dtype(np.int64) if dtype == np.bool_ else dtype
+
+
+def matmul_shape(a, b) -> tuple:
+    """The shape of ``a @ b`` (anything with ``shape`` and ``ndim``); raises when they do not align."""
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul: operands must have at least one dimension (use * for scalars)")
     ka = a.shape[-1]
@@ -399,18 +345,21 @@ def _matmul_shape(a: NDArray, b: NDArray) -> tuple:
     return batch + m + n
 
 
-def matmul(a: NDArray, b: NDArray) -> NDArray:
-    """Matrix product with NumPy's rules (``a @ b``); BLAS on the CPU, a tiled kernel on GPUs."""
+def matmul(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
+    """Matrix product with NumPy's rules (``a @ b``), into ``out`` if given; BLAS on the CPU, a tiled
+    kernel on GPUs."""
     for x in (a, b):
         if not isinstance(x, NDArray):
             raise TypeError(f"matmul: expected NDArrays, got {type(x).__name__}")
     device = _operand_device(a, b)
-    shape = _matmul_shape(a, b)
-    dtype = np.result_type(a.dtype, b.dtype)
-    if dtype == np.bool_:
-        dtype = np.dtype(np.int64)
+    shape = matmul_shape(a, b)
+    dtype = matmul_dtype(a.dtype, b.dtype)
     check_dtype(dtype, device)
-    out = NDArray._empty(shape, dtype, device, name="matmul")
+    inplace = out is not None
+    if inplace:
+        _exact_out(out, shape, dtype, device, "matmul")
+    else:
+        out = NDArray._empty(shape, dtype, device, name="matmul")
     if device.type == "cpu":
         use_blas()
         fn = _cpu.matmul_body(out._engine, a, b, out)
@@ -431,8 +380,8 @@ def matmul(a: NDArray, b: NDArray) -> NDArray:
             sc.rt.launch(_gpu.kernel(sc.rt, sc.device, name), grid, (16, 16),
                          [dst, pa, pb, np.int64(m), np.int64(n), np.int64(k)], sc.stream)
             finish()
-        fn = _gpu_op(out, body)
-    push(fn, [a, b], [out], "matmul", device)
+        fn = _gpu.gpu_op(out, body)
+    push_recorded(fn, Record("matmul", (a, b), out), inplace, "matmul")
     return out
 
 

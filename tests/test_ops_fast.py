@@ -233,6 +233,36 @@ def test_an_intermediate_read_outside_the_group_is_written(eng):
     np.testing.assert_array_equal(u.asnumpy(), np.full(6, 22.0))
 
 
+def test_a_group_is_not_moved_past_a_reader_of_its_members(eng):
+    """``max`` reads ``a`` between the two members of a group: the group must not run after it."""
+    x = nd.array(np.arange(6.0))
+    with eng.record() as g:
+        a = x * 2.0
+        top = a.max()
+        b = a - top
+        del a
+    plan = g.compile()
+    assert plan.fused == 0  # [x * 2] and [a - top] cannot become one kernel at the place of the second
+    for k in (3.0, -5.0):
+        x[...] = nd.array(np.arange(6.0) * k)
+        plan.run()
+        want = np.arange(6.0) * k * 2
+        np.testing.assert_array_equal(b.asnumpy(), want - want.max())
+
+
+def test_a_group_is_cut_where_its_members_cannot_move(eng):
+    x = nd.array(np.arange(6.0))
+    with eng.record() as g:
+        h = (x + 1.0) * 3.0      # one kernel
+        s = h.sum()              # reads h: the group is cut here
+        out = (h - s) * 0.5      # a second kernel
+    plan = g.compile()
+    assert plan.fused == 2 and len(plan.specs) == 3
+    x[...] = 2.0
+    plan.run()
+    np.testing.assert_array_equal(out.asnumpy(), (np.full(6, 9.0) - 54.0) * 0.5)
+
+
 def test_a_failed_input_fails_fused_and_unfused_plans_alike(eng):
     x, y = nd.array(np.arange(6.0)), nd.array(np.ones(6))
     with eng.record() as g:

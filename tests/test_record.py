@@ -171,6 +171,15 @@ def test_plan_errors():
             pass
 
 
+def test_a_plan_of_no_op_finishes(engine):
+    with engine.record() as g:
+        pass
+    plan = g.compile()
+    plan.run()
+    plan.run()
+    engine.wait_all(timeout=10)
+
+
 def test_optimisations_change_nothing_but_speed():
     with de.Engine("threaded", workers=2) as eng:
         nd.set_engine(eng)
