@@ -136,6 +136,7 @@ def test_a_shared_operand_sums_its_gradients_and_broadcasting_reduces_them(eng):
 def test_gradient_ops_are_async_engine_ops(eng, gate):
     x = nd.array(np.ones((4, 4)))
     x.attach_grad()
+    x.grad.wait_to_read()  # attach_grad's zeros written (version 1)
     eng.push(gate, writes=[x.var], name="gate")  # x is not ready until the gate opens
     with nd.autograd.record():
         y = (x @ x).sum()
