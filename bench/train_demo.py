@@ -211,7 +211,8 @@ def train_demo(epochs: int = 20, per_class: int = 4096, hidden: int = 256, devic
     makers = {"imperative": ("ops imperative", lambda: ops_system(init, dev, False)),
               "hybridized": ("ops hybridized", lambda: ops_system(init, dev, True)),
               "numpy": ("numpy (1 BLAS thread)", lambda: numpy_system(init, 1)),
-              "numpy-mt": (f"numpy ({default_threads} BLAS threads)", lambda: numpy_system(init, None)),
+              "numpy-mt": (f"numpy ({default_threads} BLAS thr., {min(epochs, 3)} ep.)",
+                           lambda: numpy_system(init, None)),
               "jax": ("jax.jit (CPU)", lambda: jax_system(init))}
     steps = len(batches[0][0])
     print(f"train: two spirals, {2 * per_class} points, MLP 2-{hidden}-{hidden}-2 (ReLU), batch {BATCH}, "

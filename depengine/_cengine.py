@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 
 from scheduler.locks import YieldingLock
 
@@ -87,6 +88,19 @@ class CompiledEngine(Engine):
         self._bulks = PerThread()
         if forked:
             self._core.after_fork()
+
+    @contextmanager
+    def bulk(self, size: int = 64):
+        """Accepted for the same programs as the reference engine's ``bulk``; ops pass straight to the core.
+
+        Here a push costs less than gathering it in Python and running it in a
+        Python loop would (bench.replay: about 1.0 against 1.9 us per empty op),
+        so the block changes nothing but the cost: each op is pushed, ordered and
+        recorded on its own, as the contract of ``bulk`` already promises.
+        """
+        if size.__class__ is not int or size < 1:
+            raise ValueError(f"bulk size={size!r} must be an int >= 1")
+        yield
 
     # ------------------------------------------------ state the shared code reads
     @property

@@ -425,7 +425,8 @@ def test_a_composite_records_its_members_and_claims_none_of_their_versions(compo
     assert [r.name for r in members] == [f"m{i}" for i in range(6)]
     writers = [r.writes for r in members if r.name in ("m0", "m2", "m4")]
     assert writers == [[(v.serial, "v", k)] for k in (1, 2, 3)]
-    assert shells and all(r.reads == [] and r.writes == [] for r in shells)
+    shelled = composite == "plan" or eng.options.core == "python"  # the compiled core's bulk gathers nothing
+    assert bool(shells) == shelled and all(r.reads == [] and r.writes == [] for r in shells)
     edges = trace.edges()
     assert edges and all(e.src[1] < e.dst[1] for e in edges)
     assert {(trace.op(e.src).name, trace.op(e.dst).name, e.hazard) for e in edges} >= {
