@@ -431,7 +431,7 @@ def test_bulked_ops_look_like_any_op():
         with eng.bulk(8):
             ops = [eng.push(lambda ctx: seen.append((ctx.op_name, ctx.op_id, ctx.device)),
                             reads=[w], writes=[v], name=f"m{k}", priority=k) for k in range(3)]
-            if eng.options.core == "python":  # gathered until the block ends (the compiled core does not gather)
+            if eng.options.core == "python":  # gathered until the block ends (not on the compiled core)
                 assert [op.state for op in ops] == ["pending"] * 3
             assert all(isinstance(op, de.Op) for op in ops)
         eng.wait_all()
