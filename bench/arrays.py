@@ -73,11 +73,24 @@ def _chained(zeros, wrap, ready, n: int, b0, steps: int) -> float:
     return time.perf_counter() - t0
 
 
+def _python_bodies(fn, *args):
+    """``fn(*args)`` with ops/ kernels called from Python op bodies instead of native ones."""
+    from ops import _cpu
+
+    _cpu.NATIVE_BODIES = False
+    try:
+        return fn(*args)
+    finally:
+        _cpu.NATIVE_BODIES = True
+
+
 def _chain(n: int, steps: int, peers) -> dict:
     b0 = np.random.default_rng(0).random(n)
     systems = {
         "numpy": lambda: _chained(np.zeros, np.asarray, lambda c: None, n, b0, steps),
         "ops": lambda: _chained(nd.zeros, nd.array, nd.NDArray.wait_to_read, n, b0, steps),
+        "ops, Python bodies": lambda: _python_bodies(_chained, nd.zeros, nd.array, nd.NDArray.wait_to_read, n,
+                                                     b0, steps),
     }
     if "jax" in peers:
         jnp = peers["jax"].numpy
@@ -221,8 +234,8 @@ def small(repeats: int) -> dict:
     v = eng.new_var("v")
     parts = {
         "numpy c + b (allocates)": lambda: na + nb,
-        "kernel call (ops._native.call)": lambda: fn(None),
-        "dtypes and shape (_types)": lambda: front._types("add", a, b, a.device),
+        "op body (a native body on the compiled core)": lambda: fn(None),
+        "dtypes and shape (types)": lambda: front.types("add", a, b, a.device),
         "new array (new_var + buffer)": lambda: front._fresh((100,), w, a.device, "add"),
         "  of which Engine.new_var": lambda: eng.new_var("x"),
         "layout, entry point, block": lambda: _cpu.elementwise(eng, "add", w, out, (a, b)),

@@ -81,15 +81,21 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* make_native(address, arg_address, name, keep): depengine.native's body in C form. */
+/* make_native(address, arg_address, name, keep): depengine.native's body in C form.  With
+ * arg_address None, keep is a bytes object and the function receives its first byte (NULL when
+ * empty): bytes cannot change or move while the body holds them. */
 static PyObject *
 make_native(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyLong_Check(args[0]) || !PyLong_Check(args[1]) || !PyUnicode_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "make_native(address: int, arg_address: int, name: str, keep)");
+    int of_bytes = nargs == 4 && args[1] == Py_None && PyBytes_CheckExact(args[3]);
+    if (nargs != 4 || !PyLong_Check(args[0]) || !(of_bytes || PyLong_Check(args[1])) || !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "make_native(address: int, arg_address: int | None, name: str, keep: object | bytes)");
         return NULL;
     }
-    void *fn = PyLong_AsVoidPtr(args[0]), *arg = PyLong_AsVoidPtr(args[1]);
+    void *fn = PyLong_AsVoidPtr(args[0]);
+    void *arg = of_bytes ? (PyBytes_GET_SIZE(args[3]) ? (void *)PyBytes_AS_STRING(args[3]) : NULL)
+                         : PyLong_AsVoidPtr(args[1]);
     if (PyErr_Occurred())
         return NULL;
     if (fn == NULL) {

@@ -146,6 +146,8 @@ core_wait_var(Core *c, PyObject *const *args, Py_ssize_t nargs)
             PySequence_DelItem(c->unreported, i);
         PyErr_Clear();
     }
+    if (c->done_ops != NULL)   /* native ops finished without the GIL: what they held goes now */
+        core_drain(c);
     PyObject *r = Py_BuildValue("(OO)", Py_False, failure ? failure : Py_None);
     Py_XDECREF(failure);
     return r;

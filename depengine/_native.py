@@ -60,6 +60,8 @@ class Native:
 def native(fn, arg=None) -> Native:
     """An op body running the C function ``fn(arg)``; see the module's documentation."""
     address, name = _function_address(fn)
+    if _C is not None and arg.__class__ is bytes:  # immutable and never moved: the core reads its address
+        return _C.make_native(address, None, name, arg)
     keep, arg_address = _argument(arg)
     if _C is not None:  # the compiled core's form: it reads the function and argument directly
         return _C.make_native(address, arg_address, name, keep)

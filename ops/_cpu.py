@@ -24,6 +24,8 @@ from functools import partial as _partial
 import numba
 import numpy as np
 
+from depengine import native as _native
+
 from . import _blas, _kernels
 from ._core import Elementwise
 from ._kernels import call
@@ -38,6 +40,7 @@ COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal
 UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square", "sign", "copy")
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
+NATIVE_BODIES = True  # one-part kernels as de.native bodies on the compiled core (bench.arrays compares)
 PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
 _SPLIT_MIN = 4 * PART_MIN
 _opts = {"nogil": True, "cache": True, "error_model": "numpy"}
@@ -132,7 +135,10 @@ def elementwise(eng, op: str, work, out, operands):
     entry, packer = _kernels.elementwise(op, work, out.dtype, out_cls, sig)
     nparts = parts_for(eng, rows * inner)
     if nparts == 1:
-        return _partial(call, entry, packer.pack(0, rows, inner, *values)), rec
+        block = packer.pack(0, rows, inner, *values)
+        if NATIVE_BODIES and eng.options.core == "compiled":  # a worker of the core runs it without the GIL
+            return _native(entry, block), rec
+        return _partial(call, entry, block), rec
     classes = ("C", *[s[0] for s in sig])
     dtypes = (out.dtype, *[np.dtype(s[1]) if len(s) > 1 else work for s in sig])
     return parts_body(eng, op, entry, split_blocks(packer, rows, inner, values, classes, dtypes, nparts)), rec

@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp
 
 import depengine as de
 import ops as nd
+from depengine._native import NATIVE_TYPES
 from ops import _cpu, _kernels, memory
 
 
@@ -434,3 +435,20 @@ def test_contiguous_kernels_vectorise():
         asm = numba.cfunc(_kernels._SIG, nogil=True, error_model="numpy")(ns["_probe"])._library.get_asm_str()
         lines = [line for line in asm.splitlines() if packed in line]
         assert any("%ymm" in line or "%zmm" in line for line in lines), f"{op}: no packed {packed}"
+
+
+def test_one_part_kernels_are_native_bodies_on_the_compiled_core_and_replay_in_c(eng):
+    """On the compiled core an elementwise op's body is a de.native body (no GIL to run it), so a
+    recorded plan of them replays in C; on the Python core it is a Python body.  Both give NumPy's."""
+    compiled = eng.options.core == "compiled"
+    a, b = nd.array(np.arange(10.0)), nd.array(np.full(10, 0.5))
+    fn, _ = _cpu.elementwise(eng, "add", np.dtype(np.float64), nd.zeros(10), (a, b))
+    assert isinstance(fn, NATIVE_TYPES) == compiled
+    with eng.record() as g:
+        d = (a + b) * 2.0
+    plan = g.compile(fuse=False)
+    assert (plan.native is not None) == compiled
+    np.testing.assert_array_equal(d.asnumpy(), (np.arange(10.0) + 0.5) * 2)
+    a[:] = nd.array(np.full(10, 3.0))
+    plan.run()
+    np.testing.assert_array_equal(d.asnumpy(), np.full(10, 7.0))
