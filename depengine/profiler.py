@@ -33,7 +33,8 @@ class Record(NamedTuple):
     """One finished op as the hooks recorded it: the record layout, in its one place.
 
     The hooks store records flat: the fields up to ``error`` (``HEAD``, the
-    same order in ``_speedups.c``, checked when its hooks are bound), then
+    same order as ``RECORD_HEAD`` in ``_core_records.c``, checked when this
+    module picks its store of records), then
     the number of vars read and written, the vars read, the vars written,
     the versions read and the versions before each write.
     :meth:`Recorder.records` gives them back as ``Record`` tuples, where
@@ -74,11 +75,12 @@ def active_recorder() -> Recorder | None:
 # record_ended(recorder.ops, op, error, origin) once it is finished: ``error``
 # is None (done), what it raised (``origin``) or what it inherited from a
 # failed var (skipped).  record_ended copies what a trace needs into the
-# recorder's store (see Record): with the Python hooks the end of one flat
-# list of plain values (ints, strs, and the long-lived engine, device and var
-# objects), with the C hooks a packed _speedups.Records (raw numbers, the same
-# objects); either way no container per op survives and the op itself is not
-# kept.
+# recorder's store (see Record): a packed depengine._core.Records
+# (_core_records.c: raw numbers, and the long-lived engine, device and var
+# objects) where the compiled core is built, else the end of one flat list of
+# plain values (ints, strs, the same objects); either way no container per op
+# survives and the op itself is not kept.  The pure-Python engine calls these
+# hooks; the compiled core stamps its ops and writes their records in C.
 def _pushed(op, engine) -> None:
     op._p_engine = engine
     op._p_lane = None
