@@ -28,6 +28,7 @@ from ._capture import Capturing, PerThread
 from ._composite import record_shell
 from ._device import cpu
 from ._errors import DeviceUnavailableError, EngineClosedError, VarDeletedError
+from ._native import refuse_async
 from ._op import Done, Epoch, Op, RunContext, name_of, new_op
 from ._options import OP_KINDS, EngineOptions, engine_class, resolve_core, resolve_type
 from ._var import NEVER_CLEARED, Var, append_read, append_write, complete_read, complete_write
@@ -170,6 +171,7 @@ class Engine(Waits, Capturing):
 
         ``done`` must be called exactly once, from any thread.
         """
+        refuse_async(fn)
         return self.push(fn, reads, writes, name, priority, always_run, device, kind, False, True)
 
     def delete_var(self, var: Var, on_delete=None) -> None:

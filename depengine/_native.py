@@ -20,7 +20,7 @@ import ctypes
 
 import numpy as np
 
-from ._errors import DepengineError
+from ._errors import DeadlockError, DepengineError, EngineClosedError, VarDeletedError
 
 __all__ = ["NATIVE_TYPES", "Native", "NativeError", "native"]
 
@@ -143,5 +143,13 @@ def _c_native():
 
 
 _C = _c_native()
+if _C is not None:  # what the core raises, even when a Python engine is the first to run a native body
+    _C.configure(EngineClosedError, VarDeletedError, DeadlockError, NativeError, Native)
 # what native() may return: the Python class, and the compiled core's C form
 NATIVE_TYPES = (Native,) if _C is None else (Native, _C.Native)
+
+
+def refuse_async(fn) -> None:
+    """A native body cannot call ``done``: ``push_async`` refuses it before anything is pushed."""
+    if fn.__class__ in NATIVE_TYPES:
+        raise TypeError(f"push_async: {fn!r} is a native body, which cannot call done(); push it with push()")

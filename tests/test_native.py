@@ -6,7 +6,9 @@ import ctypes
 import gc
 import os
 import random
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 import weakref
@@ -202,6 +204,38 @@ def test_bad_input_is_refused_at_native_and_nothing_is_pushed():
         with pytest.raises(TypeError, match="Native cannot be created directly"):
             type(de.native(bump))()
         assert v.version == 0 and v._state()["pending_writes"] == 0
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_push_async_refuses_a_native_body_and_pushes_nothing(core):
+    """A native body cannot call done(): refused at push_async (it would never complete)."""
+    counter = np.zeros(1, np.int64)
+    with de.Engine("threaded", workers=2, core=core) as eng:
+        v = eng.new_var("v")
+        eng.push(de.native(bump, counter), writes=[v])
+        with pytest.raises(TypeError, match="native body, which cannot call done"):
+            eng.push_async(de.native(bump, counter), writes=[v])
+        eng.wait_for_var(v, timeout=10)
+        assert v.version == 1 and counter[0] == 1 and v._state()["pending_writes"] == 0
+
+
+def test_a_failing_native_body_on_a_python_engine_first_raises_native_error():
+    """In a fresh process whose first engine is a Python one, a non-zero return still gives
+    NativeError (the core knew its error types only once a compiled engine had been made)."""
+    code = textwrap.dedent("""
+        import numpy as np, depengine as de
+        from tests.test_native import step
+        with de.Engine("threaded", workers=2, core="python") as eng:
+            v = eng.new_var("v")
+            eng.push(de.native(step, np.array([0, 0, 0, 0, -9], np.int64)), writes=[v], name="bad")
+            try:
+                eng.wait_for_var(v, timeout=10)
+            except de.NativeError as exc:
+                print("code", exc.code)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and out.stdout.split() == ["code", "-9"], out.stdout + out.stderr[-3000:]
 
 
 # ---------------------------------------------------------------- the compiled core without the GIL

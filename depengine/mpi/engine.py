@@ -40,6 +40,7 @@ import numpy as np
 from .._device import cpu
 from .._engine import Engine
 from .._errors import EngineClosedError, VarDeletedError
+from .._native import refuse_async
 from .._op import name_of
 from .._var import Var
 from ..profiler import active_recorder
@@ -217,6 +218,7 @@ class MpiEngine(Engine):
     def push_async(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False, device=None,
                    kind="async", execute_on=None):
         """Push ``fn(ctx, done)`` like :meth:`push`; it completes when ``done(error=None)`` is called."""
+        refuse_async(fn)
         return self.push(fn, reads, writes, name, priority, always_run, device, kind, False, execute_on, True)
 
     def _owner_of_writes(self, name: str, ws: list[MVar]) -> int:
