@@ -28,6 +28,20 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+
+/* The core's one mutex: adaptive where glibc has it (a thread finding it held spins briefly before
+ * sleeping: the holder keeps it for a few hundred ns, a futex sleep and wake-up cost microseconds). */
+static inline void
+core_mutex_init(pthread_mutex_t *mu)
+{
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    pthread_mutex_init(mu, &attr);
+    pthread_mutexattr_destroy(&attr);
+}
 #include <stddef.h>
 #include <stdint.h>
 

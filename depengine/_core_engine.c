@@ -51,7 +51,7 @@ core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         Py_DECREF(c);
         return PyErr_NoMemory();
     }
-    pthread_mutex_init(&c->mu, NULL);
+    core_mutex_init(&c->mu);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

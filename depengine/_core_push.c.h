@@ -405,7 +405,7 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
         goto after_error;
     if (c->type == T_NAIVE && naive_run(c) < 0)
         goto after_error;
-    if (c->done_ops != NULL)
+    if (c->done_ops != NULL && c->ndone >= DRAIN_EVERY)   /* (a racy read: only a hint) */
         core_drain(c);
     if (backlog > BACKLOG && !core_in_op(c) && backlog_wait(c) < 0)
         goto after_error;

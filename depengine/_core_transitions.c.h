@@ -205,6 +205,7 @@ wake_waiters(Core *c, VarObject *v)
 }
 
 #define BACKLOG 2048   /* pending ops past which a pushing thread waits for the workers (push) */
+#define DRAIN_EVERY 32 /* native ops finished without the GIL that a push lets gather before it releases them */
 
 static void
 epoch_done(Core *c, Epoch *e)   /* mu: one of e's ops finished */

@@ -284,7 +284,7 @@ core_stop(Core *c, PyObject *unused)
 static PyObject *
 core_after_fork(Core *c, PyObject *unused)
 {
-    pthread_mutex_init(&c->mu, NULL);
+    core_mutex_init(&c->mu);
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
