@@ -25,7 +25,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels import KERNELS, Kernel
+from .kernels import KERNELS, Kernel, _busy_wait, _compute_bound, _memory_bound
 from .taskbench import Graph, dependency_table
 
 __all__ = ["run_depengine_native"]
@@ -46,39 +46,18 @@ def _ptr(typingctx, address):
 
 @numba.njit(nogil=True, cache=True)
 def _spin(kernel, iterations, t, i, scratch):
-    """The kernel's work; returns a value the caller stores, so no loop is optimised away."""
+    """The kernel's work (the Task Bench kernels of bench.kernels, called from compiled code);
+    returns a value the caller stores, so no loop is optimised away."""
     if kernel == 1:  # busy_wait
-        x = np.uint64(0x9E3779B97F4A7C15)
-        for _ in range(iterations):
-            x ^= x << np.uint64(13)
-            x ^= x >> np.uint64(7)
-            x ^= x << np.uint64(17)
-        return np.int64(x & np.uint64(0x7FFFFFFF))
+        return np.int64(_busy_wait(iterations) & np.uint64(0x7FFFFFFF))
     if kernel == 2 or kernel == 4:  # compute_bound, load_imbalance
         if kernel == 4:
             h = ((np.uint64(t) * np.uint64(0x9E3779B1)) ^ (np.uint64(i) * np.uint64(0x85EBCA77))) \
                 & np.uint64(0xFFFFFFFF)
             iterations = np.int64(iterations * (0.5 + np.float64(h) / 4294967296.0))
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 1.0
-        for _ in range(iterations):
-            a0 = a0 * 0.999999 + 1e-7
-            a1 = a1 * 0.999998 + 2e-7
-            a2 = a2 * 0.999997 + 3e-7
-            a3 = a3 * 0.999996 + 4e-7
-            a4 = a4 * 0.999995 + 5e-7
-            a5 = a5 * 0.999994 + 6e-7
-            a6 = a6 * 0.999993 + 7e-7
-            a7 = a7 * 0.999992 + 8e-7
-        return np.int64(a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7)
+        return np.int64(_compute_bound(iterations))
     if kernel == 3:  # memory_bound
-        n = scratch.shape[0]
-        half = n // 2
-        for _ in range(iterations):
-            for k in range(half):
-                scratch[k] = scratch[k + half] + 1.0
-            for k in range(half):
-                scratch[k + half] = scratch[k] * 0.5
-        return np.int64(scratch[0])
+        return np.int64(_memory_bound(iterations, scratch))
     return np.int64(0)
 
 

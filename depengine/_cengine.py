@@ -21,7 +21,7 @@ from scheduler.locks import YieldingLock
 
 from . import _core, profiler
 from ._capture import PerThread
-from ._device import Device, cpu
+from ._device import Device, cpu, placement
 from ._engine import Engine, _live_engines
 from ._errors import DeadlockError, EngineClosedError, VarDeletedError
 from ._gpu_lanes import GpuLanes
@@ -151,12 +151,7 @@ class CompiledEngine(Engine):
     def _place(self, device, kind, is_async):
         if self.type != "perdevice":
             return super()._place(device, kind, is_async)
-        if kind not in OP_KINDS:
-            raise ValueError(f"kind={kind!r} must be one of {', '.join(map(repr, OP_KINDS))}")
-        if device is None:
-            return _CPU, kind
-        if not isinstance(device, Device):
-            raise TypeError(f"device={device!r} must be de.cpu() or de.gpu(i)")
+        device, kind = placement(device, kind, OP_KINDS)
         if device.type == "gpu":
             self._lanes.ensure(device.index)
             self._core.gpu_used = 1

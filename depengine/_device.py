@@ -6,7 +6,7 @@ from scheduler.runtime import RuntimeUnavailable, get_runtime, runtime_kind
 
 from ._errors import DeviceUnavailableError
 
-__all__ = ["Device", "cpu", "devices", "gpu"]
+__all__ = ["Device", "cpu", "devices", "gpu", "placement"]
 
 
 class Device:
@@ -81,3 +81,14 @@ def _cuda_importable() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("cuda") is not None
+
+
+def placement(device, kind: str, kinds: tuple) -> tuple:
+    """``(device, kind)`` of a push to the per-device engine, checked (``device`` None: the CPU)."""
+    if kind not in kinds:
+        raise ValueError(f"kind={kind!r} must be one of {', '.join(map(repr, kinds))}")
+    if device is None:
+        return cpu(), kind
+    if not isinstance(device, Device):
+        raise TypeError(f"device={device!r} must be de.cpu() or de.gpu(i)")
+    return device, kind

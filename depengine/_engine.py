@@ -29,7 +29,7 @@ from ._composite import record_shell
 from ._device import cpu
 from ._errors import DeviceUnavailableError, EngineClosedError, VarDeletedError
 from ._native import refuse_async
-from ._op import Done, Epoch, Op, RunContext, name_of, new_op
+from ._op import Done, Epoch, Op, RunContext, check_push_args, name_of, new_op
 from ._options import OP_KINDS, EngineOptions, engine_class, resolve_core, resolve_type
 from ._var import NEVER_CLEARED, Var, append_read, append_write, complete_read, complete_write
 from ._waits import Waits
@@ -230,12 +230,7 @@ class Engine(Waits, Capturing):
         count every one of them.  (Keyword-only parameters would cost a dict
         lookup per omitted argument on every push.)
         """
-        if not callable(fn):
-            raise TypeError(f"fn={fn!r} is not callable")
-        if priority.__class__ is not int:
-            raise TypeError(f"priority={priority!r} must be an int")
-        if name is not None and name.__class__ is not str:
-            raise TypeError(f"name={name!r} must be a str or None")
+        check_push_args(fn, priority, name)
         if reads.__class__ is not tuple:  # a list of one var takes the var's own 1-tuple
             if reads.__class__ is list:
                 reads = reads[0]._solo if len(reads) == 1 and reads[0].__class__ is Var else tuple(reads)

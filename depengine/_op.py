@@ -7,7 +7,7 @@ from abc import ABCMeta
 
 from ._native import NATIVE_TYPES
 
-__all__ = ["Done", "Op", "RunContext", "new_op"]
+__all__ = ["Done", "Op", "RunContext", "check_push_args", "new_op"]
 
 # Op._state values.  "pending" and "ready" are told apart by Op._wait.
 PENDING, RUNNING, DONE, FAILED, SKIPPED = range(5)
@@ -133,6 +133,16 @@ def new_op(fn, reads: tuple, writes: tuple, name, priority: int, always_run: boo
     op._state = PENDING
     op._wcounts = wcounts
     return op
+
+
+def check_push_args(fn, priority, name) -> None:
+    """Raise the error a push's body, priority or name deserves (every engine, before anything is queued)."""
+    if not callable(fn):
+        raise TypeError(f"fn={fn!r} is not callable")
+    if priority.__class__ is not int:
+        raise TypeError(f"priority={priority!r} must be an int")
+    if name is not None and name.__class__ is not str:
+        raise TypeError(f"name={name!r} must be a str or None")
 
 
 def name_of(fn) -> str:

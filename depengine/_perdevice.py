@@ -17,7 +17,7 @@ import threading
 
 from scheduler import WorkerPool
 
-from ._device import Device, cpu
+from ._device import Device, cpu, placement
 from ._engine import Engine
 from ._gpu_lanes import GpuLanes
 from ._op import Op
@@ -65,12 +65,7 @@ class PerDeviceEngine(Engine):
 
     # ------------------------------------------------------------- placement
     def _place(self, device, kind, is_async):
-        if kind not in OP_KINDS:
-            raise ValueError(f"kind={kind!r} must be one of {', '.join(map(repr, OP_KINDS))}")
-        if device is None:
-            return _CPU, kind
-        if not isinstance(device, Device):
-            raise TypeError(f"device={device!r} must be de.cpu() or de.gpu(i)")
+        device, kind = placement(device, kind, OP_KINDS)
         if device.type == "gpu":
             self._gpus.ensure(device.index)
         return device, kind

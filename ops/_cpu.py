@@ -324,6 +324,29 @@ def fill_random(out, seed, counter, normal, a, b):
 
 
 @numba.njit(**_opts)
+def _label(labels, i, c, strict):
+    """Row i's class index, or -1 for a label that is not an integer in [0, c) (``strict``: raise)."""
+    k = np.int64(labels[i])
+    if k != labels[i] or k < 0 or k >= c:
+        if strict:
+            raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+        return -1
+    return k
+
+
+@numba.njit(**_opts)
+def _row_exp_sum(x, i, c):
+    """``(top, total)`` of row i: its largest value and ``sum(exp(x[i] - top))``, in float64."""
+    top = np.float64(x[i, 0])
+    for j in range(1, c):
+        top = max(top, np.float64(x[i, j]))
+    total = 0.0
+    for j in range(c):
+        total += np.exp(np.float64(x[i, j]) - top)
+    return top, total
+
+
+@numba.njit(**_opts)
 def softmax_ce(x, labels, out, strict):
     """Per row i of ``x`` (n, c): ``log(sum(exp(x[i]))) - x[i, labels[i]]``, in float64, into ``out``.
 
@@ -331,18 +354,11 @@ def softmax_ce(x, labels, out, strict):
     """
     n, c = x.shape
     for i in range(n):
-        k = np.int64(labels[i])
-        if k != labels[i] or k < 0 or k >= c:
-            if strict:
-                raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+        k = _label(labels, i, c, strict)
+        if k < 0:
             out[i] = np.nan
             continue
-        top = np.float64(x[i, 0])
-        for j in range(1, c):
-            top = max(top, np.float64(x[i, j]))
-        total = 0.0
-        for j in range(c):
-            total += np.exp(np.float64(x[i, j]) - top)
+        top, total = _row_exp_sum(x, i, c)
         out[i] = top + np.log(total) - np.float64(x[i, k])
 
 
@@ -351,19 +367,12 @@ def softmax_ce_grad(x, labels, g, out, strict):
     """``out[i, j] = g[i] * (softmax(x[i])[j] - (j == labels[i]))``: the gradient of ``softmax_ce``."""
     n, c = x.shape
     for i in range(n):
-        k = np.int64(labels[i])
-        if k != labels[i] or k < 0 or k >= c:
-            if strict:
-                raise ValueError("softmax_cross_entropy: a label is not a class index in [0, classes)")
+        k = _label(labels, i, c, strict)
+        if k < 0:
             for j in range(c):
                 out[i, j] = np.nan
             continue
-        top = np.float64(x[i, 0])
-        for j in range(1, c):
-            top = max(top, np.float64(x[i, j]))
-        total = 0.0
-        for j in range(c):
-            total += np.exp(np.float64(x[i, j]) - top)
+        top, total = _row_exp_sum(x, i, c)
         for j in range(c):
             p = np.exp(np.float64(x[i, j]) - top) / total
             out[i, j] = np.float64(g[i]) * (p - (1.0 if j == k else 0.0))

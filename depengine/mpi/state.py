@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._device import cpu
+from .._op import check_push_args
 from .._var import Var
 from .errors import MpiUnavailableError
 from .wire import MAX_DIMS, dtype_code
@@ -75,12 +76,7 @@ class RemoteOp:
 
 def bad_push(fn, priority, name, device, kind) -> None:
     """Raise the error that a push's arguments deserve."""
-    if not callable(fn):
-        raise TypeError(f"fn={fn!r} is not callable")
-    if priority.__class__ is not int:
-        raise TypeError(f"priority={priority!r} must be an int")
-    if name is not None and name.__class__ is not str:
-        raise TypeError(f"name={name!r} must be a str or None")
+    check_push_args(fn, priority, name)
     if device is not None and device != CPU:
         raise ValueError(f"device={device!r}: Engine('mpi') runs ops on cpu() only")
     raise ValueError(f"kind={kind!r} must be one of 'normal', 'prioritized', 'copy', 'async'")
