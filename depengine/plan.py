@@ -172,7 +172,9 @@ def _by_level(chains: list[list[int]], preds: list[set[int]], workers: int) -> l
     chains whose heads are on one level have no edge between them, so each
     dispatch runs its chains one after another and the dispatches of a level
     run in parallel.  That keeps the parallelism a level has (up to one
-    dispatch per worker) and drops the per-op dispatch cost.
+    dispatch per worker) and drops the per-op dispatch cost.  Chains are
+    dealt longest first to the dispatch with the fewest ops so far, so that
+    two long chains of a level do not end up one behind the other.
     """
     level: list[int] = []
     for p in preds:  # push order is topological
@@ -182,11 +184,15 @@ def _by_level(chains: list[list[int]], preds: list[set[int]], workers: int) -> l
         by_level.setdefault(level[chain[0]], []).append(chain)
     groups = []
     for lvl in sorted(by_level):
-        chs = by_level[lvl]
+        chs = sorted(by_level[lvl], key=len, reverse=True)  # longest first, each to the lightest dispatch
         k = min(workers, len(chs))
-        size = -(-len(chs) // k)
-        for start in range(0, len(chs), size):
-            groups.append(sorted(i for ch in chs[start:start + size] for i in ch))
+        members: list[list[int]] = [[] for _ in range(k)]
+        loads = [0] * k
+        for ch in chs:
+            g = loads.index(min(loads))
+            members[g].extend(ch)
+            loads[g] += len(ch)
+        groups.extend(sorted(m) for m in members)
     return groups
 
 

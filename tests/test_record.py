@@ -444,3 +444,22 @@ def test_bulked_ops_look_like_any_op():
         assert seen == [(f"m{k}", ids[k], de.cpu()) for k in range(3)]
         assert "m1" in repr(ops[1]) and "done" in repr(ops[1])
         assert (v.version, w.version) == (3, 0)
+
+
+def test_a_levels_chains_are_dealt_longest_first_to_the_lightest_dispatch():
+    """Three chains after one op, on 2 workers: the long one alone, the two short ones together (so
+    two long chains of a level never wait one behind the other while a worker idles)."""
+    with de.Engine("threaded", workers=2) as eng:
+        root, v1, v2, v3 = (eng.new_var(n) for n in ("root", "v1", "v2", "v3"))
+        with eng.record(execute=False) as g:
+            eng.push(lambda ctx: None, writes=[root], name="root")
+            eng.push(lambda ctx: None, reads=[root], writes=[v2], name="s1")
+            for k in range(3):
+                eng.push(lambda ctx: None, reads=[root] if k == 0 else [], writes=[v1], name=f"long{k}")
+            eng.push(lambda ctx: None, reads=[root], writes=[v3], name="s2")
+        plan = g.compile(fuse=False)
+        chunks = sorted(sorted(plan.specs[i].name for i in members) for members in plan.chunks)
+        assert chunks == [["long0", "long1", "long2"], ["root"], ["s1", "s2"]]
+        plan.run()
+        eng.wait_all()
+        assert (v1.version, v2.version, v3.version) == (3, 1, 1)
