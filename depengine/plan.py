@@ -184,11 +184,16 @@ def _by_level(chains: list[list[int]], preds: list[set[int]], workers: int) -> l
         by_level.setdefault(level[chain[0]], []).append(chain)
     groups = []
     for lvl in sorted(by_level):
-        chs = sorted(by_level[lvl], key=len, reverse=True)  # longest first, each to the lightest dispatch
+        chs = by_level[lvl]
         k = min(workers, len(chs))
+        if len({len(ch) for ch in chs}) == 1:  # chains alike: neighbours in push order stay together
+            size = -(-len(chs) // k)
+            groups.extend(sorted(i for ch in chs[start:start + size] for i in ch)
+                          for start in range(0, len(chs), size))
+            continue
         members: list[list[int]] = [[] for _ in range(k)]
         loads = [0] * k
-        for ch in chs:
+        for ch in sorted(chs, key=len, reverse=True):  # longest first, each to the lightest dispatch
             g = loads.index(min(loads))
             members[g].extend(ch)
             loads[g] += len(ch)
