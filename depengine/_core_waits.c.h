@@ -22,6 +22,23 @@ before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
+static int waiter_fired(Core *c, void *w);
+
+/* A var wait first watches its waiter for as long as an idle worker watches its queue: the op it
+ * waits for is often about to end, and a futex sleep and wake-up cost more than that. */
+static void
+spin_for_waiter(Core *c, Waiter *w)
+{
+    i64 until = now_ns() + c->spin_ns;
+    for (int k = 0; !__atomic_load_n(&w->fired, __ATOMIC_ACQUIRE); k++) {
+        if ((k & 63) == 63 && now_ns() > until)
+            return;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
 /* Block (GIL released) until done(c, arg) holds under mu, or timeout seconds pass (< 0: never).
  * Every 50 ms the GIL is taken to let signal handlers run (Ctrl-C ends the wait).
  * 1: done; 0: timed out; -1: a signal handler raised.  GIL held on entry and exit, not mu. */
@@ -31,9 +48,11 @@ core_wait_until(Core *c, int (*done)(Core *, void *), void *arg, double timeout)
     struct timespec end;
     if (timeout >= 0)
         deadline_after(&end, timeout);
-    for (;;) {
+    for (int first = 1;; first = 0) {
         int ok, expired = 0;
         Py_BEGIN_ALLOW_THREADS
+        if (first && done == waiter_fired && c->spin_ns > 0 && timeout != 0)
+            spin_for_waiter(c, arg);
         struct timespec slice, now;
         deadline_after(&slice, 0.05);
         if (timeout >= 0 && before(&end, &slice))
