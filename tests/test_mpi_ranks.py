@@ -150,7 +150,8 @@ def test_a_rank_that_stops_answering_fails_the_others_in_bounded_time(size):
         r = run.results[rank]
         assert r["wait_all"].startswith("RankFailedError:"), r
         assert f"rank {size - 1} (process" in r["wait_all"] and "answered nothing" in r["wait_all"], r
-        assert 2.0 <= r["seconds"] < 15 and r["close"] == "no error", r
+        # the 2 s run from when the stopped rank was last heard, a moment before this rank's wait began
+        assert 1.5 <= r["seconds"] < 15 and r["close"] == "no error", r
 
 
 @pytest.mark.timeout(120)
