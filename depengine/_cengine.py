@@ -23,9 +23,8 @@ from . import _core, profiler
 from ._capture import PerThread
 from ._device import Device, cpu, placement
 from ._engine import Engine, _live_engines
-from ._errors import DeadlockError, EngineClosedError, VarDeletedError
 from ._gpu_lanes import GpuLanes
-from ._native import Native, NativeError
+from ._native import configure_core
 from ._op import Op, RunContext
 from ._options import OP_KINDS, EngineOptions, resolve_type
 from ._var import Var
@@ -33,8 +32,7 @@ from ._waits import check_timeout, raise_failures
 
 __all__ = ["CompiledEngine"]
 
-# (depengine.native does the same when it loads the core itself, which DEPENGINE_PURE_PYTHON prevents)
-_core.configure(EngineClosedError, VarDeletedError, DeadlockError, NativeError, Native)
+configure_core(_core)  # (again: under DEPENGINE_PURE_PYTHON depengine.native does not load the core)
 RunContext.register(_core.Op)
 Op.register(_core.Op)
 Var.register(_core.Var)

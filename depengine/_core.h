@@ -28,6 +28,14 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if PY_VERSION_HEX < 0x030D0000
+#define PyObject_GetOptionalAttr _PyObject_LookupAttr
+#endif
+
+typedef long long i64;
 
 /* The core's one mutex: adaptive where glibc has it (a thread finding it held spins briefly before
  * sleeping: the holder keeps it for a few hundred ns, a futex sleep and wake-up cost microseconds). */
@@ -42,14 +50,6 @@ core_mutex_init(pthread_mutex_t *mu)
     pthread_mutex_init(mu, &attr);
     pthread_mutexattr_destroy(&attr);
 }
-#include <stddef.h>
-#include <stdint.h>
-
-#if PY_VERSION_HEX < 0x030D0000
-#define PyObject_GetOptionalAttr _PyObject_LookupAttr
-#endif
-
-typedef long long i64;
 typedef int32_t (*native_fn)(void *);
 
 enum { PENDING, RUNNING, DONE, FAILED, SKIPPED };        /* _op.PENDING ... */
@@ -189,7 +189,8 @@ void op_release(OpObject *op);     /* GIL: drop the core's reference to a finish
 int core_execute_py(Core *c, OpObject *op, OpObject ***ready, int *nready);   /* GIL held */
 int core_in_op(Core *c);
 int push_ready(void);              /* interned names for push's arguments */
-int core_wait_until(Core *c, int (*done)(Core *, void *), void *arg, double timeout);   /* GIL */
+int core_wait_until(Core *c, int (*done)(Core *, void *), int (*seen)(void *), void *arg,
+                    double timeout);   /* GIL */
 void depth_add(Core *c, long delta);
 int input_failure_visible(Core *c, OpObject *op, PyObject **failure);   /* mu held */
 
@@ -225,6 +226,9 @@ int records_module_init(PyObject *m);
 /* _core_module.c */
 PyObject *native_error(i64 code, OpObject *op);  /* a new NativeError, or NULL */
 i64 now_ns(void);
+/* Watch seen(arg) for up to spin_ns without the GIL or mu: 1 once it holds, 0 when the time is up.
+ * (A futex sleep and wake-up cost more than the short waits a worker or a waiter usually sees.) */
+int core_spin(Core *c, int (*seen)(void *), void *arg);
 int add_note(PyObject *exc, const char *format, ...);   /* GIL held; 0 or -1 */
 PyObject *fetch_exception(void);   /* the raised exception with its traceback set (new reference) */
 extern PyObject *engine_closed_error, *var_deleted_error, *deadlock_error, *native_error_type;

@@ -242,6 +242,29 @@ run_item(Worker *w, PyObject *item)
  * worker finishing its op usually brings the next one sooner.  Only one spins, so that on a small
  * machine the threads that make the work keep their cores.  mu held on entry and exit; 1 if work
  * (or stop) arrived. */
+int
+core_spin(Core *c, int (*seen)(void *), void *arg)
+{
+    i64 until = now_ns() + c->spin_ns;
+    for (int k = 0;; k++) {
+        if (seen(arg))
+            return 1;
+        if ((k & 63) == 63 && now_ns() > until)
+            return 0;
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
+static int
+pool_has_work(void *pool)   /* no mu: a hint, confirmed under mu by the caller */
+{
+    Pool *p = pool;
+    return __atomic_load_n(&p->flen, __ATOMIC_ACQUIRE) || __atomic_load_n(&p->hlen, __ATOMIC_ACQUIRE) ||
+           __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE);
+}
+
 static int
 spin_for_work(Core *c, Pool *p)
 {
@@ -249,17 +272,7 @@ spin_for_work(Core *c, Pool *p)
         return 0;
     p->spinning = 1;
     pthread_mutex_unlock(&c->mu);
-    i64 until = now_ns() + c->spin_ns;
-    int found = 0;
-    for (int k = 0; !found; k++) {
-        found = __atomic_load_n(&p->flen, __ATOMIC_ACQUIRE) || __atomic_load_n(&p->hlen, __ATOMIC_ACQUIRE) ||
-                __atomic_load_n(&p->stop, __ATOMIC_ACQUIRE);
-        if (!found && (k & 63) == 63 && now_ns() > until)
-            break;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
+    int found = core_spin(c, pool_has_work, p);
     pthread_mutex_lock(&c->mu);
     p->spinning = 0;
     return found;
@@ -364,7 +377,7 @@ naive_run(Core *c)
             rc = -1;
         if (rc == 0 && is_async && op->state < DONE) {   /* push returns once done() was called */
             depth_add(c, 1);
-            rc = core_wait_until(c, finished, op, -1);
+            rc = core_wait_until(c, finished, NULL, op, -1);
             depth_add(c, -1);
         }
         Py_DECREF(op);

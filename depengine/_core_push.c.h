@@ -23,6 +23,19 @@ push_ready(void)
     return 0;
 }
 
+/* The index of kind in kinds (the interned names first: a push almost always passes one). */
+static char
+kind_index(PyObject *kind)
+{
+    for (int i = 0; i < 4; i++)
+        if (kind == kinds[i])
+            return (char)i;
+    for (int i = 0; PyUnicode_Check(kind) && i < 4; i++)
+        if (PyUnicode_Compare(kind, kinds[i]) == 0)
+            return (char)i;
+    return 0;
+}
+
 /* push's arguments into a[NARGS] (borrowed; NULL where omitted). */
 static int
 parse_push(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **a)
@@ -293,9 +306,7 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     op->always_run = a[A_ALWAYS] != NULL && PyObject_IsTrue(a[A_ALWAYS]) > 0;
     op->is_async = (char)is_async;
     op->state = PENDING;
-    for (int i = 0; i < 4; i++)
-        if (kind == kinds[i] || (PyUnicode_Check(kind) && PyUnicode_Compare(kind, kinds[i]) == 0))
-            op->kind_ix = (char)i;
+    op->kind_ix = kind_index(kind);
     op->on_cpu = device == c->cpu || PyObject_RichCompareBool(device, c->cpu, Py_EQ) > 0;
     PyErr_Clear();
     if (Py_IS_TYPE(fn, &NativeType) && !is_async) {

@@ -193,7 +193,7 @@ wake_waiters(Core *c, VarObject *v)
         Waiter *w = *link;
         if (v->version >= w->target) {
             w->failure = v->failure ? Py_NewRef(v->failure) : NULL;   /* only with the GIL: see callers */
-            __atomic_store_n(&w->fired, 1, __ATOMIC_RELEASE);   /* (watched without mu by spin_for_waiter) */
+            __atomic_store_n(&w->fired, 1, __ATOMIC_RELEASE);   /* (watched without mu by waiter_set) */
             *link = w->next;
             woke = 1;
         }

@@ -22,28 +22,18 @@ before(const struct timespec *a, const struct timespec *b)
     return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
-static int waiter_fired(Core *c, void *w);
-
-/* A var wait first watches its waiter for as long as an idle worker watches its queue: the op it
- * waits for is often about to end, and a futex sleep and wake-up cost more than that. */
-static void
-spin_for_waiter(Core *c, Waiter *w)
+static int
+waiter_set(void *w)   /* no mu: wake_waiters stores fired with release order */
 {
-    i64 until = now_ns() + c->spin_ns;
-    for (int k = 0; !__atomic_load_n(&w->fired, __ATOMIC_ACQUIRE); k++) {
-        if ((k & 63) == 63 && now_ns() > until)
-            return;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
+    return __atomic_load_n(&((Waiter *)w)->fired, __ATOMIC_ACQUIRE);
 }
 
 /* Block (GIL released) until done(c, arg) holds under mu, or timeout seconds pass (< 0: never).
+ * seen (or NULL), a check of arg safe without mu, is watched first for up to spin_ns (core_spin).
  * Every 50 ms the GIL is taken to let signal handlers run (Ctrl-C ends the wait).
  * 1: done; 0: timed out; -1: a signal handler raised.  GIL held on entry and exit, not mu. */
 int
-core_wait_until(Core *c, int (*done)(Core *, void *), void *arg, double timeout)
+core_wait_until(Core *c, int (*done)(Core *, void *), int (*seen)(void *), void *arg, double timeout)
 {
     struct timespec end;
     if (timeout >= 0)
@@ -51,8 +41,8 @@ core_wait_until(Core *c, int (*done)(Core *, void *), void *arg, double timeout)
     for (int first = 1;; first = 0) {
         int ok, expired = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (first && done == waiter_fired && c->spin_ns > 0 && timeout != 0)
-            spin_for_waiter(c, arg);
+        if (first && seen != NULL && c->spin_ns > 0 && timeout != 0)
+            core_spin(c, seen, arg);
         struct timespec slice, now;
         deadline_after(&slice, 0.05);
         if (timeout >= 0 && before(&end, &slice))
@@ -133,7 +123,7 @@ core_wait_var(Core *c, PyObject *const *args, Py_ssize_t nargs)
         w->next = v->waiters;
         v->waiters = w;
         pthread_mutex_unlock(&c->mu);
-        int r = core_wait_until(c, waiter_fired, w, timeout);
+        int r = core_wait_until(c, waiter_fired, waiter_set, w, timeout);   /* its op often ends soon */
         pthread_mutex_lock(&c->mu);
         int fired = w->fired;
         if (!fired)
@@ -220,7 +210,7 @@ core_wait_all(Core *c, PyObject *timeout_obj)
     core_drain(c);
     if (!pending)
         Py_RETURN_TRUE;
-    int r = core_wait_until(c, epochs_drained, &target, timeout);
+    int r = core_wait_until(c, epochs_drained, NULL, &target, timeout);
     core_drain(c);
     if (r < 0)
         return NULL;
@@ -279,7 +269,7 @@ core_finish(Core *c, PyObject *unused)
             close_epoch(c);
         i64 target = c->next_epoch;
         pthread_mutex_unlock(&c->mu);
-        if (core_wait_until(c, epochs_drained, &target, -1) < 0)
+        if (core_wait_until(c, epochs_drained, NULL, &target, -1) < 0)
             return NULL;
     }
     core_drain(c);

@@ -230,7 +230,8 @@ class Engine(Waits, Capturing):
         count every one of them.  (Keyword-only parameters would cost a dict
         lookup per omitted argument on every push.)
         """
-        check_push_args(fn, priority, name)
+        if priority.__class__ is not int or not (name is None or name.__class__ is str) or not callable(fn):
+            check_push_args(fn, priority, name)  # raises the error they deserve
         if reads.__class__ is not tuple:  # a list of one var takes the var's own 1-tuple
             if reads.__class__ is list:
                 reads = reads[0]._solo if len(reads) == 1 and reads[0].__class__ is Var else tuple(reads)

@@ -142,9 +142,14 @@ def _c_native():
     return _core
 
 
+def configure_core(core) -> None:
+    """Tell the compiled core what it raises and which class is the Python form of a native body."""
+    core.configure(EngineClosedError, VarDeletedError, DeadlockError, NativeError, Native)
+
+
 _C = _c_native()
-if _C is not None:  # what the core raises, even when a Python engine is the first to run a native body
-    _C.configure(EngineClosedError, VarDeletedError, DeadlockError, NativeError, Native)
+if _C is not None:  # even when a Python engine is the first to run a native body
+    configure_core(_C)
 # what native() may return: the Python class, and the compiled core's C form
 NATIVE_TYPES = (Native,) if _C is None else (Native, _C.Native)
 

@@ -49,7 +49,7 @@ def native_plan(plan):
     if not all(type(m.fn) is _core.Native for m in plan.members):
         return None
     chunks = [[m.fn for m in members] for members in plan.chunk_members]
-    return _core.NativePlan(core, chunks, [list(s) for s in plan.succ], topological(plan))
+    return _core.NativePlan(core, chunks, [list(s) for s in plan.succ], plan.order)
 
 
 class Run:
@@ -90,7 +90,7 @@ class Run:
         run_members(members, self.failures, self.outcome, raised=error)
 
     def serial(self) -> None:
-        for g in topological(self.plan):
+        for g in self.plan.order:
             self.run_chunk(g)
         self.finish()
 

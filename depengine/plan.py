@@ -37,7 +37,7 @@ from ._device import cpu
 from ._edges import dependency_edges, pushed_in_order
 from ._errors import DepengineError
 from ._op import Op
-from ._plan_run import Chunk, Run, native_plan, new_member
+from ._plan_run import Chunk, Run, native_plan, new_member, topological
 
 __all__ = ["Graph", "Plan", "register_fuser"]
 
@@ -243,6 +243,7 @@ class Plan:
                         succ_sets[group_of[p]].add(g)
         self.succ = [sorted(s) for s in succ_sets]
         self.roots = [g for g, n in enumerate(self.npred) if n == 0]
+        self.order = topological(self)  # the chunks one after another, for a run on one thread
         # the plan as one op: its external inputs and everything it writes
         counts: dict = {}
         written = set()
