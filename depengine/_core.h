@@ -229,6 +229,7 @@ i64 now_ns(void);
 /* Watch seen(arg) for up to spin_ns without the GIL or mu: 1 once it holds, 0 when the time is up.
  * (A futex sleep and wake-up cost more than the short waits a worker or a waiter usually sees.) */
 int core_spin(Core *c, int (*seen)(void *), void *arg);
+int route_ready(Core *c, int mine, OpObject **ready, int n, PyObject **next);   /* mu */
 int add_note(PyObject *exc, const char *format, ...);   /* GIL held; 0 or -1 */
 PyObject *fetch_exception(void);   /* the raised exception with its traceback set (new reference) */
 extern PyObject *engine_closed_error, *var_deleted_error, *deadlock_error, *native_error_type;

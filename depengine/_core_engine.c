@@ -354,26 +354,10 @@ complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject
     c->ndone++;
     if (c->debug)
         check_op_vars(op);
-    Pool *p = &c->pools[mine];
-    int python = 0, best = -1;
-    for (int i = 0; i < ready.n; i++)   /* the highest priority of those bound for this empty queue */
-        if (pool_empty(p) && core_route(c, ready.items[i]) == mine &&
-            (best < 0 || ready.items[i]->priority > ready.items[best]->priority))
-            best = i;
-    for (int i = 0; i < ready.n; i++) {
-        OpObject *nxt = ready.items[i];
-        int r = core_route(c, nxt);
-        if (i == best)
-            *next = (PyObject *)nxt;
-        else if (r >= 0)
-            oom |= pool_put(&c->pools[r], (PyObject *)nxt, nxt->priority) < 0;
-        else
-            ready.items[python++] = nxt;
-    }
-    if (*next == NULL)
-        *next = pool_take(p);
+    int python = route_ready(c, mine, ready.items, ready.n, next);
     pthread_mutex_unlock(&c->mu);
-    *nready = python;
+    oom |= python < 0;
+    *nready = python < 0 ? 0 : python;
     *ready_out = ready.items;
     return oom ? -1 : 1;
 }

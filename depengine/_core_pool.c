@@ -51,31 +51,14 @@ static PyObject *
 continue_with(Worker *w, OpObject **ready, int n)
 {
     Core *c = w->c;
-    Pool *mine = &c->pools[w->pool];
-    PyObject *next = NULL;
-    int python = 0, best = -1;
+    PyObject *next;
     pthread_mutex_lock(&c->mu);
-    int empty = pool_empty(mine);
-    for (int i = 0; empty && i < n; i++)
-        if (core_route(c, ready[i]) == w->pool && (best < 0 || ready[i]->priority > ready[best]->priority))
-            best = i;
-    for (int i = 0; i < n; i++) {
-        OpObject *op = ready[i];
-        int r = core_route(c, op);
-        if (i == best)
-            next = (PyObject *)op;
-        else if (r >= 0) {
-            if (pool_put(&c->pools[r], (PyObject *)op, op->priority) < 0) {
-                fprintf(stderr, "depengine._core: out of memory queueing an op\n");
-                abort();
-            }
-        }
-        else
-            ready[python++] = op;   /* GPU ops: the Python route, below */
-    }
-    if (next == NULL)
-        next = pool_take(mine);
+    int python = route_ready(c, w->pool, ready, n, &next);
     pthread_mutex_unlock(&c->mu);
+    if (python < 0) {
+        fprintf(stderr, "depengine._core: out of memory queueing an op\n");
+        abort();
+    }
     if (python) {
         gil_take(w);
         if (core_dispatch_gil(c, ready, python) < 0)
