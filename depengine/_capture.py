@@ -19,7 +19,7 @@ from ._device import cpu
 from ._errors import DepengineError
 from ._op import Op
 
-__all__ = ["Bulk", "Capturing", "PerThread"]
+__all__ = ["Bulk", "Capturing", "PerThread", "check_bulk_size"]
 
 _CPU = cpu()
 _sleep = time.sleep
@@ -59,8 +59,7 @@ class Capturing:
 
         Any wait, and the end of the block, hands the group to the engine.
         """
-        if size.__class__ is not int or size < 1:
-            raise ValueError(f"bulk size={size!r} must be an int >= 1")
+        check_bulk_size(size)
         local = self._bulks
         outer = local.bulk
         if outer is not None:
@@ -149,6 +148,11 @@ class Capturing:
             # collector then promotes them and walks the whole heap (tens of
             # ms).  Yield the GIL: the workers drain the queue meanwhile.
             _sleep(0)
+
+
+def check_bulk_size(size) -> None:
+    if size.__class__ is not int or size < 1:
+        raise ValueError(f"bulk size={size!r} must be an int >= 1")
 
 
 class PerThread(threading.local):

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from scheduler.locks import YieldingLock
 
 from . import _core, profiler
-from ._capture import PerThread
+from ._capture import PerThread, check_bulk_size
 from ._device import Device, cpu, placement
 from ._engine import Engine, _live_engines
 from ._gpu_lanes import GpuLanes
@@ -97,8 +97,7 @@ class CompiledEngine(Engine):
         so the block changes nothing but the cost: each op is pushed, ordered and
         recorded on its own, as the contract of ``bulk`` already promises.
         """
-        if size.__class__ is not int or size < 1:
-            raise ValueError(f"bulk size={size!r} must be an int >= 1")
+        check_bulk_size(size)
         yield
 
     # ------------------------------------------------ state the shared code reads
