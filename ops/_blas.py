@@ -15,13 +15,16 @@ calls below swap sides, triangles and transposes accordingly.
 
 from __future__ import annotations
 
+import struct
+import threading
+
 import numba
 import numpy as np
 
-from ._kernels import call_address
+from ._kernels import call_address, voidptr_address
 
-__all__ = ["NJIT_KERNELS", "blas_layout", "gemm", "gemm_nt_sub", "gemm_views", "potrf_lower",
-           "syrk_lower_sub", "trsm_right_lower_t"]
+__all__ = ["NJIT_KERNELS", "blas_layout", "gemm", "gemm_block", "gemm_entry", "gemm_nt_sub", "gemm_views",
+           "potrf_lower", "syrk_lower_sub", "trsm_right_lower_t"]
 
 _opts = {"nogil": True, "cache": True}
 _routines: dict[str, int] = {}
@@ -115,6 +118,50 @@ def _gemm_views(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, fn):
 
 
 NJIT_KERNELS = (_potrf, _trsm, _syrk, _gemm_nn, _gemm_nt_sub, _gemm_views)
+
+
+# ----------------------------------------------------- gemm as a native op body
+def _gemm_cfunc(p):
+    """Run the gemm that the block at ``p`` describes (see ``gemm_block``); a cfunc ``int32(void*)``.
+
+    Every BLAS argument passed by reference points into the block itself."""
+    ib = numba.carray(p, (14,), dtype=np.int64)
+    q = voidptr_address(p)
+    call_address(ib[0], (q + 8, q + 16, q + 24, q + 32, q + 40, q + 96, ib[9], q + 48, ib[10], q + 56,
+                         q + 104, ib[11], q + 64))
+    return 0
+
+
+_F64_BLOCK = struct.Struct("<12qdd")       # routine, ta, tb, m, n, k, lda, ldb, ldc, a, b, c, alpha, beta
+_F32_BLOCK = struct.Struct("<12qf4xf4x")   # a float32 in the low half of its slot
+_entry: list = []
+_entry_lock = threading.Lock()
+
+
+def gemm_entry() -> int:
+    """The address of the gemm cfunc (compiled once, cached across processes like every kernel)."""
+    if not _entry:
+        with _entry_lock:
+            if not _entry:
+                from . import _kernels
+
+                cf = numba.cfunc(_kernels._SIG, nogil=True, cache=True)(_gemm_cfunc)
+                _kernels._events["_gemm_cfunc"] = "cached" if cf.cache_hits else "compiled"
+                _entry.append(cf)
+    return _entry[0].address
+
+
+def gemm_block(a, b, out, la, lb) -> bytes:
+    """The argument block of ``out = a @ b`` (2-d ops/ arrays of one float dtype, ``la``/``lb`` their
+    ``blas_layout``s, ``out`` with contiguous rows): column-major ``out^T = op(b^T) op(a^T)``.
+
+    The op that runs it must keep the three arrays alive (its record does)."""
+    m, k = a.shape
+    n = b.shape[1]
+    f64 = out.dtype == np.float64
+    packer = _F64_BLOCK if f64 else _F32_BLOCK
+    return packer.pack(_address("dgemm" if f64 else "sgemm"), lb[0], la[0], n, m, k, lb[1], la[1],
+                       out._strides[0], b._addr, a._addr, out._addr, 1.0, 0.0)
 
 
 def potrf_lower(a) -> int:

@@ -25,15 +25,17 @@ import numba
 import numpy as np
 
 from depengine import native as _native
+from depengine._native import _C as _native_core
 
-from . import _blas, _kernels
+from . import _blas, _kernels, _sum
 from ._core import Elementwise
 from ._kernels import call
 from ._parallel import run_parts, workers_for
 from .array import NDArray as _NDArray
 
 __all__ = ["BINARY", "COMPARE", "NJIT_KERNELS", "REDUCE", "UNARY", "elementwise", "fill_random", "flat",
-           "geometry", "matmul_body", "reduce_axis", "reduce_body", "softmax_ce", "softmax_ce_grad"]
+           "gemm_body", "geometry", "matmul_body", "reduce_axis", "reduce_body", "softmax_ce",
+           "softmax_ce_grad", "sum_body"]
 
 BINARY = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum")
 COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
@@ -144,6 +146,22 @@ def elementwise(eng, op: str, work, out, operands):
     return parts_body(eng, op, entry, split_blocks(packer, rows, inner, values, classes, dtypes, nparts)), rec
 
 
+def sum_body(eng, op: str, a, out):
+    """The body of ``op`` (sum or mean) over every element of the contiguous float array ``a``."""
+    entry, block = _sum.sum_entry(a.dtype), _sum.sum_block(a, out, op == "mean")
+    if NATIVE_BODIES and _native_core is not None and eng.options.core == "compiled":
+        return _native_core.make_native(entry, None, op, block)
+    return _partial(call, entry, block)
+
+
+def gemm_body(eng, a, b, out, la, lb):
+    """The body of ``out = a @ b``: one gemm call (``la``, ``lb``: the operands' ``blas_layout``)."""
+    block = _blas.gemm_block(a, b, out, la, lb)
+    if NATIVE_BODIES and _native_core is not None and eng.options.core == "compiled":
+        return _native_core.make_native(_blas.gemm_entry(), None, "gemm", block)
+    return _partial(call, _blas.gemm_entry(), block)
+
+
 def parts_for(eng, elements: int) -> int:
     if elements < _SPLIT_MIN:
         return 1
@@ -198,13 +216,16 @@ def _numpy_body(op, work, out, operands):
 _REDUCERS = {"sum": np.add.reduce, "max": np.maximum.reduce, "min": np.minimum.reduce}
 
 
-def reduce_body(op: str, a, out, axis, keepdims: bool):
+def reduce_body(op: str, a, out, axis, keepdims: bool, eng=None):
     """NumPy's reduction into ``out`` (pairwise sums, SIMD; it releases the GIL on large arrays).
 
     The ufuncs' own reductions, without the Python layers of ``np.sum`` and
     ``np.mean`` (which cost more than the work on small arrays); ``mean``
     divides as ``np.mean`` does.
     """
+    if (eng is not None and axis is None and op in ("sum", "mean") and a._flat and a.size
+            and a.dtype.char in "fd" and out.dtype == a.dtype):  # one cfunc call: a native body
+        return sum_body(eng, op, a, out)
     x, o = a._data, out._data
     if op == "argmax":
         return lambda ctx: np.argmax(x, axis=axis, out=o)
@@ -242,10 +263,8 @@ def matmul_body(eng, a, b, out):
     nparts = 1
     if m * B.shape[1] * k > MATMUL_SPLIT and workers_for(eng) > 1:
         nparts = max(1, min(4 * workers_for(eng), m // 64))
-    if nparts == 1:
-        if flat:
-            return lambda ctx: _blas.gemm(A, B, C)
-        return lambda ctx: _blas.gemm_views(A, B, C, la, lb)
+    if nparts == 1:  # one gemm call on a block packed now: a native body on the compiled core
+        return gemm_body(eng, a, b, out, la, lb)
     bounds = [(m * i // nparts, m * (i + 1) // nparts) for i in range(nparts)]
 
     def run(i):

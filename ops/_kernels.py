@@ -38,7 +38,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["CALLS", "address", "call", "compile_cfunc", "elementwise", "kernel_events", "pack"]
+__all__ = ["CALLS", "address", "call", "compile_cfunc", "elementwise", "kernel_events", "pack",
+           "voidptr_address"]
 
 _SIG = types.int32(types.voidptr)
 _OPTS = {"nogil": True, "cache": True, "error_model": "numpy"}
@@ -54,6 +55,17 @@ def as_voidptr(typingctx, addr):
     def codegen(context, builder, sig, args):
         return builder.inttoptr(args[0], cgutils.voidptr_t)
     return types.voidptr(addr), codegen
+
+
+@intrinsic
+def voidptr_address(typingctx, ptr):
+    """A ``void*`` as an integer address (for pointers into a kernel's own block)."""
+    if ptr != types.voidptr:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(args[0], ir.IntType(64))
+    return types.int64(ptr), codegen
 
 
 @intrinsic

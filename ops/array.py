@@ -92,20 +92,23 @@ class NDArray:
         return cls._new(eng, var, shape, dt, device, store=store)
 
     @classmethod
-    def _cpu_owner(cls, eng, var, shape, dtype, device) -> NDArray:
-        """A new C-contiguous CPU array (a pooled buffer when it is large); the fast path of ``_empty``."""
+    def _cpu_owner(cls, eng, var, shape, dtype, device, size=None, strides=None) -> NDArray:
+        """A new C-contiguous CPU array (a pooled buffer when it is large); the fast path of ``_empty``.
+
+        ``size`` and ``strides`` (in elements), when the caller knows them, save computing them again."""
         a = object.__new__(cls)
         a._engine = eng
         a._var = var
         a.shape = shape
         a.dtype = dtype
         a.device = device
-        size = 1
-        for n in shape:
-            size *= n
-        a._data, a._store, a._addr = memory.alloc(shape, dtype, size)
+        if size is None:
+            size = 1
+            for n in shape:
+                size *= n
+        a._data, a._store, a._addr = memory.alloc(shape, dtype, size, eng._drain_records)
         a._offset = 0
-        a._strides = _c_strides(shape)
+        a._strides = _c_strides(shape) if strides is None else strides
         a._flat = True
         a._base = None
         a._ag = None
@@ -190,6 +193,9 @@ class NDArray:
     def item(self):
         if self.size != 1:
             raise ValueError(f"item() needs an array of one element, not shape {self.shape}")
+        if self.device.type == "cpu" and self._engine.type != "mpi":  # no copy of the one element
+            self.wait_to_read()
+            return self._data.reshape(()).item()
         return self.asnumpy().reshape(()).item()
 
     def __float__(self) -> float:

@@ -8,11 +8,12 @@ operands' vars and writes the result's.
 
 from __future__ import annotations
 
+import math as _math
 import numbers
 
 import numpy as np
 
-from . import _core, _cpu, _gpu
+from . import _core, _cpu, _fast, _gpu
 from ._core import Elementwise, Record, check_dtype, push, push_recorded
 from .array import NDArray, _normalize_axis
 from .linalg import use_blas
@@ -103,8 +104,55 @@ def _scalar(x, work: np.dtype):
     return work.type(x).item()
 
 
+_FLAT: dict = {}  # (op, dtype char or scalar type per operand, shape) -> _fast.FlatOp, or False: not flat
+_CPU = _fast.CPU
+_SCALARS = (int, float)
+
+
+def _flat_op(key, op, operands, shape):
+    """``key``'s FlatOp, found (and remembered) now; None: take the general path."""
+    if len(_FLAT) >= 1024:
+        _FLAT.clear()
+    a, b = operands if len(operands) == 2 else (operands[0], None)
+    if b is None:
+        work = result = unary_dtype(op, a.dtype)
+    else:
+        work, result = types(op, a, b, _CPU)
+        if work.kind not in "fiub":
+            return None
+        operands = tuple(x if x.__class__ is NDArray else _scalar(x, work) for x in operands)
+    spec = _fast.flat_op(_core.engine(), op, work, result, shape, operands)
+    _FLAT[key] = spec if spec is not None else False
+    return spec
+
+
 def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
     """``op`` (add, subtract, ..., or a comparison) of ``a`` and ``b`` with broadcasting."""
+    if out is None and _core.tape is None:  # the common case, found once per (op, dtypes, shape)
+        ca, cb = a.__class__, b.__class__
+        if ca is NDArray and a._flat and a.device is _CPU:
+            if cb is NDArray:
+                if b._flat and b.device is _CPU and a.shape == b.shape:
+                    key = (op, a.dtype.char, b.dtype.char, a.shape)
+                    spec = _FLAT.get(key)
+                    if spec is None:
+                        spec = _flat_op(key, op, (a, b), a.shape)
+                    if spec and spec.eng is _core.engine():
+                        return _fast.push_flat(spec, (a, b), (a._var, b._var))
+            elif cb in _SCALARS:
+                key = (op, a.dtype.char, cb, a.shape)
+                spec = _FLAT.get(key)
+                if spec is None:
+                    spec = _flat_op(key, op, (a, b), a.shape)
+                if spec and spec.eng is _core.engine():
+                    return _fast.push_flat(spec, (a, _scalar(b, spec.work)), (a._var,))
+        elif cb is NDArray and ca in _SCALARS and b._flat and b.device is _CPU:
+            key = (op, ca, b.dtype.char, b.shape)
+            spec = _FLAT.get(key)
+            if spec is None:
+                spec = _flat_op(key, op, (a, b), b.shape)
+            if spec and spec.eng is _core.engine():
+                return _fast.push_flat(spec, (_scalar(a, spec.work), b), (b._var,))
     if a.__class__ is not NDArray:
         a = _check_operand(a, op)
     if b.__class__ is not NDArray:
@@ -186,6 +234,13 @@ def unary_dtype(op: str, dtype: np.dtype) -> np.dtype:
 
 def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
     """Elementwise ``op`` (exp, log, sqrt, tanh, abs, negative, sin, cos, square, sign, copy)."""
+    if out is None and _core.tape is None and a.__class__ is NDArray and a._flat and a.device is _CPU:
+        key = (op, a.dtype.char, a.shape)
+        spec = _FLAT.get(key)
+        if spec is None:
+            spec = _flat_op(key, op, (a,), a.shape)
+        if spec and spec.eng is _core.engine():
+            return _fast.push_flat(spec, (a,), (a._var,))
     if a.__class__ is not NDArray and not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
     dtype = unary_dtype(op, a.dtype)
@@ -276,13 +331,13 @@ def assign(target: NDArray, value) -> None:
 def reduce_shape(op: str, shape: tuple, dtype: np.dtype, axis, keepdims: bool) -> tuple:
     """``(outer, n, inner, result shape, result dtype)`` of reducing an array of ``shape`` with ``op``."""
     if axis is None:
-        outer, n, inner = 1, int(np.prod(shape, dtype=np.int64)), 1
+        outer, n, inner = 1, _math.prod(shape), 1
         out_shape = (1,) * len(shape) if keepdims else ()
     else:
         ax = _normalize_axis(axis, len(shape))
-        outer = int(np.prod(shape[:ax], dtype=np.int64))
+        outer = _math.prod(shape[:ax])
         n = shape[ax] if shape else 1
-        inner = int(np.prod(shape[ax + 1:], dtype=np.int64))
+        inner = _math.prod(shape[ax + 1:])
         out_shape = shape[:ax] + ((1,) if keepdims else ()) + shape[ax + 1:]
     if n == 0 and op in ("max", "min", "argmax"):
         raise ValueError(f"zero-size array to reduction operation {op} which has no identity")
@@ -299,6 +354,12 @@ def reduce_shape(op: str, shape: tuple, dtype: np.dtype, axis, keepdims: bool) -
 
 def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False, out: NDArray | None = None) -> NDArray:
     """``op`` (sum, mean, max, min, argmax) over ``axis`` (None: every element), into ``out`` if given."""
+    if (axis is None and out is None and not keepdims and _core.tape is None and a.__class__ is NDArray
+            and a._flat and a.device is _CPU and a.dtype.char in "fd" and op in ("sum", "mean")
+            and a.size):
+        eng = _core.engine()
+        if eng.type != "mpi":
+            return _fast.push_sum(eng, op, a)
     if not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
     outer, n, inner, out_shape, dtype = reduce_shape(op, a.shape, a.dtype, axis, keepdims)
@@ -309,7 +370,8 @@ def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False, out: NDArray 
     else:
         out = NDArray._empty(out_shape, dtype, a.device, name=op)
     if a.device.type == "cpu":
-        fn = _cpu.reduce_body(op, a, out, None if axis is None or a.ndim == 0 else axis % a.ndim, keepdims)
+        fn = _cpu.reduce_body(op, a, out, None if axis is None or a.ndim == 0 else axis % a.ndim, keepdims,
+                              out._engine)
     else:
         name = f"reduce_{op}_{_gpu.GPU_DTYPES[a.dtype][0]}"
 
@@ -339,7 +401,7 @@ def matmul_shape(a, b) -> tuple:
     if ka != kb:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: {ka} (dim "
                          f"{a.ndim - 1}) != {kb} (dim {max(b.ndim - 2, 0)})")
-    batch = _broadcast(a.shape[:-2], b.shape[:-2])
+    batch = _broadcast(a.shape[:-2], b.shape[:-2]) if a.ndim > 2 or b.ndim > 2 else ()
     m = () if a.ndim == 1 else (a.shape[-2],)
     n = () if b.ndim == 1 else (b.shape[-1],)
     return batch + m + n
@@ -348,6 +410,14 @@ def matmul_shape(a, b) -> tuple:
 def matmul(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
     """Matrix product with NumPy's rules (``a @ b``), into ``out`` if given; BLAS on the CPU, a tiled
     kernel on GPUs."""
+    if (out is None and _core.tape is None and a.__class__ is NDArray and b.__class__ is NDArray
+            and a._flat and b._flat and a.device is _CPU and b.device is _CPU and a.dtype is b.dtype
+            and a.dtype.char in "fd" and len(a.shape) == len(b.shape) == 2 and a.shape[1] == b.shape[0]
+            and a.size and b.size):  # contiguous float matrices: one gemm call when small enough
+        eng = _core.engine()
+        if eng.type != "mpi" and (a.shape[0] * b.size <= _cpu.MATMUL_SPLIT or _cpu.workers_for(eng) == 1):
+            use_blas()
+            return _fast.push_matmul(eng, a, b)
     for x in (a, b):
         if not isinstance(x, NDArray):
             raise TypeError(f"matmul: expected NDArrays, got {type(x).__name__}")

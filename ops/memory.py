@@ -28,6 +28,7 @@ from __future__ import annotations
 import mmap
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -39,6 +40,7 @@ POOL_MIN = 64 * 1024       # bytes: smaller arrays are plain NumPy allocations (
 PER_SIZE = 64              # buffers kept per size (a pusher far ahead frees them in bursts)
 IN_FLIGHT = 8              # pooled buffers of one size in use past which a pusher waits for one
 PATIENCE = 0.05            # seconds it waits before it allocates anyway
+POLL = 0.0005              # seconds between looks at the engine's finished ops while it waits
 _DEFAULT_LIMIT = 256 * 2**20
 
 
@@ -52,20 +54,36 @@ class _Pool:
         self.live: dict[int, int] = {}  # nbytes -> pooled buffers in use
         self.stalled: set[int] = set()  # sizes whose buffers did not come back while a pusher waited
         self.hits = self.misses = self.dropped = self.waits = 0
+        self.waiting = 0  # pushers in take() waiting for a buffer to come back
         # reentrant: a store's finaliser may run (garbage collection) while this thread holds it
         self.lock = threading.RLock()
         self.returned = threading.Condition(self.lock)
 
-    def take(self, nbytes: int):
+    def take(self, nbytes: int, drain=None):
+        """A free buffer of ``nbytes`` (``(owner, address)``), or None: allocate one.
+
+        ``drain`` releases the finished ops of the engine the buffer is for:
+        the compiled core leaves ops that ran native bodies for the pushing
+        thread to release, so a pusher waiting for buffers to come back
+        releases them itself.
+        """
         with self.lock:
+            entries = self.free.get(nbytes)
+            if entries:  # the common case: a free buffer nothing else refers to
+                entry = entries.pop()
+                self.bytes -= nbytes
+                if sys.getrefcount(entry[0]) == _FREE_REFS:
+                    self.hits += 1
+                    self.live[nbytes] += 1
+                    return entry
+                self.dropped += 1
             entry = self._pop(nbytes)
             if entry is None and self.live.get(nbytes, 0) >= IN_FLIGHT and nbytes not in self.stalled:
                 # The pusher is far ahead of the workers: buffers of this size come back as the
                 # ops using them end.  Take the next one rather than touch fresh memory; if none
                 # comes back in time (the user holds them), stop waiting for this size until one does.
                 self.waits += 1
-                self.returned.wait(PATIENCE)
-                entry = self._pop(nbytes)
+                entry = self._wait_for(nbytes, drain)
                 if entry is None:
                     self.stalled.add(nbytes)
             if entry is None:
@@ -74,6 +92,24 @@ class _Pool:
                 self.hits += 1
             self.live[nbytes] = self.live.get(nbytes, 0) + 1
         return entry
+
+    def _wait_for(self, nbytes: int, drain):
+        """Wait at most ``PATIENCE`` s for a buffer of ``nbytes`` to come back (lock held)."""
+        deadline = time.monotonic() + PATIENCE
+        self.waiting += 1
+        try:
+            while True:
+                if drain is not None:
+                    drain()  # (its finalisers give buffers back through this reentrant lock)
+                entry = self._pop(nbytes)
+                left = deadline - time.monotonic()
+                if entry is not None or left <= 0:
+                    return entry
+                # Python bodies give their buffers back from the workers (and notify); native ones
+                # end without a word, so look again after a short while
+                self.returned.wait(left if drain is None else min(left, POLL))
+        finally:
+            self.waiting -= 1
 
     def _pop(self, nbytes: int):
         entries = self.free.get(nbytes)
@@ -97,7 +133,8 @@ class _Pool:
                 return  # freed when the caller's reference goes
             entries.append(entry)
             self.bytes += nbytes
-            self.returned.notify()
+            if self.waiting:
+                self.returned.notify()
 
     def trim(self) -> None:
         with self.lock:
@@ -132,13 +169,13 @@ class PooledStore:
         _pool.give(self.entry)
 
 
-def alloc(shape: tuple, dtype: np.dtype, size: int):
-    """``(data, store, address)`` of a new C-contiguous host array."""
+def alloc(shape: tuple, dtype: np.dtype, size: int, drain=None):
+    """``(data, store, address)`` of a new C-contiguous host array (``drain``: see ``_Pool.take``)."""
     nbytes = size * dtype.itemsize
     if nbytes < POOL_MIN:  # (read at each call: tests lower it)
         data = np.empty(shape, dtype)
         return data, data, address(data) if nbytes else 0
-    entry = _pool.take(nbytes)
+    entry = _pool.take(nbytes, drain)
     if entry is None:  # its own mapping: unmapped (given back to the system) once nothing holds it
         owner = np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
         entry = (owner, address(owner))

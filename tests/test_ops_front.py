@@ -1,0 +1,193 @@
+"""The front end's fast paths: what they push equals what the general path pushes.
+
+Contiguous elementwise ops of one shape, whole-array sums and means, and
+small float matmuls skip most of the front end (their kernel, layout and
+body are found once per operation, dtypes and shape); each test compares
+them with the general path (forced with ``out=``) and with NumPy, on the
+compiled core and on the Python engine (the suite runs twice).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import depengine as de
+import ops as nd
+from depengine._native import NATIVE_TYPES
+from ops import _cpu, _fast, memory
+from ops import math as m
+
+
+@pytest.fixture
+def eng(nd_engine):
+    return nd_engine
+
+
+BINARY = ["add", "subtract", "multiply", "divide", "maximum", "minimum", "less", "equal", "greater_equal"]
+UNARY = ["exp", "negative", "abs", "square", "sqrt", "copy"]
+
+
+@st.composite
+def flat_cases(draw):
+    dtype = draw(st.sampled_from([np.float64, np.float32, np.int64, np.int32, np.bool_]))
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6))
+    elements = (st.booleans() if dtype == np.bool_ else st.integers(-5, 5) if dtype in (np.int64, np.int32)
+                else st.floats(0.25, 4, width=32))
+    a = draw(hnp.arrays(dtype, shape, elements=elements))
+    b = draw(hnp.arrays(dtype, shape, elements=elements))
+    op = draw(st.sampled_from(BINARY + UNARY))
+    other = draw(st.sampled_from(["array", "int", "float", "reflected"]))
+    return a, b, op, other
+
+
+def _numpy(op, a, b, other):
+    if op in UNARY:
+        return np.copy(a) if op == "copy" else getattr(np, op)(a)
+    fn = np.true_divide if op == "divide" else getattr(np, op)
+    if other == "array":
+        return fn(a, b)
+    scalar = 3 if other == "int" else 1.5
+    return fn(scalar, a) if other == "reflected" else fn(a, scalar)
+
+
+def _ops(op, x, y, other, out=None):
+    if op in UNARY:
+        return m.unary(op, x, out=out)
+    scalar = 3 if other == "int" else 1.5
+    if other == "array":
+        return m.binary(op, x, y, out=out)
+    return m.binary(op, scalar, x, out=out) if other == "reflected" else m.binary(op, x, scalar, out=out)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=flat_cases())
+def test_fast_paths_equal_the_general_path_and_numpy(eng, case):
+    a, b, op, other = case
+    if op in ("sqrt", "exp") and a.dtype == np.bool_:
+        return
+    try:
+        with np.errstate(all="ignore"):
+            expected = _numpy(op, a, b, other)
+    except TypeError:  # NumPy refuses booleans here (ops/ computes them in int64)
+        expected = None
+    x, y = nd.array(a, dtype=a.dtype), nd.array(b, dtype=b.dtype)
+    fast = _ops(op, x, y, other)
+    general = _ops(op, x, y, other, out=nd.empty(fast.shape, dtype=fast.dtype))
+    got, ref = fast.asnumpy(), general.asnumpy()
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)  # the same kernel on the same operands: the same bits
+    if expected is not None:  # (ops/ keeps its own dtype rules for booleans: compare values)
+        np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64),
+                                   rtol=1e-6 if a.dtype == np.float32 else 1e-13)
+
+
+def test_the_fast_path_is_taken_and_follows_set_engine(eng):
+    a, b = nd.array(np.arange(5.0)), nd.array(np.ones(5))
+    m._FLAT.clear()
+    c = a + b
+    key = ("add", "d", "d", (5,))
+    assert isinstance(m._FLAT[key], _fast.FlatOp) and m._FLAT[key].eng is eng
+    other = de.Engine("threaded", workers=1)
+    try:
+        nd.set_engine(other)
+        p, q = nd.array(np.arange(5.0)), nd.array(np.ones(5))
+        seq = other._seq
+        r = p + q  # the remembered op was found for eng: the result must live on `other`
+        assert r._engine is other and other._seq == seq + 1
+        np.testing.assert_array_equal(r.asnumpy(), np.arange(5.0) + 1)
+    finally:
+        nd.set_engine(eng)
+        other.close()
+    np.testing.assert_array_equal(c.asnumpy(), np.arange(5.0) + 1)
+
+
+def test_bad_scalars_raise_on_the_fast_path_with_nothing_pushed(eng):
+    i32 = nd.ones(4, dtype=np.int32)
+    eng.wait_all()
+    seq = eng._seq
+    with pytest.raises(OverflowError):
+        i32 + 2**40  # before the op is remembered
+    (i32 + 1).wait_to_read()
+    with pytest.raises(OverflowError):
+        i32 + 2**40  # and after
+    with pytest.raises(TypeError, match="unsupported operand type"):
+        i32 + "1"
+    assert eng._seq == seq + 1
+
+
+SIZES = [*range(0, 20), 63, 64, 127, 128, 129, 130, 255, 256, 257, 1000, 1031, 4096, 8193, 100_001]
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_whole_array_sums_and_means_give_numpys_bits(eng, dtype):
+    rng = np.random.default_rng(7)
+    for n in SIZES:
+        x = (rng.random(n) * rng.choice([1.0, 1e8, 1e-8], n)).astype(dtype)
+        a = nd.array(x)
+        s, mean = a.sum(), a.mean()
+        assert s.shape == () and s.dtype == dtype
+        assert s.asnumpy() == np.add.reduce(x, dtype=dtype), n
+        if n:
+            assert mean.asnumpy() == np.mean(x, dtype=dtype), n
+        else:  # (NumPy's mean of nothing: nan, and a warning from whichever thread ran it)
+            assert np.isnan(mean.asnumpy())
+    grid = rng.random((37, 41)).astype(dtype)
+    assert nd.array(grid).sum().asnumpy() == np.add.reduce(grid, axis=None, dtype=dtype)
+    view = nd.array(grid)[:, ::2]  # not contiguous: the general path
+    np.testing.assert_allclose(view.sum().asnumpy(), grid[:, ::2].sum(), rtol=1e-5)
+
+
+def test_sum_and_gemm_bodies_are_native_on_the_compiled_core(eng):
+    compiled = eng.options.core == "compiled"
+    a = nd.array(np.ones((3, 4)))
+    b = nd.array(np.ones((4, 2)))
+    out = nd.empty((3, 2))
+    layout = (ord("N"), 4), (ord("N"), 2)
+    assert isinstance(_cpu.gemm_body(eng, a, b, out, *layout), NATIVE_TYPES) == compiled
+    assert isinstance(_cpu.sum_body(eng, "sum", a, nd.empty(())), NATIVE_TYPES) == compiled
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("mkn", [(64, 64, 64), (3, 5, 7), (1, 4, 1), (100, 1, 3), (2, 3, 1)])
+def test_small_matmuls_equal_numpy_in_every_layout(eng, dtype, mkn):
+    mm, k, n = mkn
+    rng = np.random.default_rng(3)
+    a, b = rng.random((mm, k)).astype(dtype), rng.random((k, n)).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    x, y = nd.array(a), nd.array(b)
+    np.testing.assert_allclose((x @ y).asnumpy(), a @ b, rtol=tol)
+    xt, yt = nd.array(np.ascontiguousarray(a.T)).T, nd.array(np.ascontiguousarray(b.T)).T
+    np.testing.assert_allclose((xt @ yt).asnumpy(), a @ b, rtol=tol)
+    big = rng.random((mm + 3, k + 2)).astype(dtype)
+    np.testing.assert_allclose((nd.array(big)[1:mm + 1, 2:] @ y).asnumpy(), big[1:mm + 1, 2:] @ b, rtol=tol)
+    out = nd.empty((mm, n), dtype=dtype)
+    nd.matmul(x, y, out=out)  # the general path into out
+    np.testing.assert_array_equal(out.asnumpy(), (x @ y).asnumpy())
+
+
+def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch):
+    """Finished native ops are released by the thread that pushes: a pusher waiting for a pooled
+    buffer releases them itself instead of waiting for nothing and allocating fresh memory."""
+    monkeypatch.setattr(memory, "POOL_MIN", 64 * 1024)
+    monkeypatch.setattr(memory, "PATIENCE", 2.0)  # long enough for a worker, whatever the load
+    n = 10_007  # a size no other test pools
+    nbytes = n * 8
+    gc.collect()
+    before = memory.pool_stats()
+    b = nd.array(np.full(n, 0.5))
+    c = nd.zeros(n)
+    for _ in range(400):
+        c = c + b
+    np.testing.assert_array_equal(c.asnumpy(), np.full(n, 200.0))
+    after = memory.pool_stats()
+    assert nbytes not in memory._pool.stalled
+    assert after["misses"] - before["misses"] <= memory.IN_FLIGHT + 3  # b, c and the buffers in flight
+    assert after["hits"] - before["hits"] >= 400 - memory.IN_FLIGHT - 3
