@@ -62,7 +62,19 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+extern PyMethodDef pool_methods[];
+extern PyTypeObject PoolStoreType;
+
+static int
+native_exec(PyObject *module)   /* the buffer pool of ops.memory (ops/_pool.c) */
+{
+    if (PyModule_AddFunctions(module, pool_methods) < 0 || PyType_Ready(&PoolStoreType) < 0)
+        return -1;
+    return PyModule_AddObjectRef(module, "Store", (PyObject *)&PoolStoreType);
+}
+
 static struct PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, native_exec},
 #ifdef Py_mod_gil
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif

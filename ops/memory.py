@@ -21,6 +21,11 @@ per size and ``limit`` bytes in all (``set_pool_limit``); a buffer that does
 not fit is freed at once, and ``trim()`` frees them all.  Pooled buffers are
 anonymous mappings of their own, so freeing one gives its memory back to
 the system whatever ``malloc`` would have kept.
+
+The free lists and the store are C (``ops/_pool.c``, in ``ops._native``):
+taking and giving back a buffer costs a pusher a fraction of a microsecond
+instead of two.  Without the extension (or under ``DEPENGINE_PURE_PYTHON``)
+``_Pool`` does the same in Python.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ import time
 
 import numpy as np
 
-from ._kernels import address
+from ._kernels import CALLS, address
 
-__all__ = ["POOL_MIN", "PooledStore", "alloc", "pool_stats", "set_pool_limit", "trim"]
+__all__ = ["POOL_MIN", "PooledStore", "alloc", "pool_stats", "set_pool_limit", "stalled", "trim"]
 
 POOL_MIN = 64 * 1024       # bytes: smaller arrays are plain NumPy allocations (malloc reuses them cheaply)
 PER_SIZE = 64              # buffers kept per size (a pusher far ahead frees them in bursts)
@@ -45,160 +50,204 @@ _DEFAULT_LIMIT = 256 * 2**20
 
 
 class _Pool:
-    """Free buffers by size in bytes; every method is thread-safe (ops end on worker threads)."""
+    """The free lists in Python (without the C extension): what ``ops/_pool.c`` does, method for method.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.free: dict[int, list] = {}  # nbytes -> [(owner, address)], most recent last
+    Every method is thread-safe (ops end on worker threads); none waits.
+    """
+
+    def __init__(self) -> None:
+        self.limit = _DEFAULT_LIMIT
+        self.per_size = PER_SIZE
+        self.free: dict[int, list] = {}  # nbytes -> [(owner, address, nbytes)], most recent last
         self.bytes = 0
         self.live: dict[int, int] = {}  # nbytes -> pooled buffers in use
         self.stalled: set[int] = set()  # sizes whose buffers did not come back while a pusher waited
-        self.hits = self.misses = self.dropped = self.waits = 0
-        self.waiting = 0  # pushers in take() waiting for a buffer to come back
+        self.hits = self.misses = self.dropped = 0
         # reentrant: a store's finaliser may run (garbage collection) while this thread holds it
         self.lock = threading.RLock()
-        self.returned = threading.Condition(self.lock)
 
-    def take(self, nbytes: int, drain=None):
-        """A free buffer of ``nbytes`` (``(owner, address)``), or None: allocate one.
-
-        ``drain`` releases the finished ops of the engine the buffer is for:
-        the compiled core leaves ops that ran native bodies for the pushing
-        thread to release, so a pusher waiting for buffers to come back
-        releases them itself.
-        """
+    def pool_take(self, nbytes: int):
         with self.lock:
             entries = self.free.get(nbytes)
-            if entries:  # the common case: a free buffer nothing else refers to
+            while entries:
                 entry = entries.pop()
                 self.bytes -= nbytes
+                # the list gave up its reference: the entry and getrefcount's argument remain
                 if sys.getrefcount(entry[0]) == _FREE_REFS:
                     self.hits += 1
                     self.live[nbytes] += 1
                     return entry
-                self.dropped += 1
-            entry = self._pop(nbytes)
-            if entry is None and self.live.get(nbytes, 0) >= IN_FLIGHT and nbytes not in self.stalled:
-                # The pusher is far ahead of the workers: buffers of this size come back as the
-                # ops using them end.  Take the next one rather than touch fresh memory; if none
-                # comes back in time (the user holds them), stop waiting for this size until one does.
-                self.waits += 1
-                entry = self._wait_for(nbytes, drain)
-                if entry is None:
-                    self.stalled.add(nbytes)
-            if entry is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-            self.live[nbytes] = self.live.get(nbytes, 0) + 1
-        return entry
-
-    def _wait_for(self, nbytes: int, drain):
-        """Wait at most ``PATIENCE`` s for a buffer of ``nbytes`` to come back (lock held)."""
-        deadline = time.monotonic() + PATIENCE
-        self.waiting += 1
-        try:
-            while True:
-                if drain is not None:
-                    drain()  # (its finalisers give buffers back through this reentrant lock)
-                entry = self._pop(nbytes)
-                left = deadline - time.monotonic()
-                if entry is not None or left <= 0:
-                    return entry
-                # Python bodies give their buffers back from the workers (and notify); native ones
-                # end without a word, so look again after a short while
-                self.returned.wait(left if drain is None else min(left, POLL))
-        finally:
-            self.waiting -= 1
-
-    def _pop(self, nbytes: int):
-        entries = self.free.get(nbytes)
-        while entries:
-            entry = entries.pop()
-            self.bytes -= nbytes
-            # the list gave up its reference: the entry and getrefcount's argument remain
-            if sys.getrefcount(entry[0]) == _FREE_REFS:
-                return entry
-            self.dropped += 1  # someone still looks at it (an exported view): never reuse it
+                self.dropped += 1  # someone still looks at it (an exported view): never reuse it
         return None
 
-    def give(self, entry) -> None:
-        nbytes = entry[0].nbytes
+    def pool_taken(self, nbytes: int, stalled: bool) -> None:
+        with self.lock:
+            self.misses += 1
+            self.live[nbytes] = self.live.get(nbytes, 0) + 1
+            if stalled:
+                self.stalled.add(nbytes)
+
+    def pool_give(self, entry) -> bool:
+        nbytes = entry[2]
         with self.lock:
             self.live[nbytes] -= 1
             self.stalled.discard(nbytes)
             entries = self.free.setdefault(nbytes, [])
-            if len(entries) >= PER_SIZE or self.bytes + nbytes > self.limit:
+            if len(entries) >= self.per_size or self.bytes + nbytes > self.limit:
                 self.dropped += 1
-                return  # freed when the caller's reference goes
+                return False  # freed when the caller's reference goes
             entries.append(entry)
             self.bytes += nbytes
-            if self.waiting:
-                self.returned.notify()
+            return True
 
-    def trim(self) -> None:
+    def pool_live(self, nbytes: int) -> tuple[int, bool]:
         with self.lock:
-            self.free.clear()
+            return self.live.get(nbytes, 0), nbytes in self.stalled
+
+    def pool_stats(self) -> dict:
+        with self.lock:
+            return {"bytes": self.bytes, "buffers": sum(map(len, self.free.values())), "limit": self.limit,
+                    "hits": self.hits, "misses": self.misses, "dropped": self.dropped}
+
+    def pool_trim(self) -> None:
+        with self.lock:
+            gone = self.free
+            self.free = {}
             self.bytes = 0
+        del gone  # (outside the lock)
+
+    def pool_configure(self, limit: int, per_size: int, notify) -> None:
+        self.limit, self.per_size = limit, per_size
+
+    def pool_waiting(self, delta: int) -> None:
+        pass  # (the Python store asks ``_waiting`` itself)
 
 
 def _free_refs() -> int:
-    """``sys.getrefcount`` of a free buffer inside ``_Pool.take`` (measured, not assumed)."""
-    probe = _Pool(1 << 30)
+    """``sys.getrefcount`` of a free buffer inside ``_Pool.pool_take`` (measured, not assumed)."""
+    probe = _Pool()
     owner = np.empty(16, np.uint8)
     probe.live[16] = 1
-    probe.give((owner, 0))
+    probe.pool_give((owner, 0, 16))
     entry = probe.free[16].pop()
     del owner
     return sys.getrefcount(entry[0])
 
 
 _FREE_REFS = _free_refs()
-_pool = _Pool(_DEFAULT_LIMIT)
 
 
-class PooledStore:
-    """Keeps a pooled buffer alive for an array, its views and its ops; gives it back after."""
+def _implementation():
+    """``ops._native``'s pool and store when the C extension is there, else the Python ones."""
+    if CALLS == "C":
+        from . import _native
 
-    __slots__ = ("entry",)
+        return _native, _native.Store
+    pool = _Pool()
 
-    def __init__(self, entry) -> None:
-        self.entry = entry  # (owner uint8 array, its address)
+    class PooledStore:
+        """Keeps a pooled buffer alive for an array, its views and its ops; gives it back after."""
 
-    def __del__(self) -> None:
-        _pool.give(self.entry)
+        __slots__ = ("entry",)
+
+        def __init__(self, entry) -> None:
+            self.entry = entry
+
+        def __del__(self) -> None:
+            if pool.pool_give(self.entry) and _waiting[0]:
+                _notify()
+    return pool, PooledStore
+
+
+_returned = threading.Condition(threading.RLock())  # a buffer came back while a pusher waited
+_waiting = [0]
+_waits = [0]
+
+
+def _notify() -> None:
+    with _returned:
+        _returned.notify_all()
+
+
+_pool, PooledStore = _implementation()
+_pool.pool_configure(_DEFAULT_LIMIT, PER_SIZE, _notify)
+_take = _pool.pool_take
+
+
+def _take_slow(nbytes: int, drain):
+    """A buffer of ``nbytes`` when none was free: waited for while the pusher is far ahead, else new.
+
+    ``drain`` releases the finished ops of the engine the buffer is for: the
+    compiled core leaves ops that ran native bodies for the pushing thread to
+    release, so a pusher waiting for buffers to come back releases them
+    itself.  A wait ends at most ``PATIENCE`` s later.
+    """
+    live, stalled = _pool.pool_live(nbytes)
+    entry = None
+    if live >= IN_FLIGHT and not stalled:
+        # The pusher is far ahead of the workers: buffers of this size come back as the ops
+        # using them end.  Take the next one rather than touch fresh memory; if none comes back
+        # in time (the user holds them), stop waiting for this size until one does.
+        _waits[0] += 1
+        deadline = time.monotonic() + PATIENCE
+        with _returned:
+            _waiting[0] += 1
+            _pool.pool_waiting(1)
+            try:
+                while True:
+                    if drain is not None:
+                        drain()  # (its finalisers give buffers back and notify through this RLock)
+                    entry = _take(nbytes)
+                    left = deadline - time.monotonic()
+                    if entry is not None or left <= 0:
+                        break
+                    # Python bodies give their buffers back from the workers (and notify); native
+                    # ones end without a word, so look again after a short while
+                    _returned.wait(left if drain is None else min(left, POLL))
+            finally:
+                _waiting[0] -= 1
+                _pool.pool_waiting(-1)
+        if entry is not None:
+            return entry
+        stalled = True
+    # its own mapping: unmapped (given back to the system) once nothing holds it
+    owner = np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+    _pool.pool_taken(nbytes, stalled)
+    return owner, address(owner), nbytes
 
 
 def alloc(shape: tuple, dtype: np.dtype, size: int, drain=None):
-    """``(data, store, address)`` of a new C-contiguous host array (``drain``: see ``_Pool.take``)."""
+    """``(data, store, address)`` of a new C-contiguous host array (``drain``: see ``_take_slow``)."""
     nbytes = size * dtype.itemsize
     if nbytes < POOL_MIN:  # (read at each call: tests lower it)
         data = np.empty(shape, dtype)
         return data, data, address(data) if nbytes else 0
-    entry = _pool.take(nbytes, drain)
-    if entry is None:  # its own mapping: unmapped (given back to the system) once nothing holds it
-        owner = np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
-        entry = (owner, address(owner))
+    entry = _take(nbytes)
+    if entry is None:
+        entry = _take_slow(nbytes, drain)
     return entry[0].view(dtype).reshape(shape), PooledStore(entry), entry[1]
+
+
+def stalled(nbytes: int) -> bool:
+    """Whether pushers stopped waiting for buffers of ``nbytes`` (until one comes back)."""
+    return _pool.pool_live(nbytes)[1]
 
 
 def set_pool_limit(nbytes: int) -> None:
     """Keep at most ``nbytes`` of free buffers (0: keep none); frees what no longer fits."""
     if nbytes.__class__ is not int or nbytes < 0:
         raise ValueError(f"set_pool_limit({nbytes!r}): expected an int >= 0")
-    _pool.limit = nbytes
-    if _pool.bytes > nbytes:
-        _pool.trim()
+    _pool.pool_configure(nbytes, PER_SIZE, _notify)
+    if _pool.pool_stats()["bytes"] > nbytes:
+        _pool.pool_trim()
 
 
 def trim() -> None:
     """Free every buffer the pool keeps."""
-    _pool.trim()
+    _pool.pool_trim()
 
 
 def pool_stats() -> dict:
     """``bytes`` and ``buffers`` kept, ``limit``, and ``hits``, ``misses``, ``dropped`` and ``waits``
     (a pusher far ahead waited for a buffer to come back) so far."""
-    with _pool.lock:
-        return {"bytes": _pool.bytes, "buffers": sum(map(len, _pool.free.values())), "limit": _pool.limit,
-                "hits": _pool.hits, "misses": _pool.misses, "dropped": _pool.dropped, "waits": _pool.waits}
+    return {**_pool.pool_stats(), "waits": _waits[0]}

@@ -188,6 +188,6 @@ def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch):
         c = c + b
     np.testing.assert_array_equal(c.asnumpy(), np.full(n, 200.0))
     after = memory.pool_stats()
-    assert nbytes not in memory._pool.stalled
+    assert not memory.stalled(nbytes)
     assert after["misses"] - before["misses"] <= memory.IN_FLIGHT + 3  # b, c and the buffers in flight
     assert after["hits"] - before["hits"] >= 400 - memory.IN_FLIGHT - 3
