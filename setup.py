@@ -2,7 +2,8 @@
 
 ``depengine._core``: the compiled engine core (``depengine/_core.h`` says what
 each file holds).  ``ops._native``: the call of a CPU kernel without the GIL,
-and the free lists of ``ops.memory``'s buffer pool.
+the free lists of ``ops.memory``'s buffer pool and the front end's
+common op (``ops/_front.c``).
 Both optional: where they cannot be compiled the install goes on, every
 engine runs on the pure-Python reference (``depengine._compiled.WHY_NOT_COMPILED``
 says why) and kernels are called through ctypes (``ops._kernels.CALLS``).
@@ -16,4 +17,4 @@ HEADERS = ["_core.h", "_core_transitions.c.h", "_core_push.c.h", "_core_waits.c.
 
 setup(ext_modules=[Extension("depengine._core", [f"depengine/{s}" for s in SOURCES],
                              depends=[f"depengine/{h}" for h in HEADERS], optional=True),
-                   Extension("ops._native", ["ops/_native.c", "ops/_pool.c"], optional=True)])
+                   Extension("ops._native", ["ops/_native.c", "ops/_pool.c", "ops/_front.c"], optional=True)])

@@ -76,12 +76,15 @@ def _chained(zeros, wrap, ready, n: int, b0, steps: int) -> float:
 def _python_bodies(fn, *args):
     """``fn(*args)`` with ops/ kernels called from Python op bodies instead of native ones."""
     from ops import _cpu
+    from ops import math as front
 
     _cpu.NATIVE_BODIES = False
+    front._FLAT.clear()  # (the fast path remembers which bodies it makes)
     try:
         return fn(*args)
     finally:
         _cpu.NATIVE_BODIES = True
+        front._FLAT.clear()
 
 
 def _chain(n: int, steps: int, peers) -> dict:
@@ -222,24 +225,30 @@ def cold(repeats: int) -> dict:
 def small(repeats: int) -> dict:
     """The parts of one small op, each timed alone on this thread (best of ``repeats`` x 20 000)."""
     import depengine as de
-    from ops import _cpu, _kernels
+    from ops import _cpu, _fast, _kernels
     from ops import math as front
+    from ops.array import NDArray
 
     eng = nd.engine()
     a, b = nd.ones(100), nd.ones(100)
     out = (a + b).wait_to_read()
     w = np.dtype(np.float64)
     fn, _ = _cpu.elementwise(eng, "add", w, out, (a, b))
+    spec = front._FLAT[("add", "d", "d", (100,))]  # what the fast path found for a + b
+    reads = (a._var, b._var)
     na, nb = np.ones(100), np.ones(100)
     v = eng.new_var("v")
     parts = {
         "numpy c + b (allocates)": lambda: na + nb,
         "op body (a native body on the compiled core)": lambda: fn(None),
-        "dtypes and shape (types)": lambda: front.types("add", a, b, a.device),
-        "new array (new_var + buffer)": lambda: front._fresh((100,), w, a.device, "add"),
+        "a + b, pushed (the whole front end)": lambda: a + b,
+        "  of which allocate, pack, push (push_flat)": lambda: _fast.push_flat(spec, (a, b), reads),
+        "  of which new array (new_var + buffer)":
+            lambda: NDArray._cpu_owner(eng, eng.new_var("add"), (100,), w, a.device, 100, (1,)),
         "  of which Engine.new_var": lambda: eng.new_var("x"),
-        "layout, entry point, block": lambda: _cpu.elementwise(eng, "add", w, out, (a, b)),
-        "push of an empty op (pusher's side)": lambda: eng.push(_noop, (), [v]),
+        "  of which push of an empty op (pusher's side)": lambda: eng.push(_noop, (), [v]),
+        "general path: dtypes, layout, entry point, block":
+            lambda: (front.types("add", a, b, a.device), _cpu.elementwise(eng, "add", w, out, (a, b))),
     }
     times = {}
     for name, f in parts.items():

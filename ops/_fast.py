@@ -18,15 +18,17 @@ from __future__ import annotations
 from functools import partial
 from types import MappingProxyType
 
+import numpy as np
+
 from depengine._device import cpu
 from depengine._native import _C as _native_core
 
-from . import _core, _cpu, _kernels
-from ._core import Elementwise, Record
-from ._kernels import call
+from . import _core, _cpu, _kernels, memory
+from ._core import _NO_ATTRS, Elementwise, Record
+from ._kernels import CALLS, call
 from .array import NDArray, _c_strides
 
-__all__ = ["CPU", "FlatOp", "flat_op", "push_flat", "push_matmul", "push_sum"]
+__all__ = ["CPU", "FlatOp", "flat_op", "push", "push_flat", "push_matmul", "push_sum"]
 
 CPU = cpu()
 _N = ord("N")
@@ -40,7 +42,7 @@ class FlatOp:
     shape) and reuses it while ops/ pushes to the same engine (``eng``).
     """
 
-    __slots__ = ("entry", "eng", "name", "native", "op", "packer", "result", "shape", "size", "strides",
+    __slots__ = ("c", "entry", "eng", "name", "native", "op", "packer", "result", "shape", "size", "strides",
                  "work")
 
 
@@ -55,11 +57,21 @@ def flat_op(eng, op: str, work, result, shape: tuple, operands) -> FlatOp | None
     sig = tuple("C" + x.dtype.char if x.__class__ is NDArray else "K" for x in operands)
     spec = FlatOp()
     spec.entry, spec.packer = _kernels.elementwise(op, work, result, "C", sig)
-    spec.native = _native_core is not None and eng.options.core == "compiled"
+    spec.native = _native_core is not None and eng.options.core == "compiled" and _cpu.NATIVE_BODIES
     spec.name = f"native@{spec.entry:#x}"
     spec.eng, spec.op, spec.work, spec.result, spec.shape, spec.size = eng, op, work, result, shape, size
     spec.strides = _c_strides(shape)
+    # what ops/_front.c reads (in this order); the Python version takes the FlatOp itself
+    spec.c = spec if push is _push_py else (
+        eng, eng.new_var, eng.push, _native_core.make_native if spec.native else partial, spec.native,
+        spec.entry, op, spec.name, shape, result, size, spec.strides, work, work.kind == "f", result.itemsize,
+        CPU, call, eng._drain_records)
     return spec
+
+
+def _push_py(spec: FlatOp, *operands) -> NDArray:
+    """``push`` without the C extension: ``push_flat`` with the reads found here."""
+    return push_flat(spec, operands, tuple(x._var for x in operands if x.__class__ is NDArray))
 
 
 def push_flat(spec: FlatOp, operands: tuple, reads: tuple) -> NDArray:
@@ -72,7 +84,7 @@ def push_flat(spec: FlatOp, operands: tuple, reads: tuple) -> NDArray:
     for x in operands:
         values += (x._addr, 0, 1) if x.__class__ is NDArray else (x, 0, 0)
     block = spec.packer.pack(*values)
-    if spec.native and _cpu.NATIVE_BODIES:
+    if spec.native:
         body = _native_core.make_native(spec.entry, None, spec.name, block)
     else:
         body = partial(call, spec.entry, block)
@@ -100,3 +112,17 @@ def push_matmul(eng, a, b) -> NDArray:
     eng.push(_cpu.gemm_body(eng, a, b, out, (_N, a.shape[1]), (_N, n)), (a._var, b._var), [out._var],
              "matmul", 0, False, None, "normal", True).meta = Record("matmul", (a, b), out)
     return out
+
+
+def _front():
+    """``push(spec.c, x[, y])``: ops/_front.c's when the C extension is there, else ``_push_py``."""
+    if CALLS != "C":
+        return _push_py
+    from . import _native
+
+    _native.front_setup(NDArray, Elementwise, memory, np.empty, memory._take_slow, _NO_ATTRS, _core._releases,
+                        _core.flush_releases)
+    return _native.front_push
+
+
+push = _front()

@@ -62,13 +62,14 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-extern PyMethodDef pool_methods[];
+extern PyMethodDef pool_methods[], front_methods[];
 extern PyTypeObject PoolStoreType;
 
 static int
-native_exec(PyObject *module)   /* the buffer pool of ops.memory (ops/_pool.c) */
+native_exec(PyObject *module)   /* the buffer pool of ops.memory (ops/_pool.c), the front end (_front.c) */
 {
-    if (PyModule_AddFunctions(module, pool_methods) < 0 || PyType_Ready(&PoolStoreType) < 0)
+    if (PyModule_AddFunctions(module, pool_methods) < 0 || PyModule_AddFunctions(module, front_methods) < 0 ||
+        PyType_Ready(&PoolStoreType) < 0)
         return -1;
     return PyModule_AddObjectRef(module, "Store", (PyObject *)&PoolStoreType);
 }

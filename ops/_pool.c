@@ -19,6 +19,13 @@
 #include <stdlib.h>
 
 typedef struct {
+    PyObject_HEAD
+    PyObject *entry;
+} Store;
+
+PyTypeObject PoolStoreType;
+
+typedef struct {
     Py_ssize_t nbytes;   /* 0: an empty slot of the table */
     Py_ssize_t live;     /* buffers of this size handed out and not yet given back */
     int stalled;         /* a pusher waited for one in vain: no more waits until one comes back */
@@ -69,12 +76,10 @@ find(Py_ssize_t nbytes, int create)   /* mu held */
     return &table[j];
 }
 
-static PyObject *
-pool_take(PyObject *self, PyObject *arg)
+/* A free entry of nbytes (a new reference), or NULL (no exception): none. */
+PyObject *
+pool_take_entry(Py_ssize_t nbytes)
 {
-    Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
-    if (nbytes <= 0)
-        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "pool_take(%zd)", nbytes);
     PyObject *got = NULL, *stale[8];
     int nstale = 0;
     pthread_mutex_lock(&mu);
@@ -100,9 +105,29 @@ pool_take(PyObject *self, PyObject *arg)
     pthread_mutex_unlock(&mu);
     for (int i = 0; i < nstale; i++)
         Py_DECREF(stale[i]);
+    return got;   /* the table's reference, handed over */
+}
+
+static PyObject *
+pool_take(PyObject *self, PyObject *arg)
+{
+    Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
+    if (nbytes <= 0)
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "pool_take(%zd)", nbytes);
+    PyObject *got = pool_take_entry(nbytes);
     if (got == NULL)
         Py_RETURN_NONE;
-    return got;   /* the table's reference, handed over */
+    return got;
+}
+
+/* A Store keeping entry (borrowed) alive. */
+PyObject *
+pool_store(PyObject *entry)
+{
+    Store *s = PyObject_New(Store, &PoolStoreType);
+    if (s != NULL)
+        s->entry = Py_NewRef(entry);
+    return (PyObject *)s;
 }
 
 static PyObject *
@@ -257,10 +282,6 @@ pool_waiting(PyObject *self, PyObject *arg)
 }
 
 /* ---------------------------------------------------------------- Store */
-typedef struct {
-    PyObject_HEAD
-    PyObject *entry;
-} Store;
 
 static PyObject *
 store_new(PyTypeObject *type, PyObject *args, PyObject *kwds)

@@ -138,21 +138,21 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
                     if spec is None:
                         spec = _flat_op(key, op, (a, b), a.shape)
                     if spec and spec.eng is _core.engine():
-                        return _fast.push_flat(spec, (a, b), (a._var, b._var))
+                        return _fast.push(spec.c, a, b)
             elif cb in _SCALARS:
                 key = (op, a.dtype.char, cb, a.shape)
                 spec = _FLAT.get(key)
                 if spec is None:
                     spec = _flat_op(key, op, (a, b), a.shape)
                 if spec and spec.eng is _core.engine():
-                    return _fast.push_flat(spec, (a, _scalar(b, spec.work)), (a._var,))
+                    return _fast.push(spec.c, a, _scalar(b, spec.work))
         elif cb is NDArray and ca in _SCALARS and b._flat and b.device is _CPU:
             key = (op, ca, b.dtype.char, b.shape)
             spec = _FLAT.get(key)
             if spec is None:
                 spec = _flat_op(key, op, (a, b), b.shape)
             if spec and spec.eng is _core.engine():
-                return _fast.push_flat(spec, (_scalar(a, spec.work), b), (b._var,))
+                return _fast.push(spec.c, _scalar(a, spec.work), b)
     if a.__class__ is not NDArray:
         a = _check_operand(a, op)
     if b.__class__ is not NDArray:
@@ -240,7 +240,7 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
         if spec is None:
             spec = _flat_op(key, op, (a,), a.shape)
         if spec and spec.eng is _core.engine():
-            return _fast.push_flat(spec, (a,), (a._var,))
+            return _fast.push(spec.c, a)
     if a.__class__ is not NDArray and not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
     dtype = unary_dtype(op, a.dtype)

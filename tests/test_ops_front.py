@@ -191,3 +191,23 @@ def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch):
     assert not memory.stalled(nbytes)
     assert after["misses"] - before["misses"] <= memory.IN_FLIGHT + 3  # b, c and the buffers in flight
     assert after["hits"] - before["hits"] >= 400 - memory.IN_FLIGHT - 3
+
+
+def test_the_c_front_end_makes_what_the_python_one_makes(eng):
+    """``_fast.push`` (ops/_front.c where the extension is built) against ``_fast.push_flat``: the same
+    array in every slot, one op each, the same values."""
+    a, b = nd.array(np.arange(6.0).reshape(2, 3)), nd.array(np.full((2, 3), 0.5))
+    a + b, a * 2.0  # the fast path remembers the ops
+    spec, times = m._FLAT[("add", "d", "d", (2, 3))], m._FLAT[("multiply", "d", float, (2, 3))]
+    eng.wait_all()
+    seq = eng._seq
+    c_made = _fast.push(spec.c, a, b)
+    py_made = _fast.push_flat(spec, (a, b), (a._var, b._var))
+    scalar_made = _fast.push(times.c, a, 2.0)
+    assert eng._seq == seq + 3
+    for name in ("shape", "dtype", "device", "_offset", "_strides", "_flat", "_base", "_ag", "_engine"):
+        assert getattr(c_made, name) == getattr(py_made, name), name
+    assert c_made._var is not py_made._var and c_made._addr != py_made._addr
+    assert c_made._addr == c_made._data.__array_interface__["data"][0]
+    np.testing.assert_array_equal(c_made.asnumpy(), py_made.asnumpy())
+    np.testing.assert_array_equal(scalar_made.asnumpy(), np.arange(6.0).reshape(2, 3) * 2)
