@@ -20,7 +20,8 @@ import numpy as np
 
 import depengine as de
 
-__all__ = ["CPU_DTYPES", "DeviceStore", "Elementwise", "Record", "check_dtype", "engine", "flush_releases",
+__all__ = ["CPU_DTYPES", "DeviceStore", "Elementwise", "Record", "check_dtype", "engine", "engine_caches",
+           "flush_releases",
            "holding_releases", "push", "push_recorded", "queue_release", "runtime", "set_engine", "tape"]
 
 CPU_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.int32, np.int64, np.float32, np.float64))
@@ -30,6 +31,8 @@ _engine: de.Engine | None = None
 _default: de.Engine | None = None  # depengine.default_engine(), remembered
 _releases: deque = deque()
 _held = 0  # > 0 while a plan is being recorded by ops/ (hybridize, load_plan): releases wait
+
+engine_caches: list[dict] = []  # cleared by set_engine (ops.math's fast path registers its own)
 
 tape = None
 """Autograd's one hook into the front end.
@@ -97,6 +100,8 @@ def set_engine(eng: de.Engine | None) -> None:
     if eng is not None and not isinstance(eng, de.Engine):
         raise TypeError(f"set_engine({eng!r}): expected a depengine.Engine or None")
     _engine = eng
+    for cache in engine_caches:  # what the front end found for the engine it pushed to
+        cache.clear()
 
 
 def runtime(eng: de.Engine, device: de.Device):

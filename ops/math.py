@@ -104,7 +104,10 @@ def _scalar(x, work: np.dtype):
     return work.type(x).item()
 
 
-_FLAT: dict = {}  # (op, dtype char or scalar type per operand, shape) -> _fast.FlatOp, or False: not flat
+# (op, dtype char or scalar type per operand, shape) -> _fast.FlatOp on the engine it was found for (found
+# again for another), or False: the general path (an mpi engine, an op cut in parts); set_engine clears it
+_FLAT: dict = {}
+_core.engine_caches.append(_FLAT)
 _CPU = _fast.CPU
 _SCALARS = (int, float)
 
@@ -135,23 +138,23 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
                 if b._flat and b.device is _CPU and a.shape == b.shape:
                     key = (op, a.dtype.char, b.dtype.char, a.shape)
                     spec = _FLAT.get(key)
-                    if spec is None:
+                    if spec is None or (spec and spec.eng is not _core.engine()):
                         spec = _flat_op(key, op, (a, b), a.shape)
-                    if spec and spec.eng is _core.engine():
+                    if spec:
                         return _fast.push(spec.c, a, b)
             elif cb in _SCALARS:
                 key = (op, a.dtype.char, cb, a.shape)
                 spec = _FLAT.get(key)
-                if spec is None:
+                if spec is None or (spec and spec.eng is not _core.engine()):
                     spec = _flat_op(key, op, (a, b), a.shape)
-                if spec and spec.eng is _core.engine():
+                if spec:
                     return _fast.push(spec.c, a, _scalar(b, spec.work))
         elif cb is NDArray and ca in _SCALARS and b._flat and b.device is _CPU:
             key = (op, ca, b.dtype.char, b.shape)
             spec = _FLAT.get(key)
-            if spec is None:
+            if spec is None or (spec and spec.eng is not _core.engine()):
                 spec = _flat_op(key, op, (a, b), b.shape)
-            if spec and spec.eng is _core.engine():
+            if spec:
                 return _fast.push(spec.c, _scalar(a, spec.work), b)
     if a.__class__ is not NDArray:
         a = _check_operand(a, op)
@@ -237,9 +240,9 @@ def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
     if out is None and _core.tape is None and a.__class__ is NDArray and a._flat and a.device is _CPU:
         key = (op, a.dtype.char, a.shape)
         spec = _FLAT.get(key)
-        if spec is None:
+        if spec is None or (spec and spec.eng is not _core.engine()):
             spec = _flat_op(key, op, (a,), a.shape)
-        if spec and spec.eng is _core.engine():
+        if spec:
             return _fast.push(spec.c, a)
     if a.__class__ is not NDArray and not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")

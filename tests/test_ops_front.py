@@ -107,6 +107,24 @@ def test_the_fast_path_is_taken_and_follows_set_engine(eng):
     np.testing.assert_array_equal(c.asnumpy(), np.arange(5.0) + 1)
 
 
+def test_an_op_cut_in_parts_takes_the_general_path_until_the_engine_changes(eng, monkeypatch):
+    monkeypatch.setattr(_cpu, "PART_MIN", 4)
+    monkeypatch.setattr(_cpu, "_SPLIT_MIN", 8)
+    x = nd.array(np.arange(64.0))
+    np.testing.assert_array_equal((x + x).asnumpy(), np.arange(64.0) * 2)
+    key = ("add", "d", "d", (64,))
+    assert m._FLAT[key] is False  # two workers share it: the general path's parts
+    naive = de.Engine("naive")
+    try:
+        nd.set_engine(naive)
+        y = nd.array(np.arange(64.0))
+        np.testing.assert_array_equal((y + y).asnumpy(), np.arange(64.0) * 2)
+        assert m._FLAT[key].eng is naive  # one worker: one part, the fast path
+    finally:
+        nd.set_engine(eng)
+        naive.close()
+
+
 def test_bad_scalars_raise_on_the_fast_path_with_nothing_pushed(eng):
     i32 = nd.ones(4, dtype=np.int32)
     eng.wait_all()
