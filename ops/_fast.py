@@ -28,7 +28,7 @@ from ._core import _NO_ATTRS, Elementwise, Record
 from ._kernels import CALLS, call
 from .array import NDArray, _c_strides
 
-__all__ = ["CPU", "FlatOp", "flat_op", "push", "push_flat", "push_matmul", "push_sum"]
+__all__ = ["CPU", "FlatOp", "flat_op", "push", "push_flat", "push_into", "push_matmul", "push_sum"]
 
 CPU = cpu()
 _N = ord("N")
@@ -89,6 +89,22 @@ def push_flat(spec: FlatOp, operands: tuple, reads: tuple) -> NDArray:
     else:
         body = partial(call, spec.entry, block)
     eng.push(body, reads, [out._var], spec.op, 0, False, None, "normal", True).meta = \
+        Elementwise(spec.op, operands, out, spec.work)
+    return out
+
+
+def push_into(spec: FlatOp, out: NDArray, operands: tuple) -> NDArray:
+    """Push ``spec``'s op writing into ``out`` (contiguous, of its shape and result dtype: ``x += y``)."""
+    if _core._releases:
+        _core.flush_releases()
+    values = [0, 1, spec.size, out._addr, 0, 1]
+    for x in operands:
+        values += (x._addr, 0, 1) if x.__class__ is NDArray else (x, 0, 0)
+    block = spec.packer.pack(*values)
+    body = _native_core.make_native(spec.entry, None, spec.name, block) if spec.native else \
+        partial(call, spec.entry, block)
+    reads = tuple(x._var for x in operands if x.__class__ is NDArray)
+    spec.eng.push(body, reads, [out._var], spec.op, 0, False, None, "normal", True).meta = \
         Elementwise(spec.op, operands, out, spec.work)
     return out
 

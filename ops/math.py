@@ -131,8 +131,12 @@ def _flat_op(key, op, operands, shape):
 
 def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
     """``op`` (add, subtract, ..., or a comparison) of ``a`` and ``b`` with broadcasting."""
-    if out is None and _core.tape is None:  # the common case, found once per (op, dtypes, shape)
+    if _core.tape is None and (out is None or (out.__class__ is NDArray and out._flat
+                                                and out.device is _CPU)):
+        # the common case: contiguous operands of one shape (or one and a scalar), found once per
+        # (op, dtypes, shape), pushed into a new array or into out (``+=``) of the result's dtype
         ca, cb = a.__class__, b.__class__
+        spec = None
         if ca is NDArray and a._flat and a.device is _CPU:
             if cb is NDArray:
                 if b._flat and b.device is _CPU and a.shape == b.shape:
@@ -140,22 +144,26 @@ def binary(op: str, a, b, out: NDArray | None = None) -> NDArray:
                     spec = _FLAT.get(key)
                     if spec is None or (spec and spec.eng is not _core.engine()):
                         spec = _flat_op(key, op, (a, b), a.shape)
-                    if spec:
-                        return _fast.push(spec.c, a, b)
+                    x, y = a, b
             elif cb in _SCALARS:
                 key = (op, a.dtype.char, cb, a.shape)
                 spec = _FLAT.get(key)
                 if spec is None or (spec and spec.eng is not _core.engine()):
                     spec = _flat_op(key, op, (a, b), a.shape)
                 if spec:
-                    return _fast.push(spec.c, a, _scalar(b, spec.work))
+                    x, y = a, _scalar(b, spec.work)
         elif cb is NDArray and ca in _SCALARS and b._flat and b.device is _CPU:
             key = (op, ca, b.dtype.char, b.shape)
             spec = _FLAT.get(key)
             if spec is None or (spec and spec.eng is not _core.engine()):
                 spec = _flat_op(key, op, (a, b), b.shape)
             if spec:
-                return _fast.push(spec.c, _scalar(a, spec.work), b)
+                x, y = _scalar(a, spec.work), b
+        if spec:
+            if out is None:
+                return _fast.push(spec.c, x, y)
+            if out.shape == spec.shape and out.dtype == spec.result and out._engine is spec.eng:
+                return _fast.push_into(spec, out, (x, y))
     if a.__class__ is not NDArray:
         a = _check_operand(a, op)
     if b.__class__ is not NDArray:
@@ -237,13 +245,17 @@ def unary_dtype(op: str, dtype: np.dtype) -> np.dtype:
 
 def unary(op: str, a: NDArray, out: NDArray | None = None) -> NDArray:
     """Elementwise ``op`` (exp, log, sqrt, tanh, abs, negative, sin, cos, square, sign, copy)."""
-    if out is None and _core.tape is None and a.__class__ is NDArray and a._flat and a.device is _CPU:
+    if (_core.tape is None and a.__class__ is NDArray and a._flat and a.device is _CPU
+            and (out is None or (out.__class__ is NDArray and out._flat and out.device is _CPU))):
         key = (op, a.dtype.char, a.shape)
         spec = _FLAT.get(key)
         if spec is None or (spec and spec.eng is not _core.engine()):
             spec = _flat_op(key, op, (a,), a.shape)
         if spec:
-            return _fast.push(spec.c, a)
+            if out is None:
+                return _fast.push(spec.c, a)
+            if out.shape == spec.shape and out.dtype == spec.result and out._engine is spec.eng:
+                return _fast.push_into(spec, out, (a,))
     if a.__class__ is not NDArray and not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
     dtype = unary_dtype(op, a.dtype)

@@ -65,6 +65,13 @@ def _ops(op, x, y, other, out=None):
     return m.binary(op, scalar, x, out=out) if other == "reflected" else m.binary(op, x, scalar, out=out)
 
 
+class _Nothing(dict):
+    """An ``ops.math._FLAT`` that finds nothing: every call takes the general path."""
+
+    def get(self, key, default=None):
+        return False
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=flat_cases())
 def test_fast_paths_equal_the_general_path_and_numpy(eng, case):
@@ -78,10 +85,19 @@ def test_fast_paths_equal_the_general_path_and_numpy(eng, case):
         expected = None
     x, y = nd.array(a, dtype=a.dtype), nd.array(b, dtype=b.dtype)
     fast = _ops(op, x, y, other)
-    general = _ops(op, x, y, other, out=nd.empty(fast.shape, dtype=fast.dtype))
+    fast_into = _ops(op, x, y, other, out=nd.empty(fast.shape, dtype=fast.dtype))  # x += y's path
+    flat = m._FLAT
+    m._FLAT = _Nothing()
+    try:
+        general = _ops(op, x, y, other)
+        general_into = _ops(op, x, y, other, out=nd.empty(fast.shape, dtype=fast.dtype))
+    finally:
+        m._FLAT = flat
     got, ref = fast.asnumpy(), general.asnumpy()
     assert got.dtype == ref.dtype
     np.testing.assert_array_equal(got, ref)  # the same kernel on the same operands: the same bits
+    np.testing.assert_array_equal(fast_into.asnumpy(), ref)
+    np.testing.assert_array_equal(general_into.asnumpy(), ref)
     if expected is not None:  # (ops/ keeps its own dtype rules for booleans: compare values)
         np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64),
                                    rtol=1e-6 if a.dtype == np.float32 else 1e-13)
@@ -123,6 +139,30 @@ def test_an_op_cut_in_parts_takes_the_general_path_until_the_engine_changes(eng,
     finally:
         nd.set_engine(eng)
         naive.close()
+
+
+def test_in_place_operators_take_the_fast_path_into_their_array(eng):
+    a = nd.array(np.arange(4.0))
+    b = nd.array(np.full(4, 0.5))
+    same = a
+    eng.wait_all()
+    seq, version = eng._seq, a._var.version
+    a += b
+    a *= 2.0
+    a -= 1
+    np.testing.assert_array_equal(a.asnumpy(), (np.arange(4.0) + 0.5) * 2.0 - 1)
+    assert a is same and eng._seq == seq + 3 and a._var.version == version + 3
+    i = nd.array(np.arange(4), dtype=np.int64)
+    i += 1
+    f32 = nd.array(np.ones(4, np.float32))
+    f32 += nd.array(np.ones(4))  # a float64 result into float32: the general path, casting (same_kind)
+    eng.wait_all()
+    seq = eng._seq
+    with pytest.raises(TypeError, match="cannot cast the float64 result to out's int64"):
+        i += 1.5  # as NumPy: not a same_kind cast, nothing pushed
+    assert eng._seq == seq
+    np.testing.assert_array_equal(i.asnumpy(), np.arange(4) + 1)
+    np.testing.assert_array_equal(f32.asnumpy(), np.full(4, 2.0, np.float32))
 
 
 def test_bad_scalars_raise_on_the_fast_path_with_nothing_pushed(eng):
