@@ -16,7 +16,8 @@ Workloads (issue 14's targets in brackets):
 - ``small``: where the time of one 100-element ``c = c + b`` goes, part by part (us, best of rounds)
 
 Each figure is the best of ``--repeats`` rounds; within a round every system runs once, in turn, so
-that drift of the shared machine hits all of them alike.  Ratios compare figures of the same run.
+that drift of the shared machine hits all of them alike; each round starts with the next system, and
+each turn starts ``SETTLE`` s after the last one ended.  Ratios compare figures of the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ import numpy as np
 import ops as nd
 
 ALL = ("chain100", "chain10k", "chain1m", "two1m", "expr", "mm64", "mm2048", "cold", "small")
+# seconds between two systems' turns: a peer's idle threads keep spinning after it returns (NumPy's
+# OpenBLAS helper for about 0.1 s: ops' 2048 matmul took 169-236 ms right after NumPy's and
+# 122-158 ms 0.3 s later) and would be charged to whichever system runs next
+SETTLE = 0.2
 
 
 def _peers():
@@ -300,9 +305,11 @@ def run(names, repeats: int, quick: bool) -> dict:
             continue
         systems, per, unit = workloads[name]()
         best = {s: float("inf") for s in systems}
-        for _ in range(repeats):
-            for s, fn in systems.items():
-                best[s] = min(best[s], fn())
+        order = list(systems)
+        for r in range(repeats):
+            for s in order[r % len(order):] + order[:r % len(order)]:  # each round starts with another
+                time.sleep(SETTLE)
+                best[s] = min(best[s], systems[s]())
         factor = 1e6 / per if unit == "us/op" else 1e3
         figures = {s: t * factor for s, t in best.items()}
         figures["ops / numpy"] = figures["ops"] / figures["numpy"]

@@ -108,7 +108,7 @@ struct OpObject {
     i64 id, priority, p_push, p_start, p_end;
     unsigned long p_thread;
     int wait;                  /* vars not granted yet (the +1 of registration included until it ends) */
-    char state, always_run, is_async, native, stamped, started, host_hook, registered;
+    char state, always_run, is_async, native, stamped, started, host_hook, registered, inline_ok;
     char kind_ix, on_cpu;      /* kind: normal, prioritized, copy, async = 0..3; on the CPU device */
     native_fn cfn;
     void *carg;
@@ -123,6 +123,7 @@ typedef struct {               /* depengine.native's op body, in C form */
     void *arg;
     PyObject *name;            /* str */
     PyObject *keep;            /* the argument's owner and buffer export, kept alive; or None */
+    char inline_ok;            /* cheap: a push that finds it ready runs it at once (see core_push) */
 } NativeObject;
 
 typedef struct {               /* an entry of a ready queue's heap */
@@ -173,7 +174,7 @@ struct Core {
 /* _core_var.c, _core_op.c, _core_native.c */
 extern PyTypeObject VarType, OpType, DoneType, NativeType;
 VarObject *var_new(Core *core, PyObject *engine, PyObject *name, i64 serial);
-PyObject *native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep);
+PyObject *native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep, int inline_ok);
 OpObject *op_alloc(void);
 PyObject *op_name(OpObject *op);   /* new reference */
 PyObject *done_new(Core *core, OpObject *op);

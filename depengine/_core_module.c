@@ -81,18 +81,24 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* make_native(address, arg_address, name, keep): depengine.native's body in C form.  With
+/* make_native(address, arg_address, name, keep[, inline]): depengine.native's body in C form.  With
  * arg_address None, keep is a bytes object and the function receives its first byte (NULL when
- * empty): bytes cannot change or move while the body holds them. */
+ * empty): bytes cannot change or move while the body holds them.  inline (default False): the body
+ * is cheap (a few microseconds), so a push that finds its op ready runs it on the pushing thread
+ * rather than hand it to a worker (core_push). */
 static PyObject *
 make_native(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    int of_bytes = nargs == 4 && args[1] == Py_None && PyBytes_CheckExact(args[3]);
-    if (nargs != 4 || !PyLong_Check(args[0]) || !(of_bytes || PyLong_Check(args[1])) || !PyUnicode_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "make_native(address: int, arg_address: int | None, name: str, keep: object | bytes)");
+    int of_bytes = (nargs == 4 || nargs == 5) && args[1] == Py_None && PyBytes_CheckExact(args[3]);
+    if ((nargs != 4 && nargs != 5) || !PyLong_Check(args[0]) || !(of_bytes || PyLong_Check(args[1])) ||
+        !PyUnicode_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "make_native(address: int, arg_address: int | None, name: str, "
+                        "keep: object | bytes[, inline: bool])");
         return NULL;
     }
+    int inline_ok = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
+    if (inline_ok < 0)
+        return NULL;
     void *fn = PyLong_AsVoidPtr(args[0]);
     void *arg = of_bytes ? (PyBytes_GET_SIZE(args[3]) ? (void *)PyBytes_AS_STRING(args[3]) : NULL)
                          : PyLong_AsVoidPtr(args[1]);
@@ -102,7 +108,7 @@ make_native(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "make_native: the function address is NULL");
         return NULL;
     }
-    return native_new((native_fn)fn, arg, args[2], args[3]);
+    return native_new((native_fn)fn, arg, args[2], args[3], inline_ok);
 }
 
 static int

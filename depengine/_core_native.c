@@ -8,7 +8,7 @@
  * core reads its function and argument directly; calling it from Python (the pure-Python engine, a
  * bulk or a plan run) calls the function with the GIL released. */
 PyObject *
-native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep)
+native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep, int inline_ok)
 {
     NativeObject *n = PyObject_GC_New(NativeObject, &NativeType);
     if (n == NULL)
@@ -17,7 +17,9 @@ native_new(native_fn fn, void *arg, PyObject *name, PyObject *keep)
     n->arg = arg;
     n->name = Py_NewRef(name);
     n->keep = Py_NewRef(keep);
-    PyObject_GC_Track(n);
+    n->inline_ok = (char)inline_ok;
+    if (!PyBytes_CheckExact(keep) && !PyUnicode_CheckExact(keep) && keep != Py_None)
+        PyObject_GC_Track(n);   /* (a name and bytes make no cycle: nothing for a collection to see) */
     return (PyObject *)n;
 }
 

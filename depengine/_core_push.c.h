@@ -313,6 +313,7 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
         op->cfn = ((NativeObject *)fn)->fn;
         op->carg = ((NativeObject *)fn)->arg;
         op->native = 1;
+        op->inline_ok = ((NativeObject *)fn)->inline_ok;
         if (op->name == NULL)
             op->name = Py_NewRef(((NativeObject *)fn)->name);
     }
@@ -404,7 +405,10 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     }
     i64 backlog = epoch->count;
     int route = wait == 0 ? core_route(c, op) : -3;
-    if (route >= 0)   /* ready at once, for a C pool: queued under the same lock */
+    /* A cheap native op found ready runs here, now: handing it to a worker would cost more than
+     * the call (the op, its vars and the core's lock would move between cores) */
+    int here = route >= 0 && op->inline_ok && c->type != T_NAIVE;
+    if (route >= 0 && !here)   /* ready at once, for a C pool: queued under the same lock */
         oom |= pool_put(&c->pools[route], (PyObject *)op, op->priority) < 0;
     pthread_mutex_unlock(&c->mu);
     PyMem_Free(counts);
@@ -414,6 +418,16 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     }
     if (route != -3 && route < 0 && core_dispatch_gil(c, &op, 1) < 0)
         goto after_error;
+    if (here) {   /* as the naive engine runs an op: its completion hands on what it made ready */
+        OpObject **ready = NULL;
+        int nready = 0;
+        int rc = core_execute_py(c, op, &ready, &nready);
+        if (rc == 0)
+            rc = core_dispatch_gil(c, ready, nready);
+        PyMem_RawFree(ready);
+        if (rc < 0)
+            goto after_error;
+    }
     if (c->type == T_NAIVE && naive_run(c) < 0)
         goto after_error;
     if (c->done_ops != NULL && c->ndone >= DRAIN_EVERY)   /* (a racy read: only a hint) */

@@ -24,7 +24,6 @@ from functools import partial as _partial
 import numba
 import numpy as np
 
-from depengine import native as _native
 from depengine._native import _C as _native_core
 
 from . import _blas, _kernels, _sum
@@ -43,6 +42,11 @@ UNARY = ("exp", "log", "sqrt", "tanh", "abs", "negative", "sin", "cos", "square"
 REDUCE = ("sum", "max", "min", "argmax", "mean")
 
 NATIVE_BODIES = True  # one-part kernels as de.native bodies on the compiled core (bench.arrays compares)
+# A native op writing at most this many bytes (a gemm of at most INLINE_FLOPS multiply-adds) is cheap:
+# a push that finds it ready runs it on the pushing thread, where handing it to a worker would cost
+# more than the call (make_native's inline flag; 10 000 float64 additions take about 2 us here)
+INLINE_BYTES = 1 << 17
+INLINE_FLOPS = 1 << 18
 PART_MIN = 1 << 16  # elements per part, at least: below that a part costs more than it saves
 _SPLIT_MIN = 4 * PART_MIN
 _opts = {"nogil": True, "cache": True, "error_model": "numpy"}
@@ -139,7 +143,8 @@ def elementwise(eng, op: str, work, out, operands):
     if nparts == 1:
         block = packer.pack(0, rows, inner, *values)
         if NATIVE_BODIES and eng.options.core == "compiled":  # a worker of the core runs it without the GIL
-            return _native(entry, block), rec
+            return _native_core.make_native(entry, None, f"native@{entry:#x}", block,
+                                            out.nbytes <= INLINE_BYTES), rec
         return _partial(call, entry, block), rec
     classes = ("C", *[s[0] for s in sig])
     dtypes = (out.dtype, *[np.dtype(s[1]) if len(s) > 1 else work for s in sig])
@@ -150,7 +155,7 @@ def sum_body(eng, op: str, a, out):
     """The body of ``op`` (sum or mean) over every element of the contiguous float array ``a``."""
     entry, block = _sum.sum_entry(a.dtype), _sum.sum_block(a, out, op == "mean")
     if NATIVE_BODIES and _native_core is not None and eng.options.core == "compiled":
-        return _native_core.make_native(entry, None, op, block)
+        return _native_core.make_native(entry, None, op, block, a.nbytes <= INLINE_BYTES)
     return _partial(call, entry, block)
 
 
@@ -158,7 +163,8 @@ def gemm_body(eng, a, b, out, la, lb):
     """The body of ``out = a @ b``: one gemm call (``la``, ``lb``: the operands' ``blas_layout``)."""
     block = _blas.gemm_block(a, b, out, la, lb)
     if NATIVE_BODIES and _native_core is not None and eng.options.core == "compiled":
-        return _native_core.make_native(_blas.gemm_entry(), None, "gemm", block)
+        cheap = a.shape[0] * a.shape[1] * b.shape[1] <= INLINE_FLOPS
+        return _native_core.make_native(_blas.gemm_entry(), None, "gemm", block, cheap)
     return _partial(call, _blas.gemm_entry(), block)
 
 

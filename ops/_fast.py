@@ -42,8 +42,8 @@ class FlatOp:
     shape) and reuses it while ops/ pushes to the same engine (``eng``).
     """
 
-    __slots__ = ("c", "entry", "eng", "name", "native", "op", "packer", "result", "shape", "size", "strides",
-                 "work")
+    __slots__ = ("c", "cheap", "entry", "eng", "name", "native", "op", "packer", "result", "shape", "size",
+                 "strides", "work")
 
 
 def flat_op(eng, op: str, work, result, shape: tuple, operands) -> FlatOp | None:
@@ -61,11 +61,12 @@ def flat_op(eng, op: str, work, result, shape: tuple, operands) -> FlatOp | None
     spec.name = f"native@{spec.entry:#x}"
     spec.eng, spec.op, spec.work, spec.result, spec.shape, spec.size = eng, op, work, result, shape, size
     spec.strides = _c_strides(shape)
+    spec.cheap = size * result.itemsize <= _cpu.INLINE_BYTES
     # what ops/_front.c reads (in this order); the Python version takes the FlatOp itself
     spec.c = spec if push is _push_py else (
         eng, eng.new_var, eng.push, _native_core.make_native if spec.native else partial, spec.native,
         spec.entry, op, spec.name, shape, result, size, spec.strides, work, work.kind == "f", result.itemsize,
-        CPU, call, eng._drain_records)
+        CPU, call, eng._drain_records, spec.cheap)
     return spec
 
 
@@ -85,7 +86,7 @@ def push_flat(spec: FlatOp, operands: tuple, reads: tuple) -> NDArray:
         values += (x._addr, 0, 1) if x.__class__ is NDArray else (x, 0, 0)
     block = spec.packer.pack(*values)
     if spec.native:
-        body = _native_core.make_native(spec.entry, None, spec.name, block)
+        body = _native_core.make_native(spec.entry, None, spec.name, block, spec.cheap)
     else:
         body = partial(call, spec.entry, block)
     eng.push(body, reads, [out._var], spec.op, 0, False, None, "normal", True).meta = \
@@ -101,7 +102,7 @@ def push_into(spec: FlatOp, out: NDArray, operands: tuple) -> NDArray:
     for x in operands:
         values += (x._addr, 0, 1) if x.__class__ is NDArray else (x, 0, 0)
     block = spec.packer.pack(*values)
-    body = _native_core.make_native(spec.entry, None, spec.name, block) if spec.native else \
+    body = _native_core.make_native(spec.entry, None, spec.name, block, spec.cheap) if spec.native else \
         partial(call, spec.entry, block)
     reads = tuple(x._var for x in operands if x.__class__ is NDArray)
     spec.eng.push(body, reads, [out._var], spec.op, 0, False, None, "normal", True).meta = \

@@ -27,7 +27,7 @@ PyObject *pool_take_entry(Py_ssize_t nbytes);
 PyObject *pool_store(PyObject *entry);
 
 enum { S_ENG, S_NEW_VAR, S_PUSH, S_MAKER, S_NATIVE, S_ENTRY, S_OP, S_NAME, S_SHAPE, S_DTYPE, S_SIZE,
-       S_STRIDES, S_WORK, S_FLOAT, S_ITEMSIZE, S_CPU, S_CALL, S_DRAIN, S_FIELDS };
+       S_STRIDES, S_WORK, S_FLOAT, S_ITEMSIZE, S_CPU, S_CALL, S_DRAIN, S_CHEAP, S_FIELDS };
 
 /* slots of NDArray and Elementwise, in the order of these names */
 static const char *array_slots[] = {"_engine", "_var", "shape", "dtype", "device", "_data", "_store", "_addr",
@@ -264,9 +264,9 @@ front_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                 goto done;
         }
     }
-    if (PyObject_IsTrue(spec[S_NATIVE])) {   /* make_native(entry, None, name, block) */
-        PyObject *a[4] = {spec[S_ENTRY], Py_None, spec[S_NAME], block};
-        body = PyObject_Vectorcall(spec[S_MAKER], a, 4, NULL);
+    if (PyObject_IsTrue(spec[S_NATIVE])) {   /* make_native(entry, None, name, block, cheap) */
+        PyObject *a[5] = {spec[S_ENTRY], Py_None, spec[S_NAME], block, spec[S_CHEAP]};
+        body = PyObject_Vectorcall(spec[S_MAKER], a, 5, NULL);
     } else {                                  /* partial(call, entry, block) */
         PyObject *a[3] = {spec[S_CALL], spec[S_ENTRY], block};
         body = PyObject_Vectorcall(spec[S_MAKER], a, 3, NULL);

@@ -318,3 +318,72 @@ def test_native_ops_are_profiled_like_any_op(core):
     assert ops[51].state == "failed" and "NativeError" in ops[51].error
     assert all(r.start >= r.push and r.end >= r.start for r in ops)
     assert {r.lane for r in ops[:50]} <= {t.name for t in eng.threads()}
+
+
+# ---------------------------------------------------------- cheap ops run where they are pushed
+def _cheap(fn, values, name="cheap"):
+    """A native body flagged cheap (make_native's inline): a push that finds it ready runs it at once."""
+    return _compiled.core_module.make_native(fn.address, None, name, np.array(values, np.int64).tobytes(),
+                                               True)
+
+
+needs_core = pytest.mark.skipif(not _compiled.COMPILED_AVAILABLE, reason="the compiled core is not built")
+
+
+@needs_core
+@pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cheap_native_ops_mixed_with_python_ops_give_the_serial_result(config, seed):
+    kind, workers = config
+    nvars = 6
+    ops = _program(seed, nvars)
+    data = np.zeros(64, np.int64)
+    data[:nvars] = np.arange(nvars)
+    with de.Engine(kind, workers=workers, core="compiled") as eng:
+        vs = [eng.new_var(f"x{i}") for i in range(nvars)]
+        for how, dst, s1, s2, c in ops:
+            reads = [vs[s1], vs[s2]]
+            if how == "native":
+                eng.push(_cheap(step, [data.ctypes.data, dst, s1, s2, c]), reads=reads, writes=[vs[dst]])
+            else:
+                def body(ctx, dst=dst, s1=s1, s2=s2, c=c):
+                    data[dst] = data[s1] + data[s2] + c
+                eng.push(body, reads=reads, writes=[vs[dst]])
+        eng.wait_all()
+        versions = [v.version for v in vs]
+    assert list(data[:nvars]) == _serial(ops, nvars), f"seed={seed}"
+    assert versions == [sum(1 for op in ops if op[1] == i) for i in range(nvars)]
+
+
+@needs_core
+@pytest.mark.parametrize("kind", ["threaded", "perdevice"])
+def test_a_cheap_op_found_ready_runs_on_the_pushing_thread_and_one_that_waits_on_a_worker(kind):
+    data = np.zeros(64, np.int64)
+    gate = threading.Event()
+    with de.profile() as prof, de.Engine(kind, workers=2, core="compiled") as eng:
+        x, y = eng.new_var("x"), eng.new_var("y")
+        eng.push(lambda ctx: gate.wait(10), writes=[x], name="gate")
+        eng.push(_cheap(step, [data.ctypes.data, 1, 0, 0, 3], "waits"), reads=[x], writes=[x])
+        eng.push(_cheap(step, [data.ctypes.data, 2, 0, 0, 5], "ready"), writes=[y])
+        assert data[2] == 5 and data[1] == 0  # the ready one ran inside its push; the other waits
+        gate.set()
+        eng.wait_all()
+        workers = {t.name for t in eng.threads()}
+    lanes = {r.name: r.lane for r in prof.trace().ops}
+    assert lanes["ready"] == threading.current_thread().name
+    assert lanes["waits"] in workers and data[1] == 3
+
+
+@needs_core
+def test_a_failing_cheap_op_fails_at_once_and_skips_its_dependents():
+    data = np.zeros(64, np.int64)
+    with de.Engine("threaded", workers=2, core="compiled") as eng:
+        a, b = eng.new_var("a"), eng.new_var("b")
+        bad = eng.push(_cheap(step, [data.ctypes.data, 0, 0, 0, -7], "bad"), writes=[a])
+        assert bad.state == "failed"  # ran (and failed) inside its push
+        later = eng.push(_cheap(step, [data.ctypes.data, 1, 0, 0, 5], "later"), reads=[a], writes=[b])
+        with pytest.raises(de.NativeError) as info:
+            eng.wait_for_var(b)
+        assert info.value.code == -7
+        eng.wait_all()
+        assert later.state == "skipped" and data[1] == 0
