@@ -463,10 +463,31 @@ def _is_int(k) -> bool:
 def _install_operators() -> None:
     from . import math as m
 
+    front = m.front_op  # the C fast path (ops/_front.c), or None: every call takes ops.math's
+
     def binary(op, reflected=False):
+        if front is None:
+            if reflected:
+                return lambda self, other: m.binary(op, other, self)
+            return lambda self, other: m.binary(op, self, other)
         if reflected:
-            return lambda self, other: m.binary(op, other, self)
-        return lambda self, other: m.binary(op, self, other)
+            def method(self, other):
+                r = front(op, other, self)
+                return m.binary(op, other, self) if r is None else r
+        else:
+            def method(self, other):
+                r = front(op, self, other)
+                return m.binary(op, self, other) if r is None else r
+        return method
+
+    def unary(op):
+        if front is None:
+            return lambda self: m.unary(op, self)
+
+        def method(self):
+            r = front(op, self)
+            return m.unary(op, self) if r is None else r
+        return method
 
     def inplace(op):
         def method(self, other):
@@ -482,9 +503,9 @@ def _install_operators() -> None:
     for dunder, op in (("eq", "equal"), ("ne", "not_equal"), ("lt", "less"), ("le", "less_equal"),
                        ("gt", "greater"), ("ge", "greater_equal")):
         setattr(NDArray, f"__{dunder}__", binary(op))
-    NDArray.__neg__ = lambda self: m.unary("negative", self)
-    NDArray.__abs__ = lambda self: m.unary("abs", self)
+    NDArray.__neg__ = unary("negative")
+    NDArray.__abs__ = unary("abs")
     NDArray.__pos__ = lambda self: self
     NDArray.__hash__ = None
     for name in ("exp", "log", "sqrt", "tanh", "sin", "cos", "square", "abs", "sign"):
-        setattr(NDArray, name, (lambda op: lambda self: m.unary(op, self))(name))
+        setattr(NDArray, name, unary(name))

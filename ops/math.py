@@ -18,8 +18,8 @@ from ._core import Elementwise, Record, check_dtype, push, push_recorded
 from .array import NDArray, _normalize_axis
 from .linalg import use_blas
 
-__all__ = ["assign", "astype", "binary", "dot", "matmul", "matmul_dtype", "matmul_shape", "reduce",
-           "reduce_shape", "types", "unary", "unary_dtype"]
+__all__ = ["assign", "astype", "binary", "dot", "front_op", "matmul", "matmul_dtype", "matmul_shape",
+           "reduce", "reduce_shape", "types", "unary", "unary_dtype"]
 
 _FLOAT_RESULT = {"exp", "log", "sqrt", "tanh", "sin", "cos"}
 _COMPARE = frozenset(_cpu.COMPARE)
@@ -108,6 +108,22 @@ def _scalar(x, work: np.dtype):
 # again for another), or False: the general path (an mpi engine, an op cut in parts); set_engine clears it
 _FLAT: dict = {}
 _core.engine_caches.append(_FLAT)
+
+
+def _front_op():
+    """ops/_front.c's ``front_op(op, x[, y])``: the operators' way to a FlatOp already found (None
+    without the C extension)."""
+    if _fast.push is _fast._push_py:
+        return None
+    import sys
+
+    from . import _native
+
+    _native.front_dispatch_setup(sys.modules[__name__], _core, _fast.FlatOp, _fast.CPU)
+    return _native.front_op
+
+
+front_op = _front_op()
 _CPU = _fast.CPU
 _SCALARS = (int, float)
 

@@ -269,3 +269,34 @@ def test_the_c_front_end_makes_what_the_python_one_makes(eng):
     assert c_made._addr == c_made._data.__array_interface__["data"][0]
     np.testing.assert_array_equal(c_made.asnumpy(), py_made.asnumpy())
     np.testing.assert_array_equal(scalar_made.asnumpy(), np.arange(6.0).reshape(2, 3) * 2)
+
+
+@pytest.mark.skipif(m.front_op is None, reason="the C extension ops._native is not built")
+def test_operators_reach_ops_found_before_in_c_and_leave_the_rest_to_python(eng):
+    a, b = nd.array(np.arange(1.0, 5.0)), nd.array(np.full(4, 2.0))
+    calls = (("add", a, b), ("multiply", a, 3.0), ("subtract", 3.0, a), ("exp", a))
+    for args in calls:  # found by the Python front end first
+        m.binary(*args) if len(args) == 3 else m.unary(*args)
+    eng.wait_all()
+    seq = eng._seq
+    got = [m.front_op(*args) for args in calls]
+    assert eng._seq == seq + 4 and all(r is not None and r._engine is eng for r in got)
+    flat = m._FLAT
+    m._FLAT = _Nothing()
+    try:
+        expected = [m.binary(*args) if len(args) == 3 else m.unary(*args) for args in calls]
+    finally:
+        m._FLAT = flat
+    for r, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(r.asnumpy(), e.asnumpy())
+    i = nd.array(np.arange(4), dtype=np.int32)
+    i + 1
+    seq = eng._seq
+    assert m.front_op("add", a, nd.array(np.ones((2, 4)))) is None  # broadcasting
+    assert m.front_op("add", a[::2], b[::2]) is None  # not contiguous
+    assert m.front_op("add", a, True) is None  # a bool is not a scalar it takes
+    assert m.front_op("add", i, 1) is None  # int32 work: ops.math casts the scalar (and may raise)
+    assert m.front_op("divide", a, b) is None  # not found yet
+    with nd.autograd.record():
+        assert m.front_op("add", a, b) is None  # the tape sees every op
+    assert eng._seq == seq
