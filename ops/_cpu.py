@@ -155,7 +155,7 @@ def sum_body(eng, op: str, a, out):
     """The body of ``op`` (sum or mean) over every element of the contiguous float array ``a``."""
     entry, block = _sum.sum_entry(a.dtype), _sum.sum_block(a, out, op == "mean")
     if NATIVE_BODIES and _native_core is not None and eng.options.core == "compiled":
-        return _native_core.make_native(entry, None, op, block, a.nbytes <= INLINE_BYTES)
+        return _native_core.make_native(entry, None, op, block, a._data.nbytes <= INLINE_BYTES)
     return _partial(call, entry, block)
 
 

@@ -268,20 +268,14 @@ class NDArray:
         return self._taped("getitem", self._view(shape, strides, offset, data), key)
 
     def __setitem__(self, key, value) -> None:
-        from .math import assign
-
-        assign(self[key], value)
+        _math.assign(self[key], value)
 
     # ----------------------------------------------------------- copies
     def copy(self) -> NDArray:
-        from .math import unary
-
-        return unary("copy", self)
+        return _math.unary("copy", self)
 
     def astype(self, dtype) -> NDArray:
-        from .math import astype
-
-        return astype(self, dtype)
+        return _math.astype(self, dtype)
 
     def copyto(self, target) -> NDArray:
         """A copy on device ``target``, or into the existing array ``target``; returns the copy."""
@@ -330,44 +324,28 @@ class NDArray:
 
     # --------------------------------------------------------- reductions
     def sum(self, axis=None, keepdims=False) -> NDArray:
-        from .math import reduce
-
-        return reduce("sum", self, axis, keepdims)
+        return _math.reduce("sum", self, axis, keepdims)
 
     def mean(self, axis=None, keepdims=False) -> NDArray:
-        from .math import reduce
-
-        return reduce("mean", self, axis, keepdims)
+        return _math.reduce("mean", self, axis, keepdims)
 
     def max(self, axis=None, keepdims=False) -> NDArray:
-        from .math import reduce
-
-        return reduce("max", self, axis, keepdims)
+        return _math.reduce("max", self, axis, keepdims)
 
     def min(self, axis=None, keepdims=False) -> NDArray:
-        from .math import reduce
-
-        return reduce("min", self, axis, keepdims)
+        return _math.reduce("min", self, axis, keepdims)
 
     def argmax(self, axis=None) -> NDArray:
-        from .math import reduce
-
-        return reduce("argmax", self, axis, False)
+        return _math.reduce("argmax", self, axis, False)
 
     def __matmul__(self, other) -> NDArray:
-        from .math import matmul
-
-        return matmul(self, other)
+        return _math.matmul(self, other)
 
     def __rmatmul__(self, other) -> NDArray:
-        from .math import matmul
-
-        return matmul(other, self)
+        return _math.matmul(other, self)
 
     def dot(self, other) -> NDArray:
-        from .math import dot
-
-        return dot(self, other)
+        return _math.dot(self, other)
 
 
 def _c_strides(shape) -> tuple[int, ...]:
@@ -460,8 +438,14 @@ def _is_int(k) -> bool:
     return not isinstance(k, (bool, np.bool_))
 
 
+_math = None  # ops.math, once it is imported (it imports this module): set by _install_operators
+
+
 def _install_operators() -> None:
+    global _math
     from . import math as m
+
+    _math = m
 
     front = m.front_op  # the C fast path (ops/_front.c), or None: every call takes ops.math's
 

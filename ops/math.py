@@ -387,7 +387,7 @@ def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False, out: NDArray 
     """``op`` (sum, mean, max, min, argmax) over ``axis`` (None: every element), into ``out`` if given."""
     if (axis is None and out is None and not keepdims and _core.tape is None and a.__class__ is NDArray
             and a._flat and a.device is _CPU and a.dtype.char in "fd" and op in ("sum", "mean")
-            and a.size):
+            and a._data.size):
         eng = _core.engine()
         if eng.type != "mpi":
             return _fast.push_sum(eng, op, a)
@@ -444,9 +444,10 @@ def matmul(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
     if (out is None and _core.tape is None and a.__class__ is NDArray and b.__class__ is NDArray
             and a._flat and b._flat and a.device is _CPU and b.device is _CPU and a.dtype is b.dtype
             and a.dtype.char in "fd" and len(a.shape) == len(b.shape) == 2 and a.shape[1] == b.shape[0]
-            and a.size and b.size):  # contiguous float matrices: one gemm call when small enough
+            and a.shape[0] and a.shape[1] and b.shape[1]):  # contiguous float matrices: one gemm call
         eng = _core.engine()
-        if eng.type != "mpi" and (a.shape[0] * b.size <= _cpu.MATMUL_SPLIT or _cpu.workers_for(eng) == 1):
+        small = a.shape[0] * b._data.size <= _cpu.MATMUL_SPLIT  # (else cut in parts, on several workers)
+        if eng.type != "mpi" and (small or _cpu.workers_for(eng) == 1):
             use_blas()
             return _fast.push_matmul(eng, a, b)
     for x in (a, b):
