@@ -240,14 +240,13 @@ def small(repeats: int) -> dict:
     w = np.dtype(np.float64)
     fn, _ = _cpu.elementwise(eng, "add", w, out, (a, b))
     spec = front._FLAT[("add", "d", "d", (100,))]  # what the fast path found for a + b
-    reads = (a._var, b._var)
     na, nb = np.ones(100), np.ones(100)
     v = eng.new_var("v")
     parts = {
         "numpy c + b (allocates)": lambda: na + nb,
         "op body (a native body on the compiled core)": lambda: fn(None),
         "a + b, pushed (the whole front end)": lambda: a + b,
-        "  of which allocate, pack, push (push_flat)": lambda: _fast.push_flat(spec, (a, b), reads),
+        f"  of which allocate, pack, push (_fast.push, {_kernels.CALLS})": lambda: _fast.push(spec.c, a, b),
         "  of which new array (new_var + buffer)":
             lambda: NDArray._cpu_owner(eng, eng.new_var("add"), (100,), w, a.device, 100, (1,)),
         "  of which Engine.new_var": lambda: eng.new_var("x"),

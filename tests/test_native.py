@@ -111,10 +111,15 @@ def _serial(ops, nvars):
     return data
 
 
-@pytest.mark.parametrize("core", CORES)
+# (core, body form): "cheap" bodies carry make_native's inline flag (the compiled core's), run by the
+# push that finds them ready
+FORMS = [(core, "native") for core in CORES] + [("compiled", "cheap")] * _compiled.COMPILED_AVAILABLE
+
+
+@pytest.mark.parametrize(("core", "form"), FORMS, ids=[f"{c}-{f}" for c, f in FORMS])
 @pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=config_id)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_native_and_python_ops_mixed_give_the_serial_result(core, config, seed):
+def test_native_and_python_ops_mixed_give_the_serial_result(core, form, config, seed):
     kind, workers = config
     nvars = 6
     ops = _program(seed, nvars)
@@ -128,7 +133,8 @@ def test_native_and_python_ops_mixed_give_the_serial_result(core, config, seed):
             if how == "native":
                 block = np.array([data.ctypes.data, dst, s1, s2, c], np.int64)
                 blocks.append(block)
-                eng.push(de.native(step, block), reads=reads, writes=[vs[dst]])
+                body = de.native(step, block) if form == "native" else _cheap(step, block)
+                eng.push(body, reads=reads, writes=[vs[dst]])
             else:
                 def body(ctx, dst=dst, s1=s1, s2=s2, c=c):
                     data[dst] = data[s1] + data[s2] + c
@@ -328,31 +334,6 @@ def _cheap(fn, values, name="cheap"):
 
 
 needs_core = pytest.mark.skipif(not _compiled.COMPILED_AVAILABLE, reason="the compiled core is not built")
-
-
-@needs_core
-@pytest.mark.parametrize("config", ENGINE_CONFIGS, ids=config_id)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cheap_native_ops_mixed_with_python_ops_give_the_serial_result(config, seed):
-    kind, workers = config
-    nvars = 6
-    ops = _program(seed, nvars)
-    data = np.zeros(64, np.int64)
-    data[:nvars] = np.arange(nvars)
-    with de.Engine(kind, workers=workers, core="compiled") as eng:
-        vs = [eng.new_var(f"x{i}") for i in range(nvars)]
-        for how, dst, s1, s2, c in ops:
-            reads = [vs[s1], vs[s2]]
-            if how == "native":
-                eng.push(_cheap(step, [data.ctypes.data, dst, s1, s2, c]), reads=reads, writes=[vs[dst]])
-            else:
-                def body(ctx, dst=dst, s1=s1, s2=s2, c=c):
-                    data[dst] = data[s1] + data[s2] + c
-                eng.push(body, reads=reads, writes=[vs[dst]])
-        eng.wait_all()
-        versions = [v.version for v in vs]
-    assert list(data[:nvars]) == _serial(ops, nvars), f"seed={seed}"
-    assert versions == [sum(1 for op in ops if op[1] == i) for i in range(nvars)]
 
 
 @needs_core
