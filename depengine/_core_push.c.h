@@ -406,8 +406,9 @@ core_push(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     i64 backlog = epoch->count;
     int route = wait == 0 ? core_route(c, op) : -3;
     /* A cheap native op found ready runs here, now: handing it to a worker would cost more than
-     * the call (the op, its vars and the core's lock would move between cores) */
-    int here = route >= 0 && op->inline_ok && c->type != T_NAIVE;
+     * the call (the op, its vars and the core's lock would move between cores).  Not one that must
+     * first wait for GPU work on the host (host_hook: a worker runs the engine's prepare hook). */
+    int here = route >= 0 && op->inline_ok && !op->host_hook && c->type != T_NAIVE;
     if (route >= 0 && !here)   /* ready at once, for a C pool: queued under the same lock */
         oom |= pool_put(&c->pools[route], (PyObject *)op, op->priority) < 0;
     pthread_mutex_unlock(&c->mu);

@@ -300,3 +300,18 @@ def test_operators_reach_ops_found_before_in_c_and_leave_the_rest_to_python(eng)
     with nd.autograd.record():
         assert m.front_op("add", a, b) is None  # the tape sees every op
     assert eng._seq == seq
+
+
+def test_a_cheap_op_after_gpu_work_waits_for_it_on_a_worker(eng):
+    """An op naming a var with GPU work waits on the host for it (the engine's prepare hook, on a
+    worker): never run where it is pushed, even when it is cheap and ready."""
+    values = np.arange(1000.0)
+    with de.profile() as prof:
+        on_gpu = nd.array(values, device=de.gpu(0)) * 2.0
+        back = on_gpu.copyto(de.cpu())  # written by a GPU copy
+        result = back + 1.0
+        np.testing.assert_array_equal(result.asnumpy(), values * 2.0 + 1.0)
+        eng.wait_all()
+    workers = {t.name for t in eng.threads()}
+    adds = [r for r in prof.trace().ops if r.name == "add"]
+    assert adds and all(r.lane in workers for r in adds)
