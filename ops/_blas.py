@@ -24,10 +24,15 @@ import numpy as np
 from ._kernels import call_address, voidptr_address
 
 __all__ = ["NJIT_KERNELS", "blas_layout", "gemm", "gemm_block", "gemm_entry", "gemm_nt_sub", "gemm_views",
-           "potrf_lower", "syrk_lower_sub", "trsm_right_lower_t"]
+           "potrf_lower", "routine", "syrk_lower_sub", "trsm_right_lower_t"]
 
 _opts = {"nogil": True, "cache": True}
 _routines: dict[str, int] = {}
+
+
+def routine(name: str) -> int:
+    """The address of a BLAS (``d*``/``s*``) or LAPACK routine of SciPy's Cython modules."""
+    return _address(name)
 
 
 def _address(name: str) -> int:

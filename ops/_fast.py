@@ -23,12 +23,13 @@ import numpy as np
 from depengine._device import cpu
 from depengine._native import _C as _native_core
 
-from . import _core, _cpu, _kernels, memory
+from . import _blas, _core, _cpu, _kernels, _sum, memory
 from ._core import _NO_ATTRS, Elementwise, Record
 from ._kernels import CALLS, call
 from .array import NDArray, _c_strides
 
-__all__ = ["CPU", "FlatOp", "flat_op", "push", "push_flat", "push_into", "push_matmul", "push_sum"]
+__all__ = ["CPU", "ELEMENTWISE", "GEMM", "SUM", "FlatOp", "flat_op", "gemm_op", "push", "push_flat",
+           "push_into", "push_matmul", "push_sum", "sum_op"]
 
 CPU = cpu()
 _N = ord("N")
@@ -42,8 +43,8 @@ class FlatOp:
     shape) and reuses it while ops/ pushes to the same engine (``eng``).
     """
 
-    __slots__ = ("c", "cheap", "entry", "eng", "name", "native", "op", "packer", "result", "shape", "size",
-                 "strides", "work")
+    __slots__ = ("c", "cheap", "entry", "eng", "kind", "name", "native", "op", "packer", "result", "shape",
+                 "size", "strides", "work")
 
 
 def flat_op(eng, op: str, work, result, shape: tuple, operands) -> FlatOp | None:
@@ -62,16 +63,61 @@ def flat_op(eng, op: str, work, result, shape: tuple, operands) -> FlatOp | None
     spec.eng, spec.op, spec.work, spec.result, spec.shape, spec.size = eng, op, work, result, shape, size
     spec.strides = _c_strides(shape)
     spec.cheap = size * result.itemsize <= _cpu.INLINE_BYTES
-    # what ops/_front.c reads (in this order); the Python version takes the FlatOp itself
+    return _finish(spec, ELEMENTWISE, None, Elementwise, _NO_ATTRS)
+
+
+ELEMENTWISE, SUM, GEMM = range(3)  # a FlatOp's kind (ops/_front.c's K_*)
+
+
+def _finish(spec: FlatOp, kind: int, extra, record: type, attrs) -> FlatOp:
+    """Set ``spec.c``: what ops/_front.c reads, in this order (the Python version takes ``spec``)."""
+    eng = spec.eng
+    spec.kind = kind
     spec.c = spec if push is _push_py else (
         eng, eng.new_var, eng.push, _native_core.make_native if spec.native else partial, spec.native,
-        spec.entry, op, spec.name, shape, result, size, spec.strides, work, work.kind == "f", result.itemsize,
-        CPU, call, eng._drain_records, spec.cheap)
+        spec.entry, spec.op, spec.name, spec.shape, spec.result, spec.size, spec.strides, spec.work,
+        spec.work.kind == "f", spec.result.itemsize, CPU, call, eng._drain_records, spec.cheap, kind, extra,
+        record, attrs)
     return spec
 
 
+def _reduction(eng, entry: int, op: str, name: str, shape: tuple, dtype, cheap: bool) -> FlatOp:
+    """A FlatOp of a sum or gemm: what its block needs comes in ``_finish``'s ``extra``."""
+    spec = FlatOp()
+    spec.eng, spec.entry, spec.op, spec.name, spec.cheap = eng, entry, op, name, cheap
+    spec.native = _native_core is not None and eng.options.core == "compiled" and _cpu.NATIVE_BODIES
+    spec.shape, spec.result, spec.work = shape, dtype, dtype
+    spec.size = 1
+    for n in shape:
+        spec.size *= n
+    spec.strides = _c_strides(shape)
+    spec.packer = None
+    return spec
+
+
+def sum_op(eng, op: str, a) -> FlatOp:
+    """The FlatOp of ``a.sum()`` or ``a.mean()`` (a contiguous float array with elements) on ``eng``."""
+    n = a._data.size
+    spec = _reduction(eng, _sum.sum_entry(a.dtype), op, op, (), a.dtype, a._data.nbytes <= _cpu.INLINE_BYTES)
+    return _finish(spec, SUM, (n, n if op == "mean" else 0), Record, _WHOLE)
+
+
+def gemm_op(eng, a, b) -> FlatOp:
+    """The FlatOp of ``a @ b`` (contiguous 2-d arrays of one float dtype, one gemm call) on ``eng``."""
+    (m, k), n = a.shape, b.shape[1]
+    f64 = a.dtype == np.float64
+    cheap = m * k * n <= _cpu.INLINE_FLOPS
+    spec = _reduction(eng, _blas.gemm_entry(), "matmul", "gemm", (m, n), a.dtype, cheap)
+    extra = (_blas.routine("dgemm" if f64 else "sgemm"), _N, _N, n, m, k, n, k, n, f64)
+    return _finish(spec, GEMM, extra, Record, _NO_ATTRS)
+
+
 def _push_py(spec: FlatOp, *operands) -> NDArray:
-    """``push`` without the C extension: ``push_flat`` with the reads found here."""
+    """``push`` without the C extension: ``push_flat`` (or the reduction's or gemm's) in Python."""
+    if spec.kind == SUM:
+        return push_sum(spec.eng, spec.op, operands[0])
+    if spec.kind == GEMM:
+        return push_matmul(spec.eng, *operands)
     return push_flat(spec, operands, tuple(x._var for x in operands if x.__class__ is NDArray))
 
 

@@ -27,7 +27,10 @@ PyObject *pool_take_entry(Py_ssize_t nbytes);
 PyObject *pool_store(PyObject *entry);
 
 enum { S_ENG, S_NEW_VAR, S_PUSH, S_MAKER, S_NATIVE, S_ENTRY, S_OP, S_NAME, S_SHAPE, S_DTYPE, S_SIZE,
-       S_STRIDES, S_WORK, S_FLOAT, S_ITEMSIZE, S_CPU, S_CALL, S_DRAIN, S_CHEAP, S_FIELDS };
+       S_STRIDES, S_WORK, S_FLOAT, S_ITEMSIZE, S_CPU, S_CALL, S_DRAIN, S_CHEAP, S_KIND, S_EXTRA, S_RECORD,
+       S_ATTRS, S_FIELDS };
+/* S_KIND: what the op is, and what S_EXTRA holds for its block (see _fast.py) */
+enum { K_ELEMENTWISE, K_SUM, K_GEMM };
 
 /* slots of NDArray and Elementwise, in the order of these names */
 static const char *array_slots[] = {"_engine", "_var", "shape", "dtype", "device", "_data", "_store", "_addr",
@@ -176,6 +179,98 @@ pack_slot(char *block, Py_ssize_t i, PyObject *value, int as_float)
     return 0;
 }
 
+/* the block of an elementwise op: rows 0..1, the row's length, then (value, row stride, column
+ * stride) per operand, the output first: an array is (address, 0, 1), a scalar (value, 0, 0) */
+static PyObject *
+elementwise_block(PyObject **spec, PyObject *const *args, Py_ssize_t nops, PyObject *addr, int as_float)
+{
+    PyObject *block = PyBytes_FromStringAndSize(NULL, 8 * (3 + 3 * (1 + nops)));
+    if (block == NULL)
+        return NULL;
+    char *b = PyBytes_AS_STRING(block);
+    int64_t head[6] = {0, 1, (int64_t)PyLong_AsSsize_t(spec[S_SIZE]), 0, 0, 1};
+    head[3] = (int64_t)(intptr_t)PyLong_AsVoidPtr(addr);
+    if (PyErr_Occurred())
+        goto fail;
+    memcpy(b, head, sizeof head);
+    for (Py_ssize_t i = 0; i < nops; i++) {
+        PyObject *x = args[1 + i];
+        int64_t slot[3] = {0, 0, 1};
+        if (Py_IS_TYPE(x, ndarray_type)) {
+            PyObject *xa = *(PyObject **)((char *)x + array_off[A_ADDR]);
+            slot[0] = xa ? (int64_t)(intptr_t)PyLong_AsVoidPtr(xa) : 0;
+            if (xa == NULL || PyErr_Occurred()) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_AttributeError, "front_push: an operand has no address");
+                goto fail;
+            }
+            memcpy(b + 8 * (6 + 3 * i), slot, sizeof slot);
+        } else {
+            slot[2] = 0;
+            memcpy(b + 8 * (6 + 3 * i), slot, sizeof slot);
+            if (pack_slot(b, 6 + 3 * i, x, as_float) < 0)
+                goto fail;
+        }
+    }
+    return block;
+fail:
+    Py_DECREF(block);
+    return NULL;
+}
+
+static int64_t
+address_of(PyObject *array)   /* an NDArray's element (0, ..., 0); -1 with an exception */
+{
+    PyObject *xa = Py_IS_TYPE(array, ndarray_type) ? *(PyObject **)((char *)array + array_off[A_ADDR]) : NULL;
+    if (xa == NULL) {
+        PyErr_SetString(PyExc_TypeError, "front_push: an operand is not an array with an address");
+        return -1;
+    }
+    int64_t a = (int64_t)(intptr_t)PyLong_AsVoidPtr(xa);
+    return PyErr_Occurred() ? -1 : a;
+}
+
+/* the block of a whole-array sum or mean (ops/_sum.py): extra is (elements, count to divide by) */
+static PyObject *
+sum_block(PyObject *extra, PyObject *x, PyObject *addr)
+{
+    if (!PyTuple_Check(extra) || PyTuple_GET_SIZE(extra) != 2)
+        return PyErr_Format(PyExc_TypeError, "front_push: a sum's extra is (elements, count)");
+    int64_t v[4] = {address_of(x), PyLong_AsLongLong(PyTuple_GET_ITEM(extra, 0)),
+                    (int64_t)(intptr_t)PyLong_AsVoidPtr(addr), PyLong_AsLongLong(PyTuple_GET_ITEM(extra, 1))};
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBytes_FromStringAndSize((const char *)v, sizeof v);
+}
+
+/* the block of out = a @ b (ops/_blas.py's gemm_block): extra is (routine, ta, tb, m, n, k, lda, ldb,
+ * ldc, float64), the column-major call on b then a; alpha 1 and beta 0 as doubles, or as floats in
+ * the low half of their slots */
+static PyObject *
+gemm_block(PyObject *extra, PyObject *const *args, PyObject *addr)
+{
+    if (!PyTuple_Check(extra) || PyTuple_GET_SIZE(extra) != 10)
+        return PyErr_Format(PyExc_TypeError, "front_push: a gemm's extra has 10 fields");
+    int64_t v[14] = {0};
+    for (int i = 0; i < 9; i++)
+        v[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(extra, i));
+    v[9] = address_of(args[2]);    /* column-major: b first */
+    v[10] = address_of(args[1]);
+    v[11] = (int64_t)(intptr_t)PyLong_AsVoidPtr(addr);
+    if (PyErr_Occurred())
+        return NULL;
+    if (PyObject_IsTrue(PyTuple_GET_ITEM(extra, 9))) {
+        double one = 1.0, zero = 0.0;
+        memcpy(&v[12], &one, 8);
+        memcpy(&v[13], &zero, 8);
+    } else {
+        float one = 1.0f, zero = 0.0f;
+        memcpy(&v[12], &one, 4);
+        memcpy(&v[13], &zero, 4);
+    }
+    return PyBytes_FromStringAndSize((const char *)v, sizeof v);
+}
+
 /* front_push's work: args[0] the spec tuple, args[1..nargs-1] the operands */
 static PyObject *
 push_spec(PyObject *const *args, Py_ssize_t nargs)
@@ -231,36 +326,15 @@ push_spec(PyObject *const *args, Py_ssize_t nargs)
     put(out, array_off[A_BASE], Py_NewRef(Py_None));
     put(out, array_off[A_AG], Py_NewRef(Py_None));
 
-    /* the block: rows 0..1, the row's length, then (value, row stride, column stride) per operand,
-     * the output first: an array is (address, 0, 1), a scalar (value, 0, 0) */
-    block = PyBytes_FromStringAndSize(NULL, 8 * (3 + 3 * (1 + nops)));
+    long kind = PyLong_AsLong(spec[S_KIND]);
+    if (kind == K_ELEMENTWISE)
+        block = elementwise_block(spec, args, nops, addr, as_float);
+    else if (kind == K_SUM || kind == K_GEMM)
+        block = kind == K_SUM ? sum_block(spec[S_EXTRA], args[1], addr) : gemm_block(spec[S_EXTRA], args, addr);
+    else if (!PyErr_Occurred())
+        PyErr_Format(PyExc_ValueError, "front_push: no op kind %ld", kind);
     if (block == NULL)
         goto done;
-    char *b = PyBytes_AS_STRING(block);
-    int64_t head[6] = {0, 1, (int64_t)PyLong_AsSsize_t(spec[S_SIZE]), 0, 0, 1};
-    head[3] = (int64_t)(intptr_t)PyLong_AsVoidPtr(addr);
-    if (PyErr_Occurred())
-        goto done;
-    memcpy(b, head, sizeof head);
-    for (Py_ssize_t i = 0; i < nops; i++) {
-        PyObject *x = args[1 + i];
-        int64_t slot[3] = {0, 0, 1};
-        if (Py_IS_TYPE(x, ndarray_type)) {
-            PyObject *xa = *(PyObject **)((char *)x + array_off[A_ADDR]);
-            slot[0] = xa ? (int64_t)(intptr_t)PyLong_AsVoidPtr(xa) : 0;
-            if (xa == NULL || PyErr_Occurred()) {
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_AttributeError, "front_push: an operand has no address");
-                goto done;
-            }
-            memcpy(b + 8 * (6 + 3 * i), slot, sizeof slot);
-        } else {
-            slot[2] = 0;
-            memcpy(b + 8 * (6 + 3 * i), slot, sizeof slot);
-            if (pack_slot(b, 6 + 3 * i, x, as_float) < 0)
-                goto done;
-        }
-    }
     if (PyObject_IsTrue(spec[S_NATIVE])) {   /* make_native(entry, None, name, block, cheap) */
         PyObject *a[5] = {spec[S_ENTRY], Py_None, spec[S_NAME], block, spec[S_CHEAP]};
         body = PyObject_Vectorcall(spec[S_MAKER], a, 5, NULL);
@@ -282,18 +356,26 @@ push_spec(PyObject *const *args, Py_ssize_t nargs)
     }
     if (op == NULL)
         goto done;
+    /* the record: an Elementwise (the fuser's), or for a sum or gemm the Record it derives from */
+    PyTypeObject *rtype = (PyTypeObject *)spec[S_RECORD];
     inputs = PyTuple_New(nops);
-    rec = inputs ? record_type->tp_alloc(record_type, 0) : NULL;
-    if (rec == NULL)
+    rec = inputs && PyType_Check(rtype) && PyType_IsSubtype(record_type, rtype) ? rtype->tp_alloc(rtype, 0)
+                                                                                  : NULL;
+    if (rec == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "front_push: the record class is not Elementwise's base");
         goto done;
+    }
     for (Py_ssize_t i = 0; i < nops; i++)
         PyTuple_SET_ITEM(inputs, i, Py_NewRef(args[1 + i]));
     put(rec, record_off[R_OP], Py_NewRef(spec[S_OP]));
     put(rec, record_off[R_INPUTS], Py_NewRef(inputs));
     put(rec, record_off[R_OUT], Py_NewRef(out));
-    put(rec, record_off[R_WORK], Py_NewRef(spec[S_WORK]));
-    put(rec, record_off[R_SHAPE], Py_NewRef(spec[S_SHAPE]));
-    put(rec, record_off[R_ATTRS], Py_NewRef(no_attrs));
+    put(rec, record_off[R_ATTRS], Py_NewRef(spec[S_ATTRS]));
+    if (rtype == record_type) {
+        put(rec, record_off[R_WORK], Py_NewRef(spec[S_WORK]));
+        put(rec, record_off[R_SHAPE], Py_NewRef(spec[S_SHAPE]));
+    }
     if (PyObject_SetAttr(op, s_meta, rec) < 0)
         goto done;
     result = Py_NewRef(out);

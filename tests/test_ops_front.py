@@ -315,3 +315,27 @@ def test_a_cheap_op_after_gpu_work_waits_for_it_on_a_worker(eng):
     workers = {t.name for t in eng.threads()}
     adds = [r for r in prof.trace().ops if r.name == "add"]
     assert adds and all(r.lane in workers for r in adds)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sums_and_gemms_pushed_in_c_equal_their_python_twins(eng, dtype):
+    """The FlatOps of a whole-array sum or mean and of a small gemm: ``_fast.push`` (ops/_front.c with the
+    extension) and ``_fast._push_py`` push the same op: one each, the same record, the same bits."""
+    rng = np.random.default_rng(5)
+    a, b = nd.array(rng.random((6, 7)).astype(dtype)), nd.array(rng.random((7, 3)).astype(dtype))
+    a.sum(), a.mean(), a @ b  # the front end finds their FlatOps
+    specs = [m._FLAT[("sum", a.dtype.char, (6, 7))], m._FLAT[("mean", a.dtype.char, (6, 7))],
+             m._FLAT[("matmul", a.dtype.char, (6, 7), (7, 3))]]
+    assert [s.kind for s in specs] == [_fast.SUM, _fast.SUM, _fast.GEMM]
+    for spec, operands in zip(specs, [(a,), (a,), (a, b)], strict=True):
+        eng.wait_all()
+        seq = eng._seq
+        with de.profile() as prof:
+            made = [_fast.push(spec.c, *operands), _fast._push_py(spec, *operands)]
+            np.testing.assert_array_equal(made[0].asnumpy(), made[1].asnumpy())
+            eng.wait_all()
+        assert eng._seq == seq + 2 and made[0].shape == made[1].shape and made[0].dtype == made[1].dtype
+        names = [r.name for r in prof.trace().ops]
+        assert names == [spec.op, spec.op]
+    np.testing.assert_allclose((a @ b).asnumpy(), a.asnumpy() @ b.asnumpy(), rtol=1e-5)
+    assert a.sum().asnumpy() == np.add.reduce(a.asnumpy(), axis=None, dtype=dtype)
