@@ -14,7 +14,9 @@ from setuptools import Extension, setup
 SOURCES = ["_core_module.c", "_core_var.c", "_core_op.c", "_core_native.c", "_core_engine.c", "_core_queue.c",
            "_core_pool.c", "_core_plan.c", "_core_records.c"]
 HEADERS = ["_core.h", "_core_transitions.c.h", "_core_push.c.h", "_core_waits.c.h"]
+OPS_SOURCES = ["_native.c", "_pool.c", "_front.c", "_front_op.c"]
 
 setup(ext_modules=[Extension("depengine._core", [f"depengine/{s}" for s in SOURCES],
                              depends=[f"depengine/{h}" for h in HEADERS], optional=True),
-                   Extension("ops._native", ["ops/_native.c", "ops/_pool.c", "ops/_front.c"], optional=True)])
+                   Extension("ops._native", [f"ops/{s}" for s in OPS_SOURCES], depends=["ops/_front.h"],
+                             optional=True)])

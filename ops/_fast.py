@@ -29,7 +29,7 @@ from ._kernels import CALLS, call
 from .array import NDArray, _c_strides
 
 __all__ = ["CPU", "ELEMENTWISE", "GEMM", "SUM", "FlatOp", "flat_op", "gemm_op", "push", "push_flat",
-           "push_into", "push_matmul", "push_sum", "sum_op"]
+           "push_found", "push_into", "push_matmul", "push_sum", "sum_op"]
 
 CPU = cpu()
 _N = ord("N")
@@ -110,6 +110,15 @@ def gemm_op(eng, a, b) -> FlatOp:
     spec = _reduction(eng, _blas.gemm_entry(), "matmul", "gemm", (m, n), a.dtype, cheap)
     extra = (_blas.routine("dgemm" if f64 else "sgemm"), _N, _N, n, m, k, n, k, n, f64)
     return _finish(spec, GEMM, extra, Record, _NO_ATTRS)
+
+
+def push_found(cache: dict, key: tuple, eng, find, op, *operands) -> NDArray:
+    """Push ``cache[key]``'s FlatOp over ``operands``, found first (``find(eng, [op,] *operands)``) when
+    the cache has none for ``eng``."""
+    spec = cache.get(key)
+    if not spec or spec.eng is not eng:
+        spec = cache[key] = find(eng, *operands) if op is None else find(eng, op, *operands)
+    return push(spec.c, *operands)
 
 
 def _push_py(spec: FlatOp, *operands) -> NDArray:

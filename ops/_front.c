@@ -1,20 +1,22 @@
-/* ops._native's front end for the common op: ops/_fast.py's push_flat, in C.
+/* ops._native's front end for the common op: ops/_fast.py's push_flat (and push_sum, push_matmul), in C.
  *
  *   front_setup(ndarray, elementwise, memory, np_empty, take_slow, no_attrs, releases, flush)
  *                          the classes and callables it needs, once (ops/_fast.py)
  *   front_push(spec, x[, y])
  *                          allocate the result of a FlatOp, pack its kernel's block, push its op
  *                          and return the new array: what _fast.push_flat does, step for step
+ *   front_dispatch_setup, front_op
+ *                          the operators' way to a FlatOp found before (ops/_front_op.c)
  *
- * spec is a FlatOp's ``c`` tuple (see ops/_fast.py for its fields).  The result is an NDArray
- * made as NDArray._cpu_owner makes one (its slots written through their member descriptors'
- * offsets), with memory from ops.memory's rules (a pooled buffer from POOL_MIN bytes, else
- * numpy.empty), and the op's record an Elementwise made the same way.  The GIL is held
+ * spec is a FlatOp's ``c`` tuple (see ops/_fast.py for its fields; _front.h names them).  The
+ * result is an NDArray made as NDArray._cpu_owner makes one (its slots written through their member
+ * descriptors' offsets), with memory from ops.memory's rules (a pooled buffer from POOL_MIN bytes,
+ * else numpy.empty), and the op's record an Elementwise (a Record for a sum or gemm) made the same
+ * way.  The GIL is held
  * throughout; any failure raises with nothing pushed (a var already made is left unused, as
  * when the Python version fails).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_front.h"
 #include <stdint.h>
 #include <string.h>
 #include <structmember.h>
@@ -26,26 +28,19 @@
 PyObject *pool_take_entry(Py_ssize_t nbytes);
 PyObject *pool_store(PyObject *entry);
 
-enum { S_ENG, S_NEW_VAR, S_PUSH, S_MAKER, S_NATIVE, S_ENTRY, S_OP, S_NAME, S_SHAPE, S_DTYPE, S_SIZE,
-       S_STRIDES, S_WORK, S_FLOAT, S_ITEMSIZE, S_CPU, S_CALL, S_DRAIN, S_CHEAP, S_KIND, S_EXTRA, S_RECORD,
-       S_ATTRS, S_FIELDS };
-/* S_KIND: what the op is, and what S_EXTRA holds for its block (see _fast.py) */
-enum { K_ELEMENTWISE, K_SUM, K_GEMM };
-
-/* slots of NDArray and Elementwise, in the order of these names */
+/* slots of NDArray and Elementwise, in the order of _front.h's A_* and R_* */
 static const char *array_slots[] = {"_engine", "_var", "shape", "dtype", "device", "_data", "_store", "_addr",
                                     "_offset", "_strides", "_flat", "_base", "_ag"};
-enum { A_ENGINE, A_VAR, A_SHAPE, A_DTYPE, A_DEVICE, A_DATA, A_STORE, A_ADDR, A_OFFSET, A_STRIDES, A_FLAT,
-       A_BASE, A_AG, A_N };
 static const char *record_slots[] = {"op", "inputs", "out", "work", "shape", "attrs"};
-enum { R_OP, R_INPUTS, R_OUT, R_WORK, R_SHAPE, R_ATTRS, R_N };
 
-static PyTypeObject *ndarray_type, *record_type;
-static Py_ssize_t array_off[A_N], record_off[R_N];
+PyTypeObject *ndarray_type;
+static PyTypeObject *record_type;
+Py_ssize_t array_off[A_N];
+static Py_ssize_t record_off[R_N];
 static PyObject *memory_mod, *np_empty, *take_slow, *no_attrs, *releases, *flush;
 static PyObject *s_pool_min, *s_view, *s_reshape, *s_meta, *s_normal;
 
-static int
+int
 offsets(PyTypeObject *type, const char **names, int n, Py_ssize_t *out)
 {
     for (int i = 0; i < n; i++) {
@@ -272,7 +267,7 @@ gemm_block(PyObject *extra, PyObject *const *args, PyObject *addr)
 }
 
 /* front_push's work: args[0] the spec tuple, args[1..nargs-1] the operands */
-static PyObject *
+PyObject *
 push_spec(PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject **spec = &PyTuple_GET_ITEM(args[0], 0);
@@ -403,176 +398,6 @@ front_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (ndarray_type == NULL)
         return PyErr_Format(PyExc_RuntimeError, "front_push before front_setup");
     return push_spec(args, nargs);
-}
-
-/* ---------------------------------------------------------------- front_op */
-static PyObject *math_mod, *core_mod, *flatop_type, *cpu_device;
-static Py_ssize_t flat_c_off, flat_eng_off;
-static PyObject *s_tape, *s_flat_cache, *s_engine, *s_default, *s_closed, *s_char;
-
-static PyObject *
-front_dispatch_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4 || !PyType_Check(args[2]))
-        return PyErr_Format(PyExc_TypeError, "front_dispatch_setup(math, core, flatop, cpu)");
-    static const char *names[] = {"c", "eng"};
-    Py_ssize_t off[2];
-    if (offsets((PyTypeObject *)args[2], names, 2, off) < 0)
-        return NULL;
-    flat_c_off = off[0];
-    flat_eng_off = off[1];
-    Py_XSETREF(math_mod, Py_NewRef(args[0]));
-    Py_XSETREF(core_mod, Py_NewRef(args[1]));
-    Py_XSETREF(flatop_type, Py_NewRef(args[2]));
-    Py_XSETREF(cpu_device, Py_NewRef(args[3]));
-    if (s_tape == NULL) {
-        s_tape = PyUnicode_InternFromString("tape");
-        s_flat_cache = PyUnicode_InternFromString("_FLAT");
-        s_engine = PyUnicode_InternFromString("_engine");
-        s_default = PyUnicode_InternFromString("_default");
-        s_closed = PyUnicode_InternFromString("closed");
-        s_char = PyUnicode_InternFromString("char");
-        if (!s_tape || !s_flat_cache || !s_engine || !s_default || !s_closed || !s_char)
-            return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static inline PyObject *
-slot(PyObject *obj, Py_ssize_t off)   /* borrowed; NULL when unset */
-{
-    return *(PyObject **)((char *)obj + off);
-}
-
-/* 1: x is a contiguous CPU NDArray, 2: a Python float or int (not bool), 0: neither */
-static int
-operand_kind(PyObject *x)
-{
-    if (Py_IS_TYPE(x, ndarray_type))
-        return slot(x, array_off[A_FLAT]) == Py_True && slot(x, array_off[A_DEVICE]) == cpu_device;
-    return (PyFloat_CheckExact(x) || PyLong_CheckExact(x)) ? 2 : 0;
-}
-
-/* The engine ops/ pushes to now (ops._core.engine()), borrowed, or NULL: let Python find it. */
-static PyObject *
-current_engine(void)
-{
-    PyObject *eng = PyObject_GetAttr(core_mod, s_engine);
-    if (eng == Py_None) {
-        Py_DECREF(eng);
-        eng = PyObject_GetAttr(core_mod, s_default);
-    }
-    if (eng == NULL || eng == Py_None) {
-        Py_XDECREF(eng);
-        return NULL;
-    }
-    PyObject *closed = PyObject_GetAttr(eng, s_closed);
-    int open = closed == Py_False;
-    Py_XDECREF(closed);
-    Py_DECREF(eng);   /* the module keeps it */
-    return open ? eng : NULL;
-}
-
-/* front_op(op, x[, y]): what ops.math.binary (or unary) pushes for contiguous CPU operands of one
- * shape (or one and a Python scalar, float64 work) whose FlatOp the Python front end already found
- * for the current engine, with no autograd tape; None for anything else (the caller then takes the
- * Python path, which finds the FlatOp for next time).  Errors are Python's: none happen here. */
-static PyObject *
-front_op(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2 && nargs != 3)
-        return PyErr_Format(PyExc_TypeError, "front_op(op, x[, y])");
-    if (math_mod == NULL || ndarray_type == NULL)
-        Py_RETURN_NONE;
-    PyObject *op = args[0], *x = args[1], *y = nargs == 3 ? args[2] : NULL;
-    int kx = operand_kind(x), ky = y ? operand_kind(y) : 0;
-    PyObject *shape;
-    if (y == NULL) {
-        if (kx != 1)
-            Py_RETURN_NONE;
-        shape = slot(x, array_off[A_SHAPE]);
-    } else if (kx == 1 && ky == 1) {
-        shape = slot(x, array_off[A_SHAPE]);
-        PyObject *other = slot(y, array_off[A_SHAPE]);
-        int same = shape == other || (shape && other && PyObject_RichCompareBool(shape, other, Py_EQ) == 1);
-        if (!same) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-    } else if (kx + ky == 3) {
-        shape = slot(kx == 1 ? x : y, array_off[A_SHAPE]);
-    } else
-        Py_RETURN_NONE;
-    PyObject *tape = PyObject_GetAttr(core_mod, s_tape);
-    int untaped = tape == Py_None;
-    Py_XDECREF(tape);
-    if (!untaped || shape == NULL) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    /* the key ops.math uses: (op, dtype char or scalar type per operand, shape) */
-    PyObject *key = PyTuple_New(y ? 4 : 3);
-    if (key == NULL)
-        return NULL;
-    PyTuple_SET_ITEM(key, 0, Py_NewRef(op));
-    PyObject *ops[2] = {x, y};
-    for (int i = 0; i < (y ? 2 : 1); i++) {
-        PyObject *part = Py_IS_TYPE(ops[i], ndarray_type)
-            ? PyObject_GetAttr(slot(ops[i], array_off[A_DTYPE]), s_char) : Py_NewRef(Py_TYPE(ops[i]));
-        if (part == NULL) {
-            Py_DECREF(key);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(key, 1 + i, part);
-    }
-    PyTuple_SET_ITEM(key, y ? 3 : 2, Py_NewRef(shape));
-    PyObject *cache = PyObject_GetAttr(math_mod, s_flat_cache);
-    PyObject *spec = cache && PyDict_CheckExact(cache) ? PyDict_GetItemWithError(cache, key) : NULL;
-    Py_XINCREF(spec);
-    Py_XDECREF(cache);
-    Py_DECREF(key);
-    PyObject *result = NULL;
-    if (spec == NULL || !PyObject_TypeCheck(spec, (PyTypeObject *)flatop_type)) {
-        PyErr_Clear();
-        goto fallback;
-    }
-    PyObject *c = slot(spec, flat_c_off), *eng = current_engine();
-    PyErr_Clear();
-    if (eng == NULL || slot(spec, flat_eng_off) != eng || c == NULL || !PyTuple_Check(c) ||
-        PyTuple_GET_SIZE(c) != S_FIELDS)
-        goto fallback;
-    PyObject *argv[3] = {c, x, y};
-    if (kx == 2 || ky == 2) {   /* a scalar: only for float64 work, where ops.math's cast is float() */
-        PyObject *work = PyTuple_GET_ITEM(c, S_WORK);
-        PyObject *ch = PyObject_GetAttr(work, s_char);
-        int f64 = ch && PyUnicode_CompareWithASCIIString(ch, "d") == 0;
-        Py_XDECREF(ch);
-        PyErr_Clear();
-        if (!f64)
-            goto fallback;
-        PyObject *scalar = kx == 2 ? x : y;
-        double v = PyFloat_AsDouble(scalar);
-        if (v == -1.0 && PyErr_Occurred()) {   /* (an int too large for a float: Python says so) */
-            PyErr_Clear();
-            goto fallback;
-        }
-        PyObject *f = PyFloat_FromDouble(v);
-        if (f == NULL) {
-            Py_DECREF(spec);
-            return NULL;
-        }
-        argv[kx == 2 ? 1 : 2] = f;
-        result = push_spec(argv, 3);
-        Py_DECREF(f);
-        Py_DECREF(spec);
-        return result;
-    }
-    result = push_spec(argv, y ? 3 : 2);
-    Py_DECREF(spec);
-    return result;
-fallback:
-    Py_XDECREF(spec);
-    Py_RETURN_NONE;
 }
 
 PyMethodDef front_methods[] = {

@@ -390,11 +390,7 @@ def reduce(op: str, a: NDArray, axis=None, keepdims: bool = False, out: NDArray 
             and a._data.size):
         eng = _core.engine()
         if eng.type != "mpi":
-            key = (op, a.dtype.char, a.shape)
-            spec = _FLAT.get(key)
-            if not spec or spec.eng is not eng:
-                spec = _FLAT[key] = _fast.sum_op(eng, op, a)
-            return _fast.push(spec.c, a)
+            return _fast.push_found(_FLAT, (op, a.dtype.char, a.shape), eng, _fast.sum_op, op, a)
     if not isinstance(a, NDArray):
         raise TypeError(f"{op}: expected an NDArray, got {type(a).__name__}")
     outer, n, inner, out_shape, dtype = reduce_shape(op, a.shape, a.dtype, axis, keepdims)
@@ -453,11 +449,8 @@ def matmul(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
         small = a.shape[0] * b._data.size <= _cpu.MATMUL_SPLIT  # (else cut in parts, on several workers)
         if eng.type != "mpi" and (small or _cpu.workers_for(eng) == 1):
             use_blas()
-            key = ("matmul", a.dtype.char, a.shape, b.shape)
-            spec = _FLAT.get(key)
-            if not spec or spec.eng is not eng:
-                spec = _FLAT[key] = _fast.gemm_op(eng, a, b)
-            return _fast.push(spec.c, a, b)
+            return _fast.push_found(_FLAT, ("matmul", a.dtype.char, a.shape, b.shape), eng, _fast.gemm_op,
+                                    None, a, b)
     for x in (a, b):
         if not isinstance(x, NDArray):
             raise TypeError(f"matmul: expected NDArrays, got {type(x).__name__}")
