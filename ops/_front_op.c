@@ -48,9 +48,11 @@ operand_kind(PyObject *x)
     return (PyFloat_CheckExact(x) || PyLong_CheckExact(x)) ? 2 : 0;
 }
 
-/* The engine ops/ pushes to now (ops._core.engine()), borrowed, or NULL: let Python find it. */
+/* The engine ops/ pushes to now (ops._core.engine()), borrowed, or NULL: let Python find it.
+ * new_var is the spec's eng.new_var: on the compiled core a method of the Core object, whose
+ * closed flag is read without the engine's Python property. */
 static PyObject *
-current_engine(void)
+current_engine(PyObject *new_var)
 {
     PyObject *eng = PyObject_GetAttr(core_mod, s_engine);
     if (eng == Py_None) {
@@ -61,8 +63,9 @@ current_engine(void)
         Py_XDECREF(eng);
         return NULL;
     }
-    PyObject *closed = PyObject_GetAttr(eng, s_closed);
-    int open = closed == Py_False;
+    PyObject *owner = PyCFunction_Check(new_var) ? PyCFunction_GET_SELF(new_var) : NULL;
+    PyObject *closed = PyObject_GetAttr(owner ? owner : eng, s_closed);
+    int open = closed != NULL && PyObject_IsTrue(closed) == 0;
     Py_XDECREF(closed);
     Py_DECREF(eng);   /* the module keeps it */
     return open ? eng : NULL;
@@ -131,10 +134,12 @@ front_op(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Clear();
         goto fallback;
     }
-    PyObject *c = slot(spec, flat_c_off), *eng = current_engine();
+    PyObject *c = slot(spec, flat_c_off);
+    if (c == NULL || !PyTuple_Check(c) || PyTuple_GET_SIZE(c) != S_FIELDS)
+        goto fallback;
+    PyObject *eng = current_engine(PyTuple_GET_ITEM(c, S_NEW_VAR));
     PyErr_Clear();
-    if (eng == NULL || slot(spec, flat_eng_off) != eng || c == NULL || !PyTuple_Check(c) ||
-        PyTuple_GET_SIZE(c) != S_FIELDS)
+    if (eng == NULL || slot(spec, flat_eng_off) != eng)
         goto fallback;
     PyObject *argv[3] = {c, x, y};
     if (kx == 2 || ky == 2) {   /* a scalar: only for float64 work, where ops.math's cast is float() */

@@ -117,6 +117,12 @@ def test_the_fast_path_is_taken_and_follows_set_engine(eng):
         r = p + q  # the remembered op was found for eng: the result must live on `other`
         assert r._engine is other and other._seq == seq + 1
         np.testing.assert_array_equal(r.asnumpy(), np.arange(5.0) + 1)
+        other.close()  # still set, but closed: ops/ pushes to the default engine (ops._core.engine())
+        p, q = nd.array(np.arange(5.0)), nd.array(np.ones(5))
+        r = p + q
+        assert r._engine is not other and not r._engine.closed
+        np.testing.assert_array_equal(r.asnumpy(), np.arange(5.0) + 1)
+        r._engine.close()  # (the default engine this made: its threads must not outlive the test)
     finally:
         nd.set_engine(eng)
         other.close()
