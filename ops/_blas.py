@@ -32,11 +32,6 @@ _routines: dict[str, int] = {}
 
 def routine(name: str) -> int:
     """The address of a BLAS (``d*``/``s*``) or LAPACK routine of SciPy's Cython modules."""
-    return _address(name)
-
-
-def _address(name: str) -> int:
-    """The address of a BLAS (``d*``/``s*``) or LAPACK routine of SciPy's Cython modules."""
     addr = _routines.get(name)
     if addr is None:
         from numba.extending import get_cython_function_address
@@ -165,7 +160,7 @@ def gemm_block(a, b, out, la, lb) -> bytes:
     n = b.shape[1]
     f64 = out.dtype == np.float64
     packer = _F64_BLOCK if f64 else _F32_BLOCK
-    return packer.pack(_address("dgemm" if f64 else "sgemm"), lb[0], la[0], n, m, k, lb[1], la[1],
+    return packer.pack(routine("dgemm" if f64 else "sgemm"), lb[0], la[0], n, m, k, lb[1], la[1],
                        out._strides[0], b._addr, a._addr, out._addr, 1.0, 0.0)
 
 
@@ -175,27 +170,27 @@ def potrf_lower(a) -> int:
     Returns LAPACK's info: 0, or k > 0 if the leading minor of order k is not
     positive definite.  The strict upper triangle is set to zero.
     """
-    return int(_potrf(a, _address("dpotrf")))
+    return int(_potrf(a, routine("dpotrf")))
 
 
 def trsm_right_lower_t(lkk, b) -> None:
     """``b <- b @ inv(L)^T`` in place, with L the lower triangle of ``lkk``."""
-    _trsm(lkk, b, _address("dtrsm"))
+    _trsm(lkk, b, routine("dtrsm"))
 
 
 def syrk_lower_sub(c, a) -> None:
     """``c <- c - a @ a^T`` on the lower triangle of ``c``, in place."""
-    _syrk(c, a, _address("dsyrk"))
+    _syrk(c, a, routine("dsyrk"))
 
 
 def gemm_nt_sub(c, a, b) -> None:
     """``c <- c - a @ b^T`` in place."""
-    _gemm_nt_sub(c, a, b, _address("dgemm"))
+    _gemm_nt_sub(c, a, b, routine("dgemm"))
 
 
 def gemm(a, b, c) -> None:
     """``c = a @ b`` for C-contiguous 2-d float32 or float64 arrays of one dtype."""
-    _gemm_nn(a, b, c, _address("dgemm" if c.dtype == np.float64 else "sgemm"))
+    _gemm_nn(a, b, c, routine("dgemm" if c.dtype == np.float64 else "sgemm"))
 
 
 def blas_layout(x) -> tuple[int, int] | None:
@@ -216,5 +211,5 @@ def gemm_views(a, b, c, la, lb) -> None:
     has contiguous rows: column-major ``c^T = op(b^T) op(a^T)``."""
     m, k = a.shape
     n = b.shape[1]
-    fn = _address("dgemm" if c.dtype == np.float64 else "sgemm")
+    fn = routine("dgemm" if c.dtype == np.float64 else "sgemm")
     _gemm_views(lb[0], la[0], n, m, k, b, lb[1], a, la[1], c, c.strides[0] // c.itemsize, fn)

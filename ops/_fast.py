@@ -136,6 +136,17 @@ def push_flat(spec: FlatOp, operands: tuple, reads: tuple) -> NDArray:
         _core.flush_releases()
     eng = spec.eng
     out = NDArray._cpu_owner(eng, eng.new_var(spec.op), spec.shape, spec.result, CPU, spec.size, spec.strides)
+    return _push_elementwise(spec, out, operands, reads)
+
+
+def push_into(spec: FlatOp, out: NDArray, operands: tuple) -> NDArray:
+    """Push ``spec``'s op writing into ``out`` (contiguous, of its shape and result dtype: ``x += y``)."""
+    if _core._releases:
+        _core.flush_releases()
+    return _push_elementwise(spec, out, operands, tuple(x._var for x in operands if x.__class__ is NDArray))
+
+
+def _push_elementwise(spec: FlatOp, out: NDArray, operands: tuple, reads: tuple) -> NDArray:
     values = [0, 1, spec.size, out._addr, 0, 1]
     for x in operands:
         values += (x._addr, 0, 1) if x.__class__ is NDArray else (x, 0, 0)
@@ -144,22 +155,6 @@ def push_flat(spec: FlatOp, operands: tuple, reads: tuple) -> NDArray:
         body = _native_core.make_native(spec.entry, None, spec.name, block, spec.cheap)
     else:
         body = partial(call, spec.entry, block)
-    eng.push(body, reads, [out._var], spec.op, 0, False, None, "normal", True).meta = \
-        Elementwise(spec.op, operands, out, spec.work)
-    return out
-
-
-def push_into(spec: FlatOp, out: NDArray, operands: tuple) -> NDArray:
-    """Push ``spec``'s op writing into ``out`` (contiguous, of its shape and result dtype: ``x += y``)."""
-    if _core._releases:
-        _core.flush_releases()
-    values = [0, 1, spec.size, out._addr, 0, 1]
-    for x in operands:
-        values += (x._addr, 0, 1) if x.__class__ is NDArray else (x, 0, 0)
-    block = spec.packer.pack(*values)
-    body = _native_core.make_native(spec.entry, None, spec.name, block, spec.cheap) if spec.native else \
-        partial(call, spec.entry, block)
-    reads = tuple(x._var for x in operands if x.__class__ is NDArray)
     spec.eng.push(body, reads, [out._var], spec.op, 0, False, None, "normal", True).meta = \
         Elementwise(spec.op, operands, out, spec.work)
     return out
@@ -192,7 +187,7 @@ def _front():
         return _push_py
     from . import _native
 
-    _native.front_setup(NDArray, Elementwise, memory, np.empty, memory._take_slow, _NO_ATTRS, _core._releases,
+    _native.front_setup(NDArray, Elementwise, memory, np.empty, memory._take_slow, _core._releases,
                         _core.flush_releases)
     return _native.front_push
 

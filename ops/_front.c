@@ -1,6 +1,6 @@
 /* ops._native's front end for the common op: ops/_fast.py's push_flat (and push_sum, push_matmul), in C.
  *
- *   front_setup(ndarray, elementwise, memory, np_empty, take_slow, no_attrs, releases, flush)
+ *   front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush)
  *                          the classes and callables it needs, once (ops/_fast.py)
  *   front_push(spec, x[, y])
  *                          allocate the result of a FlatOp, pack its kernel's block, push its op
@@ -37,7 +37,7 @@ PyTypeObject *ndarray_type;
 static PyTypeObject *record_type;
 Py_ssize_t array_off[A_N];
 static Py_ssize_t record_off[R_N];
-static PyObject *memory_mod, *np_empty, *take_slow, *no_attrs, *releases, *flush;
+static PyObject *memory_mod, *np_empty, *take_slow, *releases, *flush;
 static PyObject *s_pool_min, *s_view, *s_reshape, *s_meta, *s_normal;
 
 int
@@ -62,9 +62,9 @@ offsets(PyTypeObject *type, const char **names, int n, Py_ssize_t *out)
 static PyObject *
 front_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 8 || !PyType_Check(args[0]) || !PyType_Check(args[1]))
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyType_Check(args[1]))
         return PyErr_Format(PyExc_TypeError, "front_setup(ndarray, elementwise, memory, np_empty, take_slow, "
-                            "no_attrs, releases, flush)");
+                            "releases, flush)");
     if (offsets((PyTypeObject *)args[0], array_slots, A_N, array_off) < 0 ||
         offsets((PyTypeObject *)args[1], record_slots, R_N, record_off) < 0)
         return NULL;
@@ -73,9 +73,8 @@ front_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(memory_mod, Py_NewRef(args[2]));
     Py_XSETREF(np_empty, Py_NewRef(args[3]));
     Py_XSETREF(take_slow, Py_NewRef(args[4]));
-    Py_XSETREF(no_attrs, Py_NewRef(args[5]));
-    Py_XSETREF(releases, Py_NewRef(args[6]));
-    Py_XSETREF(flush, Py_NewRef(args[7]));
+    Py_XSETREF(releases, Py_NewRef(args[5]));
+    Py_XSETREF(flush, Py_NewRef(args[6]));
     if (s_pool_min == NULL) {
         s_pool_min = PyUnicode_InternFromString("POOL_MIN");
         s_view = PyUnicode_InternFromString("view");
@@ -406,7 +405,7 @@ PyMethodDef front_methods[] = {
     {"front_op", (PyCFunction)(void (*)(void))front_op, METH_FASTCALL,
      "front_op(op, x[, y]): the fast path of ops.math.binary/unary, or None."},
     {"front_setup", (PyCFunction)(void (*)(void))front_setup, METH_FASTCALL,
-     "front_setup(ndarray, elementwise, memory, np_empty, take_slow, no_attrs, releases, flush)."},
+     "front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush)."},
     {"front_push", (PyCFunction)(void (*)(void))front_push, METH_FASTCALL,
      "front_push(spec, x[, y]): ops/_fast.py's push_flat."},
     {NULL, NULL, 0, NULL},

@@ -63,6 +63,7 @@ class _Pool:
         self.live: dict[int, int] = {}  # nbytes -> pooled buffers in use
         self.stalled: set[int] = set()  # sizes whose buffers did not come back while a pusher waited
         self.hits = self.misses = self.dropped = 0
+        self.waiting = 0  # pushers in _take_slow waiting for a buffer to come back
         # reentrant: a store's finaliser may run (garbage collection) while this thread holds it
         self.lock = threading.RLock()
 
@@ -120,7 +121,8 @@ class _Pool:
         self.limit, self.per_size = limit, per_size
 
     def pool_waiting(self, delta: int) -> None:
-        pass  # (the Python store asks ``_waiting`` itself)
+        with self.lock:
+            self.waiting += delta
 
 
 def _free_refs() -> int:
@@ -154,13 +156,12 @@ def _implementation():
             self.entry = entry
 
         def __del__(self) -> None:
-            if pool.pool_give(self.entry) and _waiting[0]:
+            if pool.pool_give(self.entry) and pool.waiting:
                 _notify()
     return pool, PooledStore
 
 
 _returned = threading.Condition(threading.RLock())  # a buffer came back while a pusher waited
-_waiting = [0]
 _waits = [0]
 
 
@@ -191,7 +192,6 @@ def _take_slow(nbytes: int, drain):
         _waits[0] += 1
         deadline = time.monotonic() + PATIENCE
         with _returned:
-            _waiting[0] += 1
             _pool.pool_waiting(1)
             try:
                 while True:
@@ -205,7 +205,6 @@ def _take_slow(nbytes: int, drain):
                     # ones end without a word, so look again after a short while
                     _returned.wait(left if drain is None else min(left, POLL))
             finally:
-                _waiting[0] -= 1
                 _pool.pool_waiting(-1)
         if entry is not None:
             return entry
