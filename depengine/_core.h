@@ -148,6 +148,7 @@ struct Core {
     pthread_mutex_t mu;
     pthread_cond_t cv;         /* var waiters, epochs, async done, the naive lock */
     int type, debug, closing, closed, forked, any_deleted, gpu_used;
+    int idle_watch;            /* threads waiting (wait_message) for a worker to run out of ops */
     i64 spin_ns;               /* how long an idle worker watches its queue before it sleeps */
     int capturing;             /* record() and bulk() blocks active (Python sets it) */
     int pressing, backlog_skip;  /* pushers waiting for the backlog to shrink; pushes that won't wait */
@@ -206,6 +207,8 @@ int core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n);   /* GIL held, mu 
 
 /* _core_pool.c */
 PyObject *core_work(Core *c, PyObject *args);            /* a worker thread's body */
+PyObject *core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs);   /* mpi progress */
+PyObject *core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
 int naive_run(Core *c);                                  /* GIL held: drain ready ops inline */
 PyObject *core_execute_meth(Core *c, PyObject *item);
 PyObject *core_dispatch_meth(Core *c, PyObject *ops);

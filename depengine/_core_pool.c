@@ -289,6 +289,8 @@ core_work(Core *c, PyObject *arg)
                     pthread_mutex_lock(&c->mu);
                     continue;
                 }
+                if (!spun && c->idle_watch)    /* the mpi progress thread waits for this */
+                    pthread_cond_broadcast(&c->cv);
                 if (!spun && !p->spinning) {   /* then look again, under mu, before sleeping */
                     spun = 1;
                     spin_for_work(c, p);

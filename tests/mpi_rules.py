@@ -285,6 +285,32 @@ def rule_no_deadlock_large_ring():
             eng.wait_all(TIMEOUT)
 
 
+def rule_ops_another_rank_reads_run_first():
+    """An op at priority 0 whose result another rank reads is raised to 1 while it waits (it heads
+    its rank's ready queue); one read only where it ran, or pushed with a priority, keeps it."""
+    with engine(workers=1) as eng:
+        last = eng.size - 1
+        bufs = [np.zeros(1) for _ in range(4)]
+        gate, a, b, c = (eng.new_var(n, owner=0, buffer=bufs[i]) for i, n in enumerate("gabc"))
+        out = np.zeros(1)
+        o = eng.new_var("out", owner=last, buffer=out)
+        release = threading.Event()
+        eng.push(lambda ctx: release.wait(TIMEOUT), writes=[gate], name="gate")  # rank 0's ops wait
+        oa = eng.push(_set(bufs[1], 1.0), reads=[gate], writes=[a], name="a")
+        ob = eng.push(_set(bufs[2], 2.0), reads=[gate], writes=[b], name="b")
+        oc = eng.push(_set(bufs[3], 3.0), reads=[gate], writes=[c], name="c", priority=5)
+
+        def total(ctx):
+            out[0] = bufs[1][0] + bufs[3][0]
+        eng.push(total, reads=[a, c], writes=[o], name="total")
+        eng.push(_set(bufs[0], 0.0), reads=[b], writes=[gate], name="reads b")
+        if eng.rank == 0:
+            assert (oa.priority, ob.priority, oc.priority) == (1 if last else 0, 0, 5)
+        release.set()
+        assert float(eng.fetch(o, TIMEOUT)[0]) == 4.0
+        eng.wait_all(TIMEOUT)
+
+
 def rule_ops_arrays_and_distributed_cholesky():
     import ops as nd
 

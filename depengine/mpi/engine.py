@@ -101,14 +101,17 @@ class MpiEngine(Engine):
         self._log_of = None            # the profile's recorder
         self._log_now = None           # _log while that profile records
         self._transport = None
+        self._push_word = np.zeros(1, np.int64)
         if self.size > 1:
             from .peers import encode_identity, install_sigusr1
             from .transport import Transport
 
             install_sigusr1(_peers)  # before any collective call: a rank may die during them
             identities = transfers.allgather_json(MPI, comm, encode_identity())
-            self._transport = Transport(MPI, comm, self.rank, self.size, identities)
+            self._transport = Transport(MPI, comm, self.rank, self.size, identities,
+                                        getattr(self._local, "_core", None))
             _peers.append(self._transport.peers)
+            self._push_word = self._transport.spinner.pushes
         _engines.add(self)
 
     # ------------------------------------------------------------------ vars
@@ -201,6 +204,7 @@ class MpiEngine(Engine):
         lock.acquire()
         try:
             count = self._count + 1
+            self._push_word[0] = count  # the progress thread does not spin while this moves (spin.py)
             # ints and tuples of ints hash alike in every process (strings do not)
             self._hash = hash((self._hash, code, x, len(rs), *[mv.serial for mv in rs],
                                *[mv.serial for mv in ws]))
@@ -270,6 +274,8 @@ class MpiEngine(Engine):
         op = RemoteOp(name, x)
         if me == x:
             op = self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, is_async, count)
+            for mv in ws:
+                mv.last = op
             if log is not None:
                 log[op.id] = (count, 2, name, None)
         if backs is not None:
@@ -290,6 +296,11 @@ class MpiEngine(Engine):
         return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 
     def _send(self, mv: MVar, dst: int, gen: int, stage: int) -> None:
+        last = mv.last
+        if last is not None:  # another rank waits for what it writes: run it before ops no one waits for
+            mv.last = None
+            if last.priority == 0 and last._state == 0:
+                last.priority = 1
         seq = self._sent[dst]
         self._sent[dst] = seq + 1
         self._bytes[0] += mv.raw.nbytes

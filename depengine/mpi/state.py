@@ -29,7 +29,8 @@ def import_mpi():
 class MVar:
     """What every rank knows of one var, kept identical on all of them."""
 
-    __slots__ = ("buffer", "gen", "holders", "name", "order", "owner", "raw", "serial", "var", "writer")
+    __slots__ = ("buffer", "gen", "holders", "last", "name", "order", "owner", "raw", "serial", "var",
+                 "writer")
 
     def __init__(self, var: Var, serial: int, owner: int, buffer: np.ndarray | None, everywhere: int) -> None:
         self.var = var          # this rank's local var
@@ -44,6 +45,7 @@ class MVar:
         # invariant: holders >> owner & 1  (the owner always ends up with the latest version)
         self.holders = everywhere if buffer is not None and everywhere else 1 << owner
         self.writer = "(initial value)"  # name of the op that pushed the last write
+        self.last = None        # this rank's local op of that write, when this rank ran it
 
 
 class ThenPoll:

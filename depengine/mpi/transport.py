@@ -37,6 +37,7 @@ import numpy as np
 from . import wire
 from .control import Control
 from .errors import ProgramMismatchError, RankFailedError, TransferError
+from .spin import Spinner
 
 __all__ = ["Incoming", "Transport"]
 
@@ -45,6 +46,8 @@ _log = logging.getLogger("depengine")
 HEADER, PAYLOAD, BODY, RECEIVING, FINISHED = range(5)
 _MIN_SLEEP = 5e-6   # below this the progress thread polls again at once
 _BUSY_CAP = 1e-3    # the longest sleep while transfers or syncs are pending
+_SPIN_SLICE = 100e-6  # the longest wait in C while requests or a sync wait for Python (spin.py)
+_WAIT_SLICE = 2e-3    # ... otherwise (peers are checked between waits)
 _IDLE_CAP = 5e-3    # ... and while nothing is
 
 
@@ -87,14 +90,16 @@ def _set_timer_slack() -> None:
 class Transport(Control):
     """Transfers, progress, and (from Control) syncs, goodbyes and liveness."""
 
-    def __init__(self, MPI, comm, rank: int, size: int, identities: list[dict]) -> None:
+    def __init__(self, MPI, comm, rank: int, size: int, identities: list[dict], core=None) -> None:
         self.MPI = MPI
         self.rank, self.size = rank, size
         self.data = comm.Dup()
+        self.spinner = Spinner(MPI, self.data, core)
         self.tag_mod = (comm.Get_attr(MPI.TAG_UB) or 32767) + 1
         self._lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._kicked = False
+        self._waiting = False  # the progress thread waits in C, where it sees new messages (spin.py)
         self._expected: dict[tuple[int, int], Incoming] = {}
         self._arrived: dict[tuple[int, int], list] = {}   # messages matched before their recv op ran
         self._dead_keys: dict[tuple[int, int], int] = {}  # messages of rejected transfers still to drop
@@ -155,7 +160,7 @@ class Transport(Control):
                 inc.busy = True
         if run:
             self._work(inc)
-        else:
+        elif not self._waiting:  # a thread waiting in C sees the message itself (spin.py)
             self.kick()
 
     def _work(self, inc: Incoming) -> None:
@@ -256,12 +261,15 @@ class Transport(Control):
         """Wake the progress thread: there is new work to watch."""
         with self._cv:
             self._kicked = True
+            self.spinner.kick[0] = 1
             self._cv.notify()
 
     def _run(self) -> None:
         _set_timer_slack()
         st = self.MPI.Status()
         clock = time.perf_counter
+        spin = self.spinner
+        budget = spin.window  # spinning left since the last message or new transfer
         idle_since = None
         while True:
             try:
@@ -275,9 +283,18 @@ class Transport(Control):
             if self._stop and not self._busy():
                 return
             if got:  # let the worker that the progress woke take the GIL before polling again
-                idle_since = None
-                time.sleep(0)
+                idle_since, budget = None, spin.window
+                if not spin.usable:
+                    time.sleep(0)
                 continue
+            if spin.usable and budget > 0 and self._expected and not self._stop:
+                how = self._spin(spin, budget)
+                if how[0] == 2:
+                    idle_since, budget = None, spin.window
+                else:
+                    budget -= how[1]
+                if how[0] != 4:
+                    continue
             t = clock()
             if idle_since is None:
                 idle_since = t
@@ -290,7 +307,26 @@ class Transport(Control):
                     self._cv.wait(delay)
                 if self._kicked:
                     self._kicked = False
-                    idle_since = None
+                    idle_since, budget = None, spin.window
+
+    def _spin(self, spin, budget: float) -> tuple[int, float]:
+        """Wait in C (spin.py), spinning at most ``budget`` seconds; in short slices while Python has
+        requests to test or a sync to watch.  (2, 0) if kicked before it began."""
+        with self._cv:
+            if self._kicked:
+                self._kicked = False
+                return 2, 0.0
+            spin.kick[0] = 0
+        slice_ = _SPIN_SLICE if self._active or self._waiting_ctl() else _WAIT_SLICE
+        self._waiting = True
+        try:
+            how = spin.wait(budget, slice_)
+        finally:
+            self._waiting = False
+        if how[0] < 0:
+            _log.error("depengine: MPI_Iprobe failed (error %d): the progress thread only polls now", -how[0])
+            spin.disable()
+        return how
 
     def _busy(self) -> bool:
         return bool(self._active or self._expected or self._waiting_ctl())
@@ -308,7 +344,7 @@ class Transport(Control):
     def poll_after_op(self) -> None:
         """Called by a worker after each op it ran: take the messages that arrived meanwhile
         (no thread hand-over on a busy rank), and complete sends that finished."""
-        if self._expected:
+        if self._expected and self.spinner.has_message():
             self._match(self._st)
         if self._active:
             self._test_active()
