@@ -209,6 +209,7 @@ int core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n);   /* GIL held, mu 
 PyObject *core_work(Core *c, PyObject *args);            /* a worker thread's body */
 PyObject *core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs);   /* mpi progress */
 PyObject *core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
+int core_idle(Core *c);   /* no op queued, no worker running one (a hint, no mu) */
 int naive_run(Core *c);                                  /* GIL held: drain ready ops inline */
 PyObject *core_execute_meth(Core *c, PyObject *item);
 PyObject *core_dispatch_meth(Core *c, PyObject *ops);

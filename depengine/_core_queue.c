@@ -227,9 +227,9 @@ route_ready(Core *c, int mine, OpObject **ready, int n, PyObject **next)
     return oom ? -1 : python;
 }
 
-/* ------------------------------------------- waiting for a message while idle */
+/* ------------------------------------------------------------ idleness */
 
-static int
+int
 core_idle(Core *c)   /* no mu: a hint.  No op queued and no worker running one */
 {
     for (int i = 0; i < NPOOLS; i++) {
@@ -240,122 +240,4 @@ core_idle(Core *c)   /* no mu: a hint.  No op queued and no worker running one *
             return 0;
     }
     return 1;
-}
-
-typedef int (*probe4)(int, int, int, int *, void *);          /* MPI_Iprobe, int handles (MPICH) */
-typedef int (*probe8)(int, int, void *, int *, void *);       /* ... pointer handles */
-
-static void
-sleep_while_busy(Core *c, const int *kick, i64 t)   /* no GIL: until a worker runs out of ops, or t */
-{
-    struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
-    pthread_mutex_lock(&c->mu);
-    c->idle_watch++;
-    if (!__atomic_load_n(kick, __ATOMIC_ACQUIRE))
-        pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-    c->idle_watch--;
-    pthread_mutex_unlock(&c->mu);
-}
-
-static int
-probe_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, long long *a)
-{
-    if (nargs != want) {
-        PyErr_Format(PyExc_TypeError, "takes %zd integers", want);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < want; i++) {
-        a[i] = PyLong_AsLongLong(args[i]);
-        if (a[i] == -1 && PyErr_Occurred())
-            return -1;
-    }
-    if (a[0] == 0 || (a[2] != 4 && a[2] != 8)) {
-        PyErr_SetString(PyExc_ValueError, "a NULL MPI_Iprobe, or a handle size other than 4 or 8");
-        return -1;
-    }
-    return 0;
-}
-
-static int
-probe_call(const long long *a, int *flag)   /* MPI_Iprobe(a[3], a[4], comm a[1]): 0 or -(MPI error) */
-{
-    long long status[8];   /* MPI_Status: 20 bytes in MPICH, 32 in the standard ABI */
-    int rc = a[2] == 4 ? ((probe4)(intptr_t)a[0])((int)a[3], (int)a[4], (int)a[1], flag, status)
-                       : ((probe8)(intptr_t)a[0])((int)a[3], (int)a[4], (void *)(intptr_t)a[1], flag, status);
-    return rc ? -rc : 0;
-}
-
-/* Core.has_message(probe, comm, handle_bytes, source, tag): one MPI_Iprobe, GIL held (a worker's
- * look after each op: mpi4py's calls would hand the GIL to another thread).  1, 0, or -code. */
-PyObject *
-core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    long long a[5];
-    int flag = 0;
-    if (probe_args(args, nargs, 5, a) < 0)
-        return NULL;
-    int rc = probe_call(a, &flag);
-    return PyLong_FromLong(rc ? rc : flag);
-}
-
-/* Core.wait_message(probe, comm, handle_bytes, source, tag, kick, pushes, spin_ns, max_ns) ->
- * (why, spun_ns): the mpi engine's progress thread waits here, without the GIL, for at most max_ns.
- * While the rank is idle (no op queued, no worker running one, and the i64 push count at address
- * pushes unchanged: no thread pushing) it calls the MPI_Iprobe at address probe on communicator
- * handle comm, for at most spin_ns in all.  While a worker runs an op it sleeps until one runs out
- * of ops (workers take messages after each op); while a thread pushes, it looks again every 200 µs
- * (a spinning thread would take the pusher's core).  why: 1 a message is there, 2 the int at address kick is nonzero, 3 max_ns
- * passed, 4 spin_ns spent, -code an MPI error. */
-PyObject *
-core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
-{
-    long long a[9];
-    if (probe_args(args, nargs, 9, a) < 0)
-        return NULL;
-    if (a[5] == 0 || a[6] == 0) {
-        PyErr_SetString(PyExc_ValueError, "wait_message(): a NULL kick or push count address");
-        return NULL;
-    }
-    const int *kick = (const int *)(intptr_t)a[5];
-    const i64 *pushes = (const i64 *)(intptr_t)a[6];
-    int flag = 0, rc = 0, why = 0;
-    i64 spun = 0, now = now_ns(), until = now + a[8], seen = __atomic_load_n(pushes, __ATOMIC_RELAXED);
-    Py_BEGIN_ALLOW_THREADS
-    while (!why) {
-        i64 count = __atomic_load_n(pushes, __ATOMIC_RELAXED);
-        if (__atomic_load_n(kick, __ATOMIC_ACQUIRE))
-            why = 2;
-        else if (now >= until)
-            why = 3;
-        else if (spun >= a[7])
-            why = 4;
-        else if (!core_idle(c)) {
-            sleep_while_busy(c, kick, until);
-            now = now_ns();
-        }
-        else if (count != seen) {
-            seen = count;
-            sleep_while_busy(c, kick, now + 200000 < until ? now + 200000 : until);
-            now = now_ns();
-        }
-        else {
-            i64 from = now;
-            for (int k = 1; !why; k++) {
-                rc = probe_call(a, &flag);
-                why = rc ? rc : flag;
-                if ((k & 15) == 0 || why) {
-                    now = now_ns();
-                    if (why || __atomic_load_n(kick, __ATOMIC_ACQUIRE) || !core_idle(c) || now >= until ||
-                        spun + (now - from) >= a[7] || __atomic_load_n(pushes, __ATOMIC_RELAXED) != seen)
-                        break;
-                }
-#if defined(__x86_64__) || defined(__i386__)
-                __builtin_ia32_pause();
-#endif
-            }
-            spun += now - from;
-        }
-    }
-    Py_END_ALLOW_THREADS
-    return Py_BuildValue("iL", why, (long long)spun);
 }

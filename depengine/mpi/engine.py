@@ -19,12 +19,12 @@ Transfers are ops of the rank's own local engine (a send reads the var, a
 receive writes it), so the local engine orders them with everything else:
 the read-after-write, write-after-read and write-after-write rules are the
 local engine's.  Sends and receives are async ops: no worker ever waits on
-MPI (see transport.py).  A failed var travels as a failure, so dependents are
-skipped on every rank.
+MPI (see transport.py).  An op at priority 0 whose result another rank reads
+is raised to priority 1 while it waits, so it runs before ops no rank waits
+for.  A failed var travels as a failure, so dependents are skipped everywhere.
 
-Waits are per rank; ``fetch``, ``wait_all``, ``gather_trace`` and ``close`` are
-collective and check that every rank pushed the same op sequence (a running
-hash of every push and new var).
+Waits are per rank; ``fetch``, ``wait_all``, ``gather_trace`` and ``close`` are collective and
+check that every rank pushed the same op sequence (a running hash of every push and new var).
 """
 
 from __future__ import annotations
@@ -440,12 +440,11 @@ class MpiEngine(Engine):
         """The vars of a push, duplicates collapsed and writes out of the reads (the common case
         in one pass; anything unusual through _as_mvars, which names the bad input)."""
         get = self._vars.get
-        if isinstance(writes, Var):
+        if writes.__class__ not in _SEQ and isinstance(writes, Var):  # (an ABC: isinstance is slow)
             writes = (writes,)
-        if isinstance(reads, Var):
+        if reads.__class__ not in _SEQ and isinstance(reads, Var):
             reads = (reads,)
-        if (writes.__class__ is list or writes.__class__ is tuple) and \
-                (reads.__class__ is list or reads.__class__ is tuple):
+        if writes.__class__ in _SEQ and reads.__class__ in _SEQ:
             try:
                 ws = [get(v) for v in writes]
                 rs = [get(v) for v in reads]
@@ -485,6 +484,7 @@ class MpiEngine(Engine):
         return out
 
 
+_SEQ = (list, tuple)
 _peers: list = []  # liveness bookkeeping of every engine, for the SIGUSR1 handler
 
 

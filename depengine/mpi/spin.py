@@ -1,24 +1,27 @@
-"""Seeing a message at once while the rank's engine has nothing to run.
+"""Seeing a message at once while the rank has nothing else to do.
 
-The progress thread (transport.py) of a rank whose engine is idle and that
-expects a message calls ``Core.wait_message`` (depengine/_core_queue.c): a C
-loop that calls ``MPI_Iprobe`` without the GIL until a message is there, the
-engine has an op to run (or a worker runs one), the thread is kicked, or the
-window ends.  So an idle rank sees a message within a microsecond, as a
-blocking receive would, and:
+The progress thread (transport.py) of a rank that expects a message waits in
+``Core.wait_message`` (depengine/_core_mpi.c), without the GIL:
 
-- it never spins while its engine works: a worker takes arrived messages
-  itself after each op (``poll_after_op``), and the thread sleeps;
-- it holds no GIL while it spins, so a worker woken by a completed receive
-  takes the GIL at once (a Python polling loop made it wait 50-90 µs);
+- while the engine is idle (no op queued, no worker running one) and no
+  thread pushes (the engine's push count stands still), it calls
+  ``MPI_Iprobe`` in a loop: a message is seen within a microsecond, as a
+  blocking receive would see it, and a worker woken by the receive takes the
+  GIL at once (the Python polling loop this replaces made it wait 50-90 µs);
+- while a worker runs an op it sleeps until a worker runs out of ops: a
+  worker takes the messages that arrived itself after each op
+  (``poll_after_op``, which probes through ``has_message``, one call in C);
+- while a thread pushes it looks again every 200 µs, leaving the core to the
+  pusher;
 - it spins at most ``DEPENGINE_MPI_SPIN_US`` microseconds (default 2000)
-  after the last message or new transfer, then falls back to sleeping polls;
-  ``0`` never spins.
+  after the last message or new transfer, then falls back to sleeping polls
+  (an eighth of the time waited); ``0`` never spins.
 
-``MPI_Iprobe`` is found by address in the MPI library mpi4py loaded, and
-checked once on ``MPI_PROC_NULL`` (a probe that must find its empty message
-at once).  Where that fails (another MPI's handle layout, the pure-Python
-engine, a local engine without a compiled core), the thread polls as before.
+So a rank busy-polls only when it has nothing else to run, for a bounded
+time, as MPI's own blocking calls would.  ``MPI_Iprobe`` is found by address
+in the MPI library mpi4py loaded and checked once on ``MPI_PROC_NULL`` (a
+probe that must find its empty message at once).  Where that fails (another
+handle layout), and on the Python engine, the thread only polls.
 """
 
 from __future__ import annotations
@@ -62,15 +65,17 @@ def _mpi_libraries() -> list[str]:
     return found
 
 
-def _iprobe(MPI, comm):
-    """(address of MPI_Iprobe, handle size) once a probe on MPI_PROC_NULL through it worked, or None."""
+def _library(MPI, comm):
+    """(the MPI library mpi4py loaded, handle size) once a probe on MPI_PROC_NULL through its
+    MPI_Iprobe worked (the handle layout is the one the C calls assume), or None."""
     size = MPI._sizeof(MPI.Comm)
     if size not in (4, 8) or MPI._sizeof(MPI.Status) > 64:
         return None
     handle_type = ctypes.c_int if size == 4 else ctypes.c_void_p
-    for lib in [*_mpi_libraries(), None]:
+    for path in [*_mpi_libraries(), None]:
         try:
-            fn = ctypes.CDLL(lib).MPI_Iprobe
+            lib = ctypes.CDLL(path)
+            fn = lib.MPI_Iprobe
         except (OSError, AttributeError):
             continue
         fn.argtypes = [ctypes.c_int, ctypes.c_int, handle_type, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p]
@@ -81,12 +86,17 @@ def _iprobe(MPI, comm):
         except (ctypes.ArgumentError, OverflowError):
             continue
         if rc == 0 and flag.value == 1:
-            return ctypes.cast(fn, ctypes.c_void_p).value, size
+            return lib, size
     return None
 
 
+def _signed(handle: int, size: int) -> int:
+    return (ctypes.c_int32 if size == 4 else ctypes.c_int64)(handle).value
+
+
 class Spinner:
-    """``wait(max_s)``: spin on ``comm`` without the GIL while ``core`` is idle (see the module)."""
+    """The progress thread's wait in C (``wait``, see the module), and a worker's look after
+    each op (``has_message``: one probe in C, GIL held)."""
 
     def __init__(self, MPI, comm, core) -> None:
         self.window = spin_window()
@@ -95,13 +105,14 @@ class Spinner:
         self._args = None
         if core is None or self.window <= 0 or not hasattr(core, "wait_message"):
             return
-        probe = _iprobe(MPI, comm)
-        if probe is None:
+        found = _library(MPI, comm)
+        if found is None:
             _log.info("depengine: MPI_Iprobe not found by address; the MPI progress thread only polls")
             return
+        lib, size = found
         self._core = core
-        handle = (ctypes.c_int32 if probe[1] == 4 else ctypes.c_int64)(MPI._handleof(comm)).value  # signed
-        self._args = (probe[0], handle, probe[1], MPI.ANY_SOURCE, MPI.ANY_TAG,
+        probe = ctypes.cast(lib.MPI_Iprobe, ctypes.c_void_p).value
+        self._args = (probe, _signed(MPI._handleof(comm), size), size, MPI.ANY_SOURCE, MPI.ANY_TAG,
                       self.kick.ctypes.data, self.pushes.ctypes.data)
 
     def disable(self) -> None:
@@ -112,7 +123,7 @@ class Spinner:
         return self._args is not None
 
     def has_message(self) -> bool:
-        """One probe with the GIL held: is a data message waiting?  (True when the probe is unusable.)"""
+        """One probe with the GIL held: is a data message waiting?  (True when it cannot tell.)"""
         if self._args is None:
             return True
         return self._core.has_message(*self._args[:5]) != 0
