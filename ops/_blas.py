@@ -44,23 +44,25 @@ def routine(name: str) -> int:
 # Each kernel passes its scalar arguments through one int64 scratch array (chars and ints in the
 # low bytes of a slot, doubles as float64 bits) that it reads again after the call, so that it
 # outlives the call (NRT frees an array right after its last use).
+# Tiles may be views of a larger array with contiguous rows: each leading dimension is the row
+# stride in elements.
 @numba.njit(**_opts)
 def _potrf(a, fn):
-    s = np.zeros(3, np.int64)
-    s[0], s[1] = ord("U"), a.shape[0]
+    s = np.zeros(4, np.int64)
+    s[0], s[1], s[2] = ord("U"), a.shape[0], a.strides[0] // a.itemsize
     p = s.ctypes.data
-    call_address(fn, (p, p + 8, a.ctypes.data, p + 8, p + 16))
+    call_address(fn, (p, p + 8, a.ctypes.data, p + 16, p + 24))
     for i in range(a.shape[0]):  # a tile of the factor: zero above the diagonal
         for j in range(i + 1, a.shape[1]):
             a[i, j] = 0.0
-    return s.view(np.int32)[4]
+    return s.view(np.int32)[6]
 
 
 @numba.njit(**_opts)
 def _trsm(lkk, b, fn):
     s = np.zeros(9, np.int64)
     s[0], s[1], s[2], s[3] = ord("L"), ord("U"), ord("T"), ord("N")
-    s[4], s[5], s[7], s[8] = b.shape[1], b.shape[0], lkk.shape[1], b.shape[1]
+    s[4], s[5], s[7], s[8] = b.shape[1], b.shape[0], lkk.strides[0] // 8, b.strides[0] // 8
     s.view(np.float64)[6] = 1.0
     p = s.ctypes.data
     call_address(fn, (p, p + 8, p + 16, p + 24, p + 32, p + 40, p + 48, lkk.ctypes.data, p + 56,
@@ -71,7 +73,8 @@ def _trsm(lkk, b, fn):
 @numba.njit(**_opts)
 def _syrk(c, a, fn):
     s = np.zeros(8, np.int64)
-    s[0], s[1], s[2], s[3], s[5], s[7] = ord("U"), ord("T"), c.shape[0], a.shape[1], a.shape[1], c.shape[1]
+    s[0], s[1], s[2], s[3], s[5], s[7] = ord("U"), ord("T"), c.shape[0], a.shape[1], a.strides[0] // 8, \
+        c.strides[0] // 8
     f = s.view(np.float64)
     f[4], f[6] = -1.0, 1.0
     p = s.ctypes.data
@@ -108,7 +111,8 @@ def _gemm_nn(a, b, c, fn):
 def _gemm_nt_sub(c, a, b, fn):
     """``c -= a @ b^T``, row-major: column-major ``c^T -= b a^T``."""
     m, n, k = c.shape[1], c.shape[0], a.shape[1]
-    return _gemm(ord("T"), ord("N"), m, n, k, -1.0, b, b.shape[1], a, a.shape[1], 1.0, c, c.shape[1], fn)
+    return _gemm(ord("T"), ord("N"), m, n, k, -1.0, b, b.strides[0] // 8, a, a.strides[0] // 8, 1.0, c,
+                 c.strides[0] // 8, fn)
 
 
 @numba.njit(**_opts)

@@ -89,8 +89,12 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
     gpu = a.device.type == "gpu"
     if not gpu:
         use_blas()
-    # lower-triangle tiles, each a private array (its own var)
-    if ranks == 1:
+    # lower-triangle tiles, each an array with its own var
+    out = None
+    if ranks == 1 and not gpu:  # views of the factor's own storage: factored in place, no copies
+        out = empty((n, n))
+        tiles = {(i, j): _tile_in(out, a, bounds[i], bounds[j], j) for i in range(nt) for j in range(i + 1)}
+    elif ranks == 1:
         tiles = {(i, j): a[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]].copy()
                  for i in range(nt) for j in range(i + 1)}
     else:  # cut on a's owner, each tile sent to its rank
@@ -108,16 +112,38 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
                 kern.gemm(tiles[i, j], tiles[i, k], tiles[j, k], prio)
     if gpu:
         out = zeros((n, n), device=a.device)
-    else:  # the tiles fill the lower triangle; the rest is zeroed when the worker has nothing urgent
+    elif out is None:
         out = empty((n, n), owner=None if ranks == 1 else a.owner)
-
+    if not gpu:  # the tiles fill the lower triangle; the rest is zeroed when the worker has nothing urgent
         def upper(ctx):
             for r0, r1 in bounds:
                 out._data[r0:r1, r1:] = 0.0
         push(upper, [], [out], "zeros", a.device, priority=PRIORITY["update"] - 1)
+    if ranks == 1 and not gpu:  # the factor is ready when every tile is
+        push(_nothing, list(tiles.values()), [out], "factor", a.device)
+        return out
     for (i, j), t in tiles.items():
         out[bounds[i][0]:bounds[i][1], bounds[j][0]:bounds[j][1]] = t
     return out
+
+
+def _nothing(ctx) -> None:
+    pass
+
+
+def _cut_priority(column: int) -> int:
+    return max(PRIORITY["update"], PRIORITY["potrf"] - 10 * column)
+
+
+def _tile_in(out: NDArray, a: NDArray, rows: tuple[int, int], cols: tuple[int, int], column: int) -> NDArray:
+    """Tile (rows, cols) of the factor: a view of ``out``'s storage with a var of its own (the
+    tiles of one array run in parallel; the factor's var waits for all of them), holding ``a``'s
+    tile once it is cut (about when its column's panel needs it)."""
+    t = NDArray._wrap_host(out._engine, out._data[rows[0]:rows[1], cols[0]:cols[1]], "tile", out.device)
+    src = a[rows[0]:rows[1], cols[0]:cols[1]]
+    prio = _cut_priority(column)
+    push(lambda ctx: np.copyto(t._data, src._data), [a], [t], "tile", a.device, priority=prio)
+    return t
 
 
 def _grid(grid, ranks: int) -> tuple[int, int]:
@@ -135,7 +161,7 @@ def _tile_of(a: NDArray, rows: tuple[int, int], cols: tuple[int, int], owner: in
     view = a[rows[0]:rows[1], cols[0]:cols[1]]
     t = empty(view.shape, owner=owner)
     # a tile is cut (on a's owner) and sent about when its column's panel needs it
-    prio = max(PRIORITY["update"], PRIORITY["potrf"] - 10 * column)
+    prio = _cut_priority(column)
     push(lambda ctx: np.copyto(t._data, view._data), [a], [t], "tile", a.device, priority=prio,
          execute_on=a.owner)
     return t

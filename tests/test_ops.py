@@ -204,6 +204,25 @@ def test_cholesky_matches_numpy(eng, n, tile):
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-10
 
 
+def test_cholesky_factors_the_tiles_in_place_in_the_result(eng):
+    """On the CPU the tiles are views of the factor's own storage, each with its own var: a's tiles
+    are copied into it once, nothing is copied out again, and one op makes the factor wait for every
+    tile.  A transposed (non-contiguous) input and the result's dependents see the finished factor."""
+    from bench.cholesky_demo import spd_matrix
+
+    s = spd_matrix(250, seed=3)
+    a = nd.array(np.asfortranarray(s)).T  # a view with contiguous columns: the tiles are cut from it
+    with de.profile() as prof:
+        out = nd.linalg.cholesky(a, tile=100)
+        doubled = out * 2.0
+        got = doubled.asnumpy() / 2.0
+    names = [r.name for r in prof.trace().ops]
+    assert names.count("tile") == 6 and names.count("factor") == 1, names
+    assert not {"copy", "setitem", "copy part"} & set(names), names
+    np.testing.assert_allclose(got, np.linalg.cholesky(s), rtol=0, atol=1e-12 * np.abs(s).max())
+    assert out._data.flags.c_contiguous and out._var.version >= 2  # zeroed, then joined
+
+
 def test_cholesky_on_the_simulated_gpu(eng):
     from bench.cholesky_demo import spd_matrix
 
