@@ -249,7 +249,7 @@ class MpiEngine(Engine):
                 part = part or me == mv.owner
         for mv in ws:
             mv.gen += 1
-            mv.writer = name
+            mv.writer, mv.last = name, None  # (last: set below where this rank runs the op)
             if mv.owner == x:
                 mv.holders = bit
             else:  # written away from its owner: sent back to it
