@@ -204,12 +204,15 @@ PyObject *pool_take(Pool *p);                            /* mu held; NULL when e
 int pool_empty(Pool *p);
 int core_route(Core *c, OpObject *op);                   /* pool index, or -1: the Python route hook */
 int core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n);   /* GIL held, mu not held */
+int core_idle(Core *c);   /* no op queued, no worker running one (exact under mu, else a hint) */
+
+/* _core_mpi.c: the mpi engine's probes (depengine/mpi/spin.py) */
+PyObject *core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
+PyObject *core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
+PyObject *core_wake_waiter(Core *c, PyObject *unused);
 
 /* _core_pool.c */
 PyObject *core_work(Core *c, PyObject *args);            /* a worker thread's body */
-PyObject *core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs);   /* mpi progress */
-PyObject *core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
-int core_idle(Core *c);   /* no op queued, no worker running one (a hint, no mu) */
 int naive_run(Core *c);                                  /* GIL held: drain ready ops inline */
 PyObject *core_execute_meth(Core *c, PyObject *item);
 PyObject *core_dispatch_meth(Core *c, PyObject *ops);

@@ -60,16 +60,32 @@ probe_call(const long long *a, int *flag)   /* MPI_Iprobe(a[3], a[4], comm a[1])
     return rc ? -rc : 0;
 }
 
+/* No GIL: sleep until t, a kick (Core.wake_waiter), or (busy: while the engine works) a worker
+ * running out of ops.  Idleness is checked again under mu, where its counters are written, so a
+ * worker that went idle just before cannot be missed. */
 static void
-sleep_while_busy(Core *c, const int *kick, i64 t)   /* no GIL: until a worker runs out of ops, or t */
+sleep_until(Core *c, const int *kick, i64 t, int busy)
 {
     struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
     pthread_mutex_lock(&c->mu);
     c->idle_watch++;
-    if (!__atomic_load_n(kick, __ATOMIC_ACQUIRE))
+    if (!__atomic_load_n(kick, __ATOMIC_ACQUIRE) && !(busy && core_idle(c)))
         pthread_cond_timedwait(&c->cv, &c->mu, &ts);
     c->idle_watch--;
     pthread_mutex_unlock(&c->mu);
+}
+
+/* Core.wake_waiter(): wake a thread asleep in wait_message (after setting its kick word). */
+PyObject *
+core_wake_waiter(Core *c, PyObject *unused)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->mu);
+    if (c->idle_watch)
+        pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 /* Core.has_message(probe, comm, handle_bytes, source, tag): one MPI_Iprobe, GIL held (a worker's
@@ -103,6 +119,10 @@ core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "wait_message(): a NULL kick or push count address");
         return NULL;
     }
+    if (a[7] < 0 || a[8] < 0 || a[8] > (i64)1 << 50) {
+        PyErr_SetString(PyExc_ValueError, "wait_message(): spin_ns and max_ns must be in [0, 2**50]");
+        return NULL;
+    }
     const int *kick = (const int *)(intptr_t)a[5];
     const i64 *pushes = (const i64 *)(intptr_t)a[6];
     int flag = 0, rc = 0, why = 0;
@@ -117,12 +137,12 @@ core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
         else if (spun >= a[7])
             why = 4;
         else if (!core_idle(c)) {
-            sleep_while_busy(c, kick, until);
+            sleep_until(c, kick, until, 1);
             now = now_ns();
         }
         else if (count != seen) {
             seen = count;
-            sleep_while_busy(c, kick, now + 200000 < until ? now + 200000 : until);
+            sleep_until(c, kick, now + 200000 < until ? now + 200000 : until, 0);
             now = now_ns();
         }
         else {

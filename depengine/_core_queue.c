@@ -230,7 +230,7 @@ route_ready(Core *c, int mine, OpObject **ready, int n, PyObject **next)
 /* ------------------------------------------------------------ idleness */
 
 int
-core_idle(Core *c)   /* no mu: a hint.  No op queued and no worker running one */
+core_idle(Core *c)   /* no op queued and no worker running one: exact under mu, else a hint */
 {
     for (int i = 0; i < NPOOLS; i++) {
         Pool *p = &c->pools[i];

@@ -286,12 +286,13 @@ def rule_no_deadlock_large_ring():
 
 
 def rule_ops_another_rank_reads_run_first():
-    """An op at priority 0 whose result another rank reads is raised to 1 while it waits (it heads
-    its rank's ready queue); one read only where it ran, or pushed with a priority, keeps it."""
+    """An op at priority 0 whose result another rank reads (or writes next) is raised to 1 while it
+    waits (it heads its rank's ready queue); one read only where it ran, or pushed with a priority,
+    keeps it."""
     with engine(workers=1) as eng:
         last = eng.size - 1
-        bufs = [np.zeros(1) for _ in range(4)]
-        gate, a, b, c = (eng.new_var(n, owner=0, buffer=bufs[i]) for i, n in enumerate("gabc"))
+        bufs = [np.zeros(1) for _ in range(5)]
+        gate, a, b, c, d = (eng.new_var(n, owner=0, buffer=bufs[i]) for i, n in enumerate("gabcd"))
         out = np.zeros(1)
         o = eng.new_var("out", owner=last, buffer=out)
         release = threading.Event()
@@ -299,15 +300,22 @@ def rule_ops_another_rank_reads_run_first():
         oa = eng.push(_set(bufs[1], 1.0), reads=[gate], writes=[a], name="a")
         ob = eng.push(_set(bufs[2], 2.0), reads=[gate], writes=[b], name="b")
         oc = eng.push(_set(bufs[3], 3.0), reads=[gate], writes=[c], name="c", priority=5)
+        od = eng.push(_set(bufs[4], 4.0), reads=[gate], writes=[d], name="d")
+
+        def add_one(ctx):
+            bufs[4][0] += 1.0
+        eng.push(add_one, writes=[d], name="d+1", execute_on=last)  # d moves to the last rank and back
 
         def total(ctx):
             out[0] = bufs[1][0] + bufs[3][0]
         eng.push(total, reads=[a, c], writes=[o], name="total")
         eng.push(_set(bufs[0], 0.0), reads=[b], writes=[gate], name="reads b")
         if eng.rank == 0:
-            assert (oa.priority, ob.priority, oc.priority) == (1 if last else 0, 0, 5)
+            assert (oa.priority, ob.priority, oc.priority, od.priority) == (1 if last else 0, 0, 5,
+                                                                            1 if last else 0)
         release.set()
         assert float(eng.fetch(o, TIMEOUT)[0]) == 4.0
+        assert float(eng.fetch(d, TIMEOUT)[0]) == 5.0
         eng.wait_all(TIMEOUT)
 
 

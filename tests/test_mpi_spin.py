@@ -113,6 +113,25 @@ def test_a_busy_engine_sleeps_instead_of_probing_until_its_worker_is_idle(self_c
         _receive(MPI, comm, 8, req)
 
 
+def test_a_kick_wakes_a_waiter_asleep_behind_a_busy_worker(self_comm, core_engine):
+    MPI, comm = self_comm
+    spin = Spinner(MPI, comm, core_engine._core)
+    started, release = threading.Event(), threading.Event()
+    v = core_engine.new_var("v")
+    core_engine.push(lambda ctx: (started.set(), release.wait(30)), [], [v], "busy")
+    assert started.wait(30)
+
+    def kick():
+        spin.kick[0] = 1
+        spin.wake()
+    try:
+        threading.Timer(0.05, kick).start()
+        assert spin.wait(10.0, 20.0) == (2, 0)  # not the 20 s limit: the kick woke it
+    finally:
+        release.set()
+        core_engine.wait_all(30)
+
+
 def test_a_moving_push_count_means_a_pusher_needs_the_core(self_comm, core_engine):
     """While the engine's push count moves (a thread pushes), the waiter sleeps between looks
     rather than spin on the core the pusher needs: over 60 ms it spins a small part of them."""
@@ -150,3 +169,7 @@ def test_the_c_entry_points_reject_bad_arguments(core_engine):
         core.wait_message(1, 0, 3, 0, 0, 1, 1, 0, 0)
     with pytest.raises(ValueError, match="kick or push count"):
         core.wait_message(1, 0, 4, 0, 0, 0, 1, 0, 0)
+    with pytest.raises(ValueError, match="spin_ns and max_ns"):
+        core.wait_message(1, 0, 4, 0, 0, 1, 1, -1, 0)
+    with pytest.raises(ValueError, match="spin_ns and max_ns"):
+        core.wait_message(1, 0, 4, 0, 0, 1, 1, 0, 1 << 62)

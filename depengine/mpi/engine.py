@@ -108,8 +108,8 @@ class MpiEngine(Engine):
 
             install_sigusr1(_peers)  # before any collective call: a rank may die during them
             identities = transfers.allgather_json(MPI, comm, encode_identity())
-            self._transport = Transport(MPI, comm, self.rank, self.size, identities,
-                                        getattr(self._local, "_core", None))
+            self._transport = Transport(MPI, comm, self.rank, self.size, identities,  # naive: no spin
+                                        None if local == "naive" else getattr(self._local, "_core", None))
             _peers.append(self._transport.peers)
             self._push_word = self._transport.spinner.pushes
         _engines.add(self)
@@ -249,7 +249,7 @@ class MpiEngine(Engine):
                 part = part or me == mv.owner
         for mv in ws:
             mv.gen += 1
-            mv.writer, mv.last = name, None  # (last: set below where this rank runs the op)
+            mv.writer = name
             if mv.owner == x:
                 mv.holders = bit
             else:  # written away from its owner: sent back to it
@@ -274,10 +274,10 @@ class MpiEngine(Engine):
         op = RemoteOp(name, x)
         if me == x:
             op = self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, is_async, count)
-            for mv in ws:
-                mv.last = op
             if log is not None:
                 log[op.id] = (count, 2, name, None)
+        for mv in ws:  # (after the sends of the moves: they raise the writer of the version they send)
+            mv.last = op if me == x else None
         if backs is not None:
             for mv in backs:
                 if me == x:

@@ -1,7 +1,7 @@
 """Seeing a message at once while the rank has nothing else to do.
 
-The progress thread (transport.py) of a rank that expects a message waits in
-``Core.wait_message`` (depengine/_core_mpi.c), without the GIL:
+The progress thread (transport.py) waits in ``Core.wait_message``
+(depengine/_core_mpi.c), without the GIL:
 
 - while the engine is idle (no op queued, no worker running one) and no
   thread pushes (the engine's push count stands still), it calls
@@ -14,14 +14,20 @@ The progress thread (transport.py) of a rank that expects a message waits in
 - while a thread pushes it looks again every 200 µs, leaving the core to the
   pusher;
 - it spins at most ``DEPENGINE_MPI_SPIN_US`` microseconds (default 2000)
-  after the last message or new transfer, then falls back to sleeping polls
-  (an eighth of the time waited); ``0`` never spins.
+  after the last message, new receive or wake-up, then falls back to
+  sleeping polls (an eighth of the time waited); ``0`` never spins;
+- a kick (``Transport.kick``: new work to watch) wakes it at once.
+
+``has_message`` holds the GIL for its one ``MPI_Iprobe`` (short: MPICH's
+global lock is rarely contended for long).
 
 So a rank busy-polls only when it has nothing else to run, for a bounded
 time, as MPI's own blocking calls would.  ``MPI_Iprobe`` is found by address
-in the MPI library mpi4py loaded and checked once on ``MPI_PROC_NULL`` (a
-probe that must find its empty message at once).  Where that fails (another
-handle layout), and on the Python engine, the thread only polls.
+through mpi4py's own extension (else in the MPI library mapped into the
+process) and checked once on ``MPI_PROC_NULL`` (a probe that must find its
+empty message at once).  Where that fails (another handle layout), on the
+Python engine and over a naive local engine (whose ops run on the pushing
+thread, which the C loop cannot see), the thread only polls.
 """
 
 from __future__ import annotations
@@ -72,7 +78,10 @@ def _library(MPI, comm):
     if size not in (4, 8) or MPI._sizeof(MPI.Status) > 64:
         return None
     handle_type = ctypes.c_int if size == 4 else ctypes.c_void_p
-    for path in [*_mpi_libraries(), None]:
+    # mpi4py's own extension first (its symbols resolve to the library it loaded, and to a PMPI tool
+    # preloaded before it), then the libmpi* mapped into the process
+    first = [MPI.__file__] if getattr(MPI, "__file__", None) else []
+    for path in [*first, *_mpi_libraries(), None]:
         try:
             lib = ctypes.CDLL(path)
             fn = lib.MPI_Iprobe
@@ -124,9 +133,15 @@ class Spinner:
 
     def has_message(self) -> bool:
         """One probe with the GIL held: is a data message waiting?  (True when it cannot tell.)"""
-        if self._args is None:
+        args = self._args
+        if args is None:
             return True
-        return self._core.has_message(*self._args[:5]) != 0
+        return self._core.has_message(*args[:5]) != 0
+
+    def wake(self) -> None:
+        """Wake the thread asleep in ``wait`` (its kick word set first)."""
+        if self._args is not None:
+            self._core.wake_waiter()
 
     def wait(self, spin_s: float, max_s: float) -> tuple[int, float]:
         """Wait at most ``max_s``, spinning at most ``spin_s`` of it; (why, seconds spun).  why: 1 a

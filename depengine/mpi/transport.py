@@ -49,8 +49,8 @@ _log = logging.getLogger("depengine")
 HEADER, PAYLOAD, BODY, RECEIVING, FINISHED = range(5)
 _MIN_SLEEP = 5e-6   # below this the progress thread polls again at once
 _BUSY_CAP = 1e-3    # the longest sleep while transfers or syncs are pending
-_SPIN_SLICE = 100e-6  # the longest wait in C while requests or a sync wait for Python (spin.py)
-_WAIT_SLICE = 2e-3    # ... otherwise (peers are checked between waits)
+_SPIN_SLICE = 100e-6  # the longest spin in C while requests or a sync wait for Python (spin.py)
+_WAIT_SLICE = 2e-3    # the longest wait in C (peers are checked between waits)
 _IDLE_CAP = 5e-3    # ... and while nothing is
 
 
@@ -103,6 +103,7 @@ class Transport(Control):
         self._cv = threading.Condition(threading.Lock())
         self._kicked = False
         self._waiting = False  # the progress thread waits in C, where it sees new messages (spin.py)
+        self._expects = 0      # receives registered while it waited there (each renews its spin budget)
         self._expected: dict[tuple[int, int], Incoming] = {}
         self._arrived: dict[tuple[int, int], list] = {}   # messages matched before their recv op ran
         self._dead_keys: dict[tuple[int, int], int] = {}  # messages of rejected transfers still to drop
@@ -163,7 +164,9 @@ class Transport(Control):
                 inc.busy = True
         if run:
             self._work(inc)
-        elif not self._waiting:  # a thread waiting in C sees the message itself (spin.py)
+        elif self._waiting:  # a thread waiting in C sees the message itself (spin.py): no wake-up,
+            self._expects += 1  # but a new spin budget
+        else:
             self.kick()
 
     def _work(self, inc: Incoming) -> None:
@@ -266,6 +269,8 @@ class Transport(Control):
             self._kicked = True
             self.spinner.kick[0] = 1
             self._cv.notify()
+        if self._waiting:  # asleep in C while a worker runs an op
+            self.spinner.wake()
 
     def _run(self) -> None:
         _set_timer_slack()
@@ -274,6 +279,7 @@ class Transport(Control):
         spin = self.spinner
         budget = spin.window  # spinning left since the last message or new transfer
         idle_since = None
+        expects = self._expects
         while True:
             try:
                 got = self._poll(st)
@@ -290,13 +296,15 @@ class Transport(Control):
                 if not spin.usable:
                     time.sleep(0)
                 continue
-            if spin.usable and budget > 0 and not self._stop:
-                how = self._spin(spin, budget)
-                if how[0] == 2:
+            if expects != self._expects:  # a receive registered while the thread waited in C
+                expects, idle_since, budget = self._expects, None, spin.window
+            if spin.usable and budget > _MIN_SLEEP and not self._stop:
+                why, spun = self._spin(spin, budget)
+                if why == 2:
                     idle_since, budget = None, spin.window
                 else:
-                    budget -= how[1]
-                if how[0] != 4:
+                    budget -= spun
+                if why != 4 or budget > _MIN_SLEEP:  # (4 with budget left: a slice of it ended)
                     continue
             t = clock()
             if idle_since is None:
@@ -313,17 +321,18 @@ class Transport(Control):
                     idle_since, budget = None, spin.window
 
     def _spin(self, spin, budget: float) -> tuple[int, float]:
-        """Wait in C (spin.py), spinning at most ``budget`` seconds; in short slices while Python has
-        requests to test or a sync to watch.  (2, 0) if kicked before it began."""
+        """Wait in C (spin.py) at most _WAIT_SLICE, spinning at most ``budget`` seconds of it (a short
+        slice while Python has requests to test or a sync to watch).  (2, 0) if kicked first."""
         with self._cv:
             if self._kicked:
                 self._kicked = False
                 return 2, 0.0
             spin.kick[0] = 0
-        slice_ = _SPIN_SLICE if self._active or self._waiting_ctl() else _WAIT_SLICE
+        if self._active or self._waiting_ctl():
+            budget = min(budget, _SPIN_SLICE)
         self._waiting = True
         try:
-            how = spin.wait(budget, slice_)
+            how = spin.wait(budget, _WAIT_SLICE)
         finally:
             self._waiting = False
         if how[0] < 0:
