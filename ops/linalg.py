@@ -90,8 +90,8 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
     if not gpu:
         use_blas()
     # lower-triangle tiles, each an array with its own var
-    out = None
-    if ranks == 1 and not gpu:  # views of the factor's own storage: factored in place, no copies
+    in_place = ranks == 1 and not gpu
+    if in_place:  # views of the factor's own storage: factored in place, no copies
         out = empty((n, n))
         tiles = {(i, j): _tile_in(out, a, bounds[i], bounds[j], j) for i in range(nt) for j in range(i + 1)}
     elif ranks == 1:
@@ -112,14 +112,14 @@ def cholesky(a: NDArray, tile: int = 512, grid: tuple[int, int] | None = None) -
                 kern.gemm(tiles[i, j], tiles[i, k], tiles[j, k], prio)
     if gpu:
         out = zeros((n, n), device=a.device)
-    elif out is None:
-        out = empty((n, n), owner=None if ranks == 1 else a.owner)
+    elif not in_place:
+        out = empty((n, n), owner=a.owner)
     if not gpu:  # the tiles fill the lower triangle; the rest is zeroed when the worker has nothing urgent
         def upper(ctx):
             for r0, r1 in bounds:
                 out._data[r0:r1, r1:] = 0.0
         push(upper, [], [out], "zeros", a.device, priority=PRIORITY["update"] - 1)
-    if ranks == 1 and not gpu:  # the factor is ready when every tile is
+    if in_place:  # the factor is ready when every tile is
         push(_nothing, list(tiles.values()), [out], "factor", a.device)
         return out
     for (i, j), t in tiles.items():

@@ -10,6 +10,7 @@ compiled core, and with the polling thread it replaces on the Python one.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import pytest
 
@@ -93,43 +94,44 @@ def test_an_idle_engine_sees_a_message_a_kick_or_the_end_of_its_budget(self_comm
     assert not spin.has_message()
 
 
+@contextmanager
+def _busy_worker(eng):
+    """The engine's one worker runs an op until the block ends (or the event it yields is set)."""
+    started, release = threading.Event(), threading.Event()
+    eng.push(lambda ctx: (started.set(), release.wait(30)), [], [eng.new_var("v")], "busy")
+    assert started.wait(30)
+    try:
+        yield release
+    finally:
+        release.set()
+        eng.wait_all(30)
+
+
 def test_a_busy_engine_sleeps_instead_of_probing_until_its_worker_is_idle(self_comm, core_engine):
     MPI, comm = self_comm
     spin = Spinner(MPI, comm, core_engine._core)
-    started, release = threading.Event(), threading.Event()
-    v = core_engine.new_var("v")
-    core_engine.push(lambda ctx: (started.set(), release.wait(30)), [], [v], "busy")
-    assert started.wait(30)
     req = _send_to_self(MPI, comm, 8)
     try:
-        assert spin.wait(10.0, 0.002) == (3, 0)  # a message is there, but a worker runs an op
-        assert spin.has_message()  # what a worker sees after its op
-        # the worker finishing its op wakes the waiter, which then sees the message
-        threading.Timer(0.05, release.set).start()
-        assert spin.wait(10.0, 10.0)[0] == 1
+        with _busy_worker(core_engine) as release:
+            assert spin.wait(10.0, 0.002) == (3, 0)  # a message is there, but a worker runs an op
+            assert spin.has_message()  # what a worker sees after its op
+            # the worker finishing its op wakes the waiter, which then sees the message
+            threading.Timer(0.05, release.set).start()
+            assert spin.wait(10.0, 10.0)[0] == 1
     finally:
-        release.set()
-        core_engine.wait_all(30)
         _receive(MPI, comm, 8, req)
 
 
 def test_a_kick_wakes_a_waiter_asleep_behind_a_busy_worker(self_comm, core_engine):
     MPI, comm = self_comm
     spin = Spinner(MPI, comm, core_engine._core)
-    started, release = threading.Event(), threading.Event()
-    v = core_engine.new_var("v")
-    core_engine.push(lambda ctx: (started.set(), release.wait(30)), [], [v], "busy")
-    assert started.wait(30)
 
     def kick():
         spin.kick[0] = 1
         spin.wake()
-    try:
+    with _busy_worker(core_engine):
         threading.Timer(0.05, kick).start()
         assert spin.wait(10.0, 20.0) == (2, 0)  # not the 20 s limit: the kick woke it
-    finally:
-        release.set()
-        core_engine.wait_all(30)
 
 
 def test_a_moving_push_count_means_a_pusher_needs_the_core(self_comm, core_engine):

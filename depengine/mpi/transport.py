@@ -15,11 +15,11 @@ received into a var's buffer before its header fits (see wire.py), and a
 payload only when MPI reports exactly the buffer's size.
 
 The progress thread never blocks in MPI (MPICH's blocking calls spin a core:
-a blocking probe used 1.7 s of CPU in a 2 s wait here).  While it expects a
-message and its engine is idle, it waits in C (spin.py): probing without the
-GIL while nothing else runs, asleep while a worker runs an op (workers take
-arrived messages after each op) or a thread pushes.  Otherwise, and once that
-wait's spin budget is spent, it polls, and between polls that found nothing
+a blocking probe used 1.7 s of CPU in a 2 s wait here).  On the compiled
+core it waits in C (spin.py): probing without the GIL while nothing else
+runs, asleep while a worker runs an op (workers take arrived messages after
+each op) or a thread pushes.  Otherwise, and once that wait's spin budget is
+spent, it polls, and between polls that found nothing
 it sleeps an eighth of the time it has waited so far (at most 1 ms while
 transfers or syncs are pending, 5 ms when idle): a message is noticed within
 an eighth of the time it took to come, and a long wait costs a few hundred
