@@ -5,7 +5,10 @@
 Workloads (issue 14's targets in brackets):
 
 - ``chain100``, ``chain10k``, ``chain1m``: ``c = c + b`` repeated (2000, 2000, 100 times), per op,
-  from the first push to the result being ready [100 elements <= 8 us/op; 10k <= 1.5x NumPy; 1M <= 1.0x]
+  from the first push to the result being ready [100 elements <= 8 us/op; 10k <= 1.5x NumPy; 1M <= 1.0x];
+  ``chain5k``, ``chain30k`` (2000, 1000 times) between them, where malloc's heap (5k) and the switch
+  from running an op on the pushing thread to a worker (30k, 240 KB) lie.  "ops, pusher ahead" starts
+  each chain from an array not yet made, so the pusher runs ahead of the worker
 - ``two1m``: two independent 1M-element chains interleaved [<= 0.7x NumPy doing both]; alongside,
   NumPy running each chain in a thread of its own: what two threads get from the machine right then
 - ``expr``: ``exp((x*2+y)*(x-y))``, x 1000x1000, y (1000,) broadcast: imperative [<= 1.2x NumPy] and
@@ -34,7 +37,8 @@ import numpy as np
 
 import ops as nd
 
-ALL = ("chain100", "chain10k", "chain1m", "two1m", "expr", "mm64", "mm2048", "cold", "small")
+ALL = ("chain100", "chain10k", "chain5k", "chain30k", "chain1m", "two1m", "expr", "mm64", "mm2048", "cold",
+       "small")
 # seconds between two systems' turns: a peer's idle threads keep spinning after it returns (NumPy's
 # OpenBLAS helper for about 0.1 s: ops' 2048 matmul took 169-236 ms right after NumPy's and
 # 122-158 ms 0.3 s later) and would be charged to whichever system runs next
@@ -67,10 +71,15 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _chained(zeros, wrap, ready, n: int, b0, steps: int) -> float:
-    """Seconds for ``steps`` of ``c = c + b``, from the first op to the result being ready."""
+def _chained(zeros, wrap, ready, n: int, b0, steps: int, ahead: bool = False) -> float:
+    """Seconds for ``steps`` of ``c = c + b``, from the first op to the result being ready.
+
+    ``ahead``: the chain starts from ``zeros(n)`` just pushed, not yet made, so the first op
+    waits for it and the pusher runs ahead of the worker (ops/ then bounds its buffers in flight).
+    """
     c, b = zeros(n), wrap(b0)
-    ready(c)
+    if not ahead:
+        ready(c)
     t0 = time.perf_counter()
     for _ in range(steps):
         c = c + b
@@ -99,6 +108,8 @@ def _chain(n: int, steps: int, peers) -> dict:
         "ops": lambda: _chained(nd.zeros, nd.array, nd.NDArray.wait_to_read, n, b0, steps),
         "ops, Python bodies": lambda: _python_bodies(_chained, nd.zeros, nd.array, nd.NDArray.wait_to_read, n,
                                                      b0, steps),
+        "ops, pusher ahead": lambda: _chained(nd.zeros, nd.array, nd.NDArray.wait_to_read, n, b0, steps,
+                                              ahead=True),
     }
     if "jax" in peers:
         jnp = peers["jax"].numpy
@@ -291,6 +302,8 @@ def run(names, repeats: int, quick: bool) -> dict:
     workloads = {
         "chain100": lambda: (_chain(100, 2000 // scale, peers), 2000 // scale, "us/op"),
         "chain10k": lambda: (_chain(10_000, 2000 // scale, peers), 2000 // scale, "us/op"),
+        "chain5k": lambda: (_chain(5_000, 2000 // scale, peers), 2000 // scale, "us/op"),
+        "chain30k": lambda: (_chain(30_000, 1000 // scale, peers), 1000 // scale, "us/op"),
         "chain1m": lambda: (_chain(1_000_000, 100 // scale, peers), 100 // scale, "us/op"),
         "two1m": lambda: (_two_chains(peers), 1, "ms"),
         "expr": lambda: (_expr(peers), 1, "ms"),

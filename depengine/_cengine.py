@@ -134,8 +134,8 @@ class CompiledEngine(Engine):
     def _backlog(self) -> int:
         return self._core.current
 
-    def _drain_records(self) -> None:
-        self._core.drain()
+    def _drain_records(self, wait: float = 0.0) -> bool:
+        return self._core.drain(wait)
 
     @property
     def closed(self) -> bool:

@@ -165,6 +165,8 @@ struct Core {
     int pool_of_kind[4];       /* normal, prioritized, copy, async -> pool */
     OpObject *done_ops;        /* finished native ops to release (and record) under the GIL */
     Py_ssize_t ndone;
+    i64 completed;             /* ops finished (any body): drain(wait) waits for it to move */
+    int done_watch;            /* threads in drain(wait): a finishing op broadcasts cv */
     Py_tss_t *depth;           /* per thread: > 0 while running this engine's ops */
     PyObject **naive;          /* naive engine: the ready ops, a ring */
     Py_ssize_t nhead, nlen, ncap;

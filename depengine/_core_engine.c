@@ -144,6 +144,15 @@ op_release(OpObject *op)
     Py_DECREF(op);
 }
 
+/* mu: an op finished; wake the threads in drain(wait) */
+static inline void
+op_finished(Core *c)
+{
+    c->completed++;
+    if (c->done_watch)
+        pthread_cond_broadcast(&c->cv);
+}
+
 /* Release (and record, when profiling) the native ops that finished without the GIL.  GIL, not mu. */
 void
 core_drain(Core *c)
@@ -276,6 +285,7 @@ core_complete(Core *c, OpObject *op, PyObject *error, int origin, int *nready, O
         epoch_done(c, op->epoch);
         op->epoch = NULL;
     }
+    op_finished(c);
     if (c->debug)
         check_op_vars(op);
     pthread_mutex_unlock(&c->mu);
@@ -352,6 +362,7 @@ complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject
     op->next_done = c->done_ops;
     c->done_ops = op;
     c->ndone++;
+    op_finished(c);
     if (c->debug)
         check_op_vars(op);
     int python = route_ready(c, mine, ready.items, ready.n, next);

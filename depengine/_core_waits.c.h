@@ -333,10 +333,33 @@ core_mark_worker(Core *c, PyObject *unused)   /* a Python thread that runs this 
 }
 
 static PyObject *
-core_drain_meth(Core *c, PyObject *unused)
+core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
+    /* drain(wait=0.0): with wait > 0 and nothing finished yet, first sleep (no GIL) until an op
+     * finishes or wait seconds pass: a pusher waiting for buffers that running ops hold */
+    double wait = 0.0;
+    if (nargs > 1)
+        return PyErr_Format(PyExc_TypeError, "drain() takes at most one argument");
+    if (nargs == 1 && ((wait = PyFloat_AsDouble(args[0])) == -1.0 && PyErr_Occurred()))
+        return NULL;
+    if (wait != wait || wait < 0 || wait > 3600)
+        return PyErr_Format(PyExc_ValueError, "drain(wait=%R): seconds in [0, 3600]", args[0]);
+    if (wait > 0 && c->done_ops == NULL) {
+        i64 t = now_ns() + (i64)(wait * 1e9);
+        struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&c->mu);
+        i64 seen = c->completed;
+        c->done_watch++;
+        while (c->done_ops == NULL && c->completed == seen)
+            if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT)
+                break;
+        c->done_watch--;
+        pthread_mutex_unlock(&c->mu);
+        Py_END_ALLOW_THREADS
+    }
     core_drain(c);
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;   /* (this engine can wait: ops.memory relies on it) */
 }
 
 /* ------------------------------------------------------ attributes */
@@ -394,6 +417,7 @@ core_get_int(Core *c, void *which)
     case 3: return PyBool_FromLong(c->closing);
     case 4: return PyLong_FromSsize_t(c->nfailed);
     case 5: return PyLong_FromLongLong(c->seq);
+    case 7: return PyLong_FromLong(__atomic_load_n(&c->done_watch, __ATOMIC_ACQUIRE));
     default: return PyLong_FromLong(c->forked);
     }
 }
@@ -432,7 +456,8 @@ static PyMethodDef core_methods[] = {
     {"in_op", (PyCFunction)core_in_op_meth, METH_NOARGS, NULL},
     {"failed_vars", (PyCFunction)core_failed_vars, METH_NOARGS, "The vars whose last write failed."},
     {"mark_worker", (PyCFunction)core_mark_worker, METH_NOARGS, NULL},
-    {"drain", (PyCFunction)core_drain_meth, METH_NOARGS, "Release (and record) finished native ops."},
+    {"drain", (PyCFunction)(void (*)(void))core_drain_meth, METH_FASTCALL,
+     "Release (and record) finished native ops; drain(wait) first waits up to wait s for one to finish."},
     {"work", (PyCFunction)core_work, METH_O, "A worker thread's body: run pool i's ops until stop()."},
     {"wait_message", (PyCFunction)(void (*)(void))core_wait_message, METH_FASTCALL,
      "While the engine is idle, spin on MPI_Iprobe without the GIL (the mpi engine's progress)."},
@@ -457,6 +482,7 @@ static PyGetSetDef core_getset[] = {
     {"nfailed", (getter)core_get_int, NULL, NULL, (void *)4},
     {"seq", (getter)core_get_int, NULL, NULL, (void *)5},
     {"forked", (getter)core_get_int, NULL, NULL, (void *)6},
+    {"drain_waiters", (getter)core_get_int, NULL, NULL, (void *)7},   /* threads asleep in drain(wait) */
     {NULL},
 };
 

@@ -145,8 +145,14 @@ class Engine(Waits, Capturing):
         """Ops of the current epoch not finished (a flushing bulk yields the GIL past a few)."""
         return self._epoch.count
 
-    def _drain_records(self) -> None:
-        """Store the records of ops that finished without the GIL (the compiled core's)."""
+    def _drain_records(self, wait: float = 0.0) -> bool:
+        """Store the records of ops that finished without the GIL (the compiled core's).
+
+        With ``wait`` > 0, an engine that can first waits up to ``wait`` s
+        for an op to finish and says so (True); this one cannot (False): its
+        ops release what they hold where they run, and say so themselves.
+        """
+        return False
 
     def gpu_runtime(self, device):
         """The GPU runtime behind ``device`` on this engine (its streams start on first use)."""

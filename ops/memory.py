@@ -1,26 +1,35 @@
 """Host memory of CPU arrays: a bounded pool of large buffers, reused by size.
 
 A CPU array owns its memory through a *store* shared by its views, kept
-alive by the array, its views and every op that uses them.  Small arrays (under ``POOL_MIN`` bytes) are
-plain NumPy allocations: their store is the NumPy array itself, freed when
-the last user lets go.  Larger arrays come from the pool: their store is a
-:class:`PooledStore` whose finaliser hands the buffer back once the array,
-its views and every op using them have let go, so the next array of that
-size reuses memory that is already mapped (no page faults, no zeroing).
+alive by the array, its views and every op that uses them.  Small arrays
+(under ``POOL_MIN`` bytes, a page) are plain NumPy allocations: their store
+is the NumPy array itself, freed when the last user lets go.  Larger arrays
+come from the pool: their store is a :class:`PooledStore` whose finaliser
+hands the buffer back once the array, its views and every op using them
+have let go, so the next array of that size reuses memory that is already
+mapped (no page faults, no zeroing).
 
 Nothing is pushed to the engine to release an array: the op that used a
 buffer last drops the last reference to its store.  A thread that pushes
 far ahead of the workers would otherwise allocate (and fault in) fresh
 memory for every result; when ``IN_FLIGHT`` buffers of one size are in use
 it waits (at most ``PATIENCE`` seconds) for the next one to come back, so a
-long chain cycles through a few buffers.  A wait that times out (the user
+long chain cycles through a few buffers.  On the compiled core the waiting
+pusher wakes as soon as one of the engine's ops finishes (``drain(wait)``);
+looking every ``POLL`` s instead cost a chain of 30 000-element ops 85 us an
+op against 12.  A wait that times out (the user
 holds the buffers) stops the waits for that size until one comes back.  A buffer is reused only
 when nothing else refers to it (a NumPy view handed out through DLPack, say),
 checked when it is taken.  The pool is bounded: at most ``PER_SIZE`` buffers
 per size and ``limit`` bytes in all (``set_pool_limit``); a buffer that does
-not fit is freed at once, and ``trim()`` frees them all.  Pooled buffers are
+not fit is freed at once, and ``trim()`` frees them all.  Large pooled buffers are
 anonymous mappings of their own, so freeing one gives its memory back to
-the system whatever ``malloc`` would have kept.
+the system whatever ``malloc`` would have kept; those under ``MAP_MIN`` bytes
+come from ``malloc`` (a mapping each would soon reach the kernel's limit on
+mappings per process).  Without the pool, a pusher ahead of the workers
+would take fresh heap for every result of a cheap chain, and the ops that
+let go of them in bursts would make ``malloc`` give it back and fault it
+in again: 5000-element chains ran 5x slower.
 
 The free lists and the store are C (``ops/_pool.c``, in ``ops._native``):
 taking and giving back a buffer costs a pusher a fraction of a microsecond
@@ -41,7 +50,9 @@ from ._kernels import CALLS, address
 
 __all__ = ["POOL_MIN", "PooledStore", "alloc", "pool_stats", "set_pool_limit", "stalled", "trim"]
 
-POOL_MIN = 64 * 1024       # bytes: smaller arrays are plain NumPy allocations (malloc reuses them cheaply)
+POOL_MIN = 4 * 1024        # bytes: smaller arrays are plain NumPy allocations (malloc reuses them cheaply)
+MAP_MIN = 256 * 1024       # bytes: pooled buffers this big are mappings of their own, smaller ones malloc's
+ALIGN = 64                 # bytes: a malloc'd pooled buffer starts on a cache line
 PER_SIZE = 64              # buffers kept per size (a pusher far ahead frees them in bursts)
 IN_FLIGHT = 8              # pooled buffers of one size in use past which a pusher waits for one
 PATIENCE = 0.05            # seconds it waits before it allocates anyway
@@ -181,7 +192,9 @@ def _take_slow(nbytes: int, drain):
     ``drain`` releases the finished ops of the engine the buffer is for: the
     compiled core leaves ops that ran native bodies for the pushing thread to
     release, so a pusher waiting for buffers to come back releases them
-    itself.  A wait ends at most ``PATIENCE`` s later.
+    itself.  ``drain(wait)`` first sleeps until one of its ops finishes (the
+    compiled core; True), or cannot (False): then the buffers' return wakes
+    the pusher (``_notify``).  A wait ends at most ``PATIENCE`` s later.
     """
     live, stalled = _pool.pool_live(nbytes)
     entry = None
@@ -191,26 +204,33 @@ def _take_slow(nbytes: int, drain):
         # in time (the user holds them), stop waiting for this size until one does.
         _waits[0] += 1
         deadline = time.monotonic() + PATIENCE
-        with _returned:
-            _pool.pool_waiting(1)
-            try:
-                while True:
-                    if drain is not None:
-                        drain()  # (its finalisers give buffers back and notify through this RLock)
+        _pool.pool_waiting(1)
+        try:
+            while True:
+                if drain is not None:
+                    drain()
+                entry = _take(nbytes)
+                left = deadline - time.monotonic()
+                if entry is not None or left <= 0:
+                    break
+                if drain is not None and drain(min(left, POLL)):
+                    continue  # an op finished (or POLL passed): what it held is back
+                with _returned:  # (a buffer given back between the look and this wait notifies it)
                     entry = _take(nbytes)
-                    left = deadline - time.monotonic()
-                    if entry is not None or left <= 0:
+                    if entry is not None:
                         break
-                    # Python bodies give their buffers back from the workers (and notify); native
-                    # ones end without a word, so look again after a short while
                     _returned.wait(left if drain is None else min(left, POLL))
-            finally:
-                _pool.pool_waiting(-1)
+        finally:
+            _pool.pool_waiting(-1)
         if entry is not None:
             return entry
         stalled = True
-    # its own mapping: unmapped (given back to the system) once nothing holds it
-    owner = np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+    if nbytes >= MAP_MIN:  # its own mapping: unmapped (given back to the system) once nothing holds it
+        owner = np.frombuffer(mmap.mmap(-1, nbytes), np.uint8)
+    else:  # malloc'd, cache-line aligned; through a memoryview, so views of it keep it as their base
+        raw = np.empty(nbytes + ALIGN, np.uint8)
+        skip = -address(raw) % ALIGN
+        owner = np.frombuffer(memoryview(raw)[skip:skip + nbytes], np.uint8)
     _pool.pool_taken(nbytes, stalled)
     return owner, address(owner), nbytes
 

@@ -368,3 +368,46 @@ def test_a_failing_cheap_op_fails_at_once_and_skips_its_dependents():
         assert info.value.code == -7
         eng.wait_all()
         assert later.state == "skipped" and data[1] == 0
+
+
+@needs_core
+@pytest.mark.parametrize("body", ["native", "python"])
+def test_drain_with_a_wait_returns_when_an_op_finishes(body):
+    """A pusher waiting for buffers sleeps in ``drain(wait)`` until one of the engine's ops finishes,
+    not for the whole wait: the 30 s wait below must end as soon as the gated op has run."""
+    data = np.zeros(64, np.int64)
+    gate = threading.Event()
+    with de.Engine("threaded", workers=1, core="compiled") as eng:
+        x = eng.new_var("x")
+        eng.push(lambda ctx: gate.wait(10), writes=[x], name="gate")
+        if body == "native":
+            eng.push(_cheap(step, [data.ctypes.data, 1, 0, 0, 3], "after"), reads=[x], writes=[x])
+        else:
+            eng.push(lambda ctx: data.__setitem__(1, 3), reads=[x], writes=[x], name="after")
+        out = []
+        t = threading.Thread(target=lambda: out.append(eng._drain_records(30.0)))
+        t.start()
+        while not eng._core.drain_waiters and t.is_alive():  # asleep in C (or already back)
+            time.sleep(0)
+        gate.set()
+        t.join(10)
+        assert not t.is_alive(), "drain(30.0) slept through the ops that finished"
+        assert out == [True] and eng._core.drain_waiters == 0
+        eng.wait_all()
+        assert data[1] == 3
+        assert eng._drain_records() is True and eng._drain_records(0.0) is True
+
+
+@needs_core
+def test_drain_refuses_a_bad_wait():
+    with de.Engine("threaded", workers=1, core="compiled") as eng:
+        for bad, err in [(-1.0, ValueError), (float("nan"), ValueError), (1e9, ValueError), ("1", TypeError)]:
+            with pytest.raises(err, match="drain" if err is ValueError else ""):
+                eng._core.drain(bad)
+        with pytest.raises(TypeError, match="at most one"):
+            eng._core.drain(0.0, 1.0)
+
+
+def test_a_python_engine_cannot_wait_in_drain():
+    with de.Engine("threaded", workers=1, core="python") as eng:
+        assert eng._drain_records(0.01) is False

@@ -325,13 +325,13 @@ def test_the_pool_gives_memory_back(eng):
         memory.set_pool_limit(256 * 2**20)
 
 
-def test_an_exported_buffer_is_never_reused(eng, monkeypatch):
-    monkeypatch.setattr(memory, "POOL_MIN", 64 * 1024)
-    a = nd.full((memory.POOL_MIN // 8,), 5.0)
+@pytest.mark.parametrize("nbytes", [memory.POOL_MIN, memory.MAP_MIN], ids=["malloc", "mapped"])
+def test_an_exported_buffer_is_never_reused(eng, nbytes):
+    a = nd.full((nbytes // 8,), 5.0)
     view = np.from_dlpack(a)  # NumPy now shares a's memory
     del a
     gc.collect()
-    others = [nd.full((memory.POOL_MIN // 8,), -1.0) for _ in range(4)]
+    others = [nd.full((nbytes // 8,), -1.0) for _ in range(4)]
     for o in others:
         o.wait_to_read()
     assert (view == 5.0).all()

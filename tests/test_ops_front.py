@@ -237,13 +237,14 @@ def test_small_matmuls_equal_numpy_in_every_layout(eng, dtype, mkn):
     np.testing.assert_array_equal(out.asnumpy(), (x @ y).asnumpy())
 
 
-def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch):
+@pytest.mark.parametrize("n", [1_003, 10_007, 40_009], ids=["8KB-malloc", "80KB-malloc", "320KB-mapped"])
+def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch, n):
     """Finished native ops are released by the thread that pushes: a pusher waiting for a pooled
-    buffer releases them itself instead of waiting for nothing and allocating fresh memory."""
-    monkeypatch.setattr(memory, "POOL_MIN", 64 * 1024)
+    buffer releases them itself instead of waiting for nothing and allocating fresh memory.  Sizes
+    no other test pools: a page and up is pooled, from malloc below MAP_MIN, mapped above."""
     monkeypatch.setattr(memory, "PATIENCE", 2.0)  # long enough for a worker, whatever the load
-    n = 10_007  # a size no other test pools
     nbytes = n * 8
+    assert memory.POOL_MIN <= nbytes and (nbytes < memory.MAP_MIN) == (n < 40_000)
     gc.collect()
     before = memory.pool_stats()
     b = nd.array(np.full(n, 0.5))
@@ -255,6 +256,14 @@ def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch):
     assert not memory.stalled(nbytes)
     assert after["misses"] - before["misses"] <= memory.IN_FLIGHT + 3  # b, c and the buffers in flight
     assert after["hits"] - before["hits"] >= 400 - memory.IN_FLIGHT - 3
+
+
+@pytest.mark.parametrize("n", [600, 3_001, 70_001])
+def test_pooled_buffers_start_on_a_cache_line(eng, n):
+    arrays = [nd.zeros(n) + 1.0 for _ in range(3)]
+    assert all(a._addr % memory.ALIGN == 0 for a in arrays)
+    assert all(np.from_dlpack(a).ctypes.data == a._addr for a in arrays)
+    np.testing.assert_array_equal(arrays[2].asnumpy(), np.ones(n))
 
 
 def test_the_c_front_end_makes_what_the_python_one_makes(eng):
