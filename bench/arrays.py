@@ -8,7 +8,8 @@ Workloads (issue 14's targets in brackets):
   from the first push to the result being ready [100 elements <= 8 us/op; 10k <= 1.5x NumPy; 1M <= 1.0x];
   ``chain5k``, ``chain30k`` (2000, 1000 times) between them, where malloc's heap (5k) and the switch
   from running an op on the pushing thread to a worker (30k, 240 KB) lie.  "ops, pusher ahead" starts
-  each chain from an array not yet made, so the pusher runs ahead of the worker
+  each chain from an array not yet made, so the pusher runs ahead of the worker; "c += b" runs the
+  same chain with the in-place operator, NumPy's and ops/'
 - ``two1m``: two independent 1M-element chains interleaved [<= 0.7x NumPy doing both]; alongside,
   NumPy running each chain in a thread of its own: what two threads get from the machine right then
 - ``expr``: ``exp((x*2+y)*(x-y))``, x 1000x1000, y (1000,) broadcast: imperative [<= 1.2x NumPy] and
@@ -87,6 +88,17 @@ def _chained(zeros, wrap, ready, n: int, b0, steps: int, ahead: bool = False) ->
     return time.perf_counter() - t0
 
 
+def _in_place(zeros, wrap, ready, n: int, b0, steps: int) -> float:
+    """Seconds for ``steps`` of ``c += b`` (NumPy's and ops/' in-place operator)."""
+    c, b = zeros(n), wrap(b0)
+    ready(c)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        c += b
+    ready(c)
+    return time.perf_counter() - t0
+
+
 def _python_bodies(fn, *args):
     """``fn(*args)`` with ops/ kernels called from Python op bodies instead of native ones."""
     from ops import _cpu
@@ -110,6 +122,8 @@ def _chain(n: int, steps: int, peers) -> dict:
                                                      b0, steps),
         "ops, pusher ahead": lambda: _chained(nd.zeros, nd.array, nd.NDArray.wait_to_read, n, b0, steps,
                                               ahead=True),
+        "numpy c += b": lambda: _in_place(np.zeros, np.asarray, lambda c: None, n, b0, steps),
+        "ops c += b": lambda: _in_place(nd.zeros, nd.array, nd.NDArray.wait_to_read, n, b0, steps),
     }
     if "jax" in peers:
         jnp = peers["jax"].numpy
@@ -325,6 +339,8 @@ def run(names, repeats: int, quick: bool) -> dict:
         factor = 1e6 / per if unit == "us/op" else 1e3
         figures = {s: t * factor for s, t in best.items()}
         figures["ops / numpy"] = figures["ops"] / figures["numpy"]
+        if "ops c += b" in figures:
+            figures["c += b: ops / numpy"] = figures["ops c += b"] / figures["numpy c += b"]
         if "ops replayed (fused)" in figures:
             figures["replayed / numpy"] = figures["ops replayed (fused)"] / figures["numpy"]
         results[name] = {"unit": unit, **figures}

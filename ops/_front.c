@@ -265,9 +265,11 @@ gemm_block(PyObject *extra, PyObject *const *args, PyObject *addr)
     return PyBytes_FromStringAndSize((const char *)v, sizeof v);
 }
 
-/* front_push's work: args[0] the spec tuple, args[1..nargs-1] the operands */
+/* front_push's work: args[0] the spec tuple, args[1..nargs-1] the operands; into: NULL for a new
+ * result, else the array the op writes (_fast.push_into's x += y: an operand, of the spec's shape and
+ * result dtype, checked by the caller) */
 PyObject *
-push_spec(PyObject *const *args, Py_ssize_t nargs)
+push_spec(PyObject *const *args, Py_ssize_t nargs, PyObject *into)
 {
     PyObject **spec = &PyTuple_GET_ITEM(args[0], 0);
     Py_ssize_t queued = PyObject_Length(releases);   /* GPU memory released since: hand it over first */
@@ -300,6 +302,19 @@ push_spec(PyObject *const *args, Py_ssize_t nargs)
             }
             PyTuple_SET_ITEM(reads, k++, Py_NewRef(v));
         }
+    if (into != NULL) {
+        var = *(PyObject **)((char *)into + array_off[A_VAR]);
+        addr = *(PyObject **)((char *)into + array_off[A_ADDR]);
+        if (var == NULL || addr == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "front_push: the output has no var or address");
+            var = addr = NULL;
+            goto done;
+        }
+        Py_INCREF(var);
+        Py_INCREF(addr);
+        out = Py_NewRef(into);
+        goto made;
+    }
     var = PyObject_CallOneArg(spec[S_NEW_VAR], spec[S_OP]);
     if (var == NULL || allocate(spec, &data, &store, &addr) < 0)
         goto done;
@@ -319,7 +334,7 @@ push_spec(PyObject *const *args, Py_ssize_t nargs)
     put(out, array_off[A_FLAT], Py_NewRef(Py_True));
     put(out, array_off[A_BASE], Py_NewRef(Py_None));
     put(out, array_off[A_AG], Py_NewRef(Py_None));
-
+made:;
     long kind = PyLong_AsLong(spec[S_KIND]);
     if (kind == K_ELEMENTWISE)
         block = elementwise_block(spec, args, nops, addr, as_float);
@@ -396,7 +411,7 @@ front_push(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_Format(PyExc_TypeError, "front_push(spec, x[, y])");
     if (ndarray_type == NULL)
         return PyErr_Format(PyExc_RuntimeError, "front_push before front_setup");
-    return push_spec(args, nargs);
+    return push_spec(args, nargs, NULL);
 }
 
 PyMethodDef front_methods[] = {
@@ -404,6 +419,8 @@ PyMethodDef front_methods[] = {
      "front_dispatch_setup(math, core, flatop, cpu)."},
     {"front_op", (PyCFunction)(void (*)(void))front_op, METH_FASTCALL,
      "front_op(op, x[, y]): the fast path of ops.math.binary/unary, or None."},
+    {"front_into", (PyCFunction)(void (*)(void))front_into, METH_FASTCALL,
+     "front_into(op, x, y): x op= y on the fast path (x itself), or None."},
     {"front_setup", (PyCFunction)(void (*)(void))front_setup, METH_FASTCALL,
      "front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush)."},
     {"front_push", (PyCFunction)(void (*)(void))front_push, METH_FASTCALL,

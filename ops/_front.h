@@ -19,8 +19,9 @@ extern PyTypeObject *ndarray_type;
 extern Py_ssize_t array_off[A_N];
 
 int offsets(PyTypeObject *type, const char **names, int n, Py_ssize_t *out);   /* slots' offsets */
-PyObject *push_spec(PyObject *const *args, Py_ssize_t nargs);   /* front_push's work */
+PyObject *push_spec(PyObject *const *args, Py_ssize_t nargs, PyObject *into);   /* front_push's work */
 PyObject *front_dispatch_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *front_op(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *front_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -71,6 +71,102 @@ current_engine(PyObject *new_var)
     return open ? eng : NULL;
 }
 
+/* The FlatOp ops.math found before for op over x (and y) on the current engine, a new reference, or
+ * NULL with no exception: none, an autograd tape, or anything else the Python path must see.
+ * kx, ky: operand_kind of x and y (0 for no y). */
+static PyObject *
+found_spec(PyObject *op, PyObject *x, PyObject *y, int kx, int ky)
+{
+    PyObject *shape;
+    if (y == NULL) {
+        if (kx != 1)
+            return NULL;
+        shape = slot(x, array_off[A_SHAPE]);
+    } else if (kx == 1 && ky == 1) {
+        shape = slot(x, array_off[A_SHAPE]);
+        PyObject *other = slot(y, array_off[A_SHAPE]);
+        int same = shape == other || (shape && other && PyObject_RichCompareBool(shape, other, Py_EQ) == 1);
+        if (!same) {
+            PyErr_Clear();
+            return NULL;
+        }
+    } else if (kx + ky == 3) {
+        shape = slot(kx == 1 ? x : y, array_off[A_SHAPE]);
+    } else
+        return NULL;
+    PyObject *tape = PyObject_GetAttr(core_mod, s_tape);
+    int untaped = tape == Py_None;
+    Py_XDECREF(tape);
+    if (!untaped || shape == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    /* the key ops.math uses: (op, dtype char or scalar type per operand, shape) */
+    PyObject *key = PyTuple_New(y ? 4 : 3);
+    if (key == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyTuple_SET_ITEM(key, 0, Py_NewRef(op));
+    PyObject *ops[2] = {x, y};
+    for (int i = 0; i < (y ? 2 : 1); i++) {
+        PyObject *part = Py_IS_TYPE(ops[i], ndarray_type)
+            ? PyObject_GetAttr(slot(ops[i], array_off[A_DTYPE]), s_char) : Py_NewRef(Py_TYPE(ops[i]));
+        if (part == NULL) {
+            Py_DECREF(key);
+            PyErr_Clear();
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, 1 + i, part);
+    }
+    PyTuple_SET_ITEM(key, y ? 3 : 2, Py_NewRef(shape));
+    PyObject *cache = PyObject_GetAttr(math_mod, s_flat_cache);
+    PyObject *spec = cache && PyDict_CheckExact(cache) ? PyDict_GetItemWithError(cache, key) : NULL;
+    Py_XINCREF(spec);
+    Py_XDECREF(cache);
+    Py_DECREF(key);
+    PyObject *c = spec != NULL && PyObject_TypeCheck(spec, (PyTypeObject *)flatop_type)
+        ? slot(spec, flat_c_off) : NULL;
+    PyObject *eng = c != NULL && PyTuple_Check(c) && PyTuple_GET_SIZE(c) == S_FIELDS
+        ? current_engine(PyTuple_GET_ITEM(c, S_NEW_VAR)) : NULL;
+    PyErr_Clear();
+    if (eng == NULL || slot(spec, flat_eng_off) != eng) {
+        Py_XDECREF(spec);
+        return NULL;
+    }
+    return spec;
+}
+
+/* push spec's op over x (and y), into a new array or into (x += y); None when a scalar stops it */
+static PyObject *
+push_found(PyObject *spec, PyObject *x, PyObject *y, int kx, int ky, PyObject *into)
+{
+    PyObject *c = slot(spec, flat_c_off);
+    PyObject *argv[3] = {c, x, y};
+    if (kx != 2 && ky != 2)
+        return push_spec(argv, y ? 3 : 2, into);
+    /* a scalar: only for float64 work, where ops.math's cast is float() */
+    PyObject *ch = PyObject_GetAttr(PyTuple_GET_ITEM(c, S_WORK), s_char);
+    int f64 = ch && PyUnicode_CompareWithASCIIString(ch, "d") == 0;
+    Py_XDECREF(ch);
+    PyErr_Clear();
+    if (!f64)
+        Py_RETURN_NONE;
+    PyObject *scalar = kx == 2 ? x : y;
+    double v = PyFloat_AsDouble(scalar);
+    if (v == -1.0 && PyErr_Occurred()) {   /* (an int too large for a float: Python says so) */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *f = PyFloat_FromDouble(v);
+    if (f == NULL)
+        return NULL;
+    argv[kx == 2 ? 1 : 2] = f;
+    PyObject *result = push_spec(argv, 3, into);
+    Py_DECREF(f);
+    return result;
+}
+
 /* front_op(op, x[, y]): what ops.math.binary (or unary) pushes for contiguous CPU operands of one
  * shape (or one and a Python scalar, float64 work) whose FlatOp the Python front end already found
  * for the current engine, with no autograd tape; None for anything else (the caller then takes the
@@ -82,96 +178,38 @@ front_op(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_Format(PyExc_TypeError, "front_op(op, x[, y])");
     if (math_mod == NULL || ndarray_type == NULL)
         Py_RETURN_NONE;
-    PyObject *op = args[0], *x = args[1], *y = nargs == 3 ? args[2] : NULL;
+    PyObject *x = args[1], *y = nargs == 3 ? args[2] : NULL;
     int kx = operand_kind(x), ky = y ? operand_kind(y) : 0;
-    PyObject *shape;
-    if (y == NULL) {
-        if (kx != 1)
-            Py_RETURN_NONE;
-        shape = slot(x, array_off[A_SHAPE]);
-    } else if (kx == 1 && ky == 1) {
-        shape = slot(x, array_off[A_SHAPE]);
-        PyObject *other = slot(y, array_off[A_SHAPE]);
-        int same = shape == other || (shape && other && PyObject_RichCompareBool(shape, other, Py_EQ) == 1);
-        if (!same) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-    } else if (kx + ky == 3) {
-        shape = slot(kx == 1 ? x : y, array_off[A_SHAPE]);
-    } else
+    PyObject *spec = found_spec(args[0], x, y, kx, ky);
+    if (spec == NULL)
         Py_RETURN_NONE;
-    PyObject *tape = PyObject_GetAttr(core_mod, s_tape);
-    int untaped = tape == Py_None;
-    Py_XDECREF(tape);
-    if (!untaped || shape == NULL) {
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
-    /* the key ops.math uses: (op, dtype char or scalar type per operand, shape) */
-    PyObject *key = PyTuple_New(y ? 4 : 3);
-    if (key == NULL)
-        return NULL;
-    PyTuple_SET_ITEM(key, 0, Py_NewRef(op));
-    PyObject *ops[2] = {x, y};
-    for (int i = 0; i < (y ? 2 : 1); i++) {
-        PyObject *part = Py_IS_TYPE(ops[i], ndarray_type)
-            ? PyObject_GetAttr(slot(ops[i], array_off[A_DTYPE]), s_char) : Py_NewRef(Py_TYPE(ops[i]));
-        if (part == NULL) {
-            Py_DECREF(key);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(key, 1 + i, part);
-    }
-    PyTuple_SET_ITEM(key, y ? 3 : 2, Py_NewRef(shape));
-    PyObject *cache = PyObject_GetAttr(math_mod, s_flat_cache);
-    PyObject *spec = cache && PyDict_CheckExact(cache) ? PyDict_GetItemWithError(cache, key) : NULL;
-    Py_XINCREF(spec);
-    Py_XDECREF(cache);
-    Py_DECREF(key);
-    PyObject *result = NULL;
-    if (spec == NULL || !PyObject_TypeCheck(spec, (PyTypeObject *)flatop_type)) {
-        PyErr_Clear();
-        goto fallback;
-    }
-    PyObject *c = slot(spec, flat_c_off);
-    if (c == NULL || !PyTuple_Check(c) || PyTuple_GET_SIZE(c) != S_FIELDS)
-        goto fallback;
-    PyObject *eng = current_engine(PyTuple_GET_ITEM(c, S_NEW_VAR));
-    PyErr_Clear();
-    if (eng == NULL || slot(spec, flat_eng_off) != eng)
-        goto fallback;
-    PyObject *argv[3] = {c, x, y};
-    if (kx == 2 || ky == 2) {   /* a scalar: only for float64 work, where ops.math's cast is float() */
-        PyObject *work = PyTuple_GET_ITEM(c, S_WORK);
-        PyObject *ch = PyObject_GetAttr(work, s_char);
-        int f64 = ch && PyUnicode_CompareWithASCIIString(ch, "d") == 0;
-        Py_XDECREF(ch);
-        PyErr_Clear();
-        if (!f64)
-            goto fallback;
-        PyObject *scalar = kx == 2 ? x : y;
-        double v = PyFloat_AsDouble(scalar);
-        if (v == -1.0 && PyErr_Occurred()) {   /* (an int too large for a float: Python says so) */
-            PyErr_Clear();
-            goto fallback;
-        }
-        PyObject *f = PyFloat_FromDouble(v);
-        if (f == NULL) {
-            Py_DECREF(spec);
-            return NULL;
-        }
-        argv[kx == 2 ? 1 : 2] = f;
-        result = push_spec(argv, 3);
-        Py_DECREF(f);
-        Py_DECREF(spec);
-        return result;
-    }
-    result = push_spec(argv, y ? 3 : 2);
+    PyObject *result = push_found(spec, x, y, kx, ky, NULL);
     Py_DECREF(spec);
     return result;
-fallback:
-    Py_XDECREF(spec);
-    Py_RETURN_NONE;
 }
 
+/* front_into(op, x, y): x op= y as ops.math.binary(op, x, y, out=x) pushes it on the fast path
+ * (_fast.push_into): x a contiguous CPU array of the FlatOp's shape and result dtype on its engine;
+ * x itself, or None for anything else (the caller takes the Python path). */
+PyObject *
+front_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "front_into(op, x, y)");
+    if (math_mod == NULL || ndarray_type == NULL)
+        Py_RETURN_NONE;
+    PyObject *x = args[1], *y = args[2];
+    int kx = operand_kind(x), ky = operand_kind(y);
+    if (kx != 1)
+        Py_RETURN_NONE;
+    PyObject *spec = found_spec(args[0], x, y, kx, ky);
+    if (spec == NULL)
+        Py_RETURN_NONE;
+    PyObject *c = slot(spec, flat_c_off), *dt = slot(x, array_off[A_DTYPE]);
+    int fits = slot(x, array_off[A_ENGINE]) == PyTuple_GET_ITEM(c, S_ENG) && dt != NULL &&
+        (dt == PyTuple_GET_ITEM(c, S_DTYPE) || PyObject_RichCompareBool(dt, PyTuple_GET_ITEM(c, S_DTYPE), Py_EQ) == 1);
+    PyErr_Clear();
+    PyObject *result = fits ? push_found(spec, x, y, kx, ky, x) : Py_NewRef(Py_None);
+    Py_DECREF(spec);
+    return result;
+}

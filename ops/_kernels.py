@@ -173,12 +173,21 @@ def row_loads(name: str, slot: int, cls: str, dtype: np.dtype, work: np.dtype) -
     return setup, row, elem
 
 
-def kernel_source(name: str, nslots: int, setup: list, rows: list, body: list) -> str:
+def kernel_source(name: str, nslots: int, setup: list, rows: list, body: list, cases=()) -> str:
+    """The source of a kernel: ``setup`` once, then per row ``rows`` and per element ``body``.
+
+    ``cases``: ``(condition, rows, body)`` loops taken instead when their condition holds.
+    """
     lines = [f"def {name}(p):",
              f"    ib = numba.carray(p, ({nslots},), dtype=np.int64)",
              f"    fb = numba.carray(p, ({nslots},), dtype=np.float64)",
              "    r0 = ib[0]", "    r1 = ib[1]", "    inner = ib[2]"]
     lines += [f"    {s}" for s in setup]
+    for cond, case_rows, case_body in cases:
+        lines += [f"    if {cond}:", "        for r in range(r0, r1):"]
+        lines += [f"            {s}" for s in case_rows]
+        lines += ["            for m in range(inner):"] + [f"                {s}" for s in case_body]
+        lines.append("        return 0")
     lines += ["    for r in range(r0, r1):"] + [f"        {s}" for s in rows]
     lines += ["        for m in range(inner):"] + [f"            {s}" for s in body]
     lines.append("    return 0")
@@ -245,16 +254,24 @@ def elementwise(op: str, work: np.dtype, out_dtype: np.dtype, out_cls: str, sig:
     classes = tuple(s[0] for s in sig)
     fmt = slot_format(("C", *classes), work)  # the output's slots first
     setup, rows, _ = row_loads("o", 3, out_cls, out_dtype, work)
-    body = []
     out_elem = "o[m]" if out_cls == "C" else "o[m * ocs]"
+    loads = []  # per operand: (its row line, its element's load)
     for i, (var, s) in enumerate(zip("xy", sig, strict=False)):
         dt = np.dtype(s[1]) if len(s) > 1 else work
         code, r, elem = row_loads(f"a{i}", 6 + 3 * i, s[0], dt, work)
         setup += code
-        rows += r
-        body.append(f"{var} = np.{np.dtype(work).name}({elem})" if dt != work else f"{var} = {elem}")
-    body.append(f"{out_elem} = {expression(op, work)}")
-    source = kernel_source(name, len(fmt) - 1, setup, rows, body)
+        loads.append((r, f"{var} = np.{np.dtype(work).name}({{}})" if dt != work else f"{var} = {{}}", elem))
+    store = f"{out_elem} = {expression(op, work)}"
+
+    def loop(alias=None):  # (rows, body); alias: the operand read through the output (x += y)
+        rs = list(rows) + [line for i, (r, _, _) in enumerate(loads) if i != alias for line in r]
+        body = [load.format("o[m]" if i == alias else elem) for i, (_, load, elem) in enumerate(loads)]
+        return rs, [*body, store]
+    # An operand that is the output itself (in place): LLVM vectorises a loop only where it can rule
+    # out overlap, and an exact overlap fails its check; read that operand through the output instead
+    cases = [(f"op == a{i}p and ors == a{i}rs", *loop(i)) for i, s in enumerate(sig)
+             if out_cls == "C" and s[0] == "C" and np.dtype(s[1]) == out_dtype]
+    source = kernel_source(name, len(fmt) - 1, setup, *loop(), cases)
     entry = compile_cfunc(name, source, __file__, NAMESPACE)
     hit = _entries[key] = (entry, struct.Struct(fmt))
     return hit

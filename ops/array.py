@@ -448,6 +448,7 @@ def _install_operators() -> None:
     _math = m
 
     front = m.front_op  # the C fast path (ops/_front.c), or None: every call takes ops.math's
+    into = m.front_into
 
     def binary(op, reflected=False):
         if front is None:
@@ -474,9 +475,15 @@ def _install_operators() -> None:
         return method
 
     def inplace(op):
-        def method(self, other):
-            m.binary(op, self, other, out=self)
-            return self
+        if into is None:
+            def method(self, other):
+                m.binary(op, self, other, out=self)
+                return self
+        else:
+            def method(self, other):
+                if into(op, self, other) is None:
+                    m.binary(op, self, other, out=self)
+                return self
         return method
 
     for dunder, op in (("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "divide"),

@@ -18,8 +18,8 @@ from ._core import Elementwise, Record, check_dtype, push, push_recorded
 from .array import NDArray, _normalize_axis
 from .linalg import use_blas
 
-__all__ = ["assign", "astype", "binary", "dot", "front_op", "matmul", "matmul_dtype", "matmul_shape",
-           "reduce", "reduce_shape", "types", "unary", "unary_dtype"]
+__all__ = ["assign", "astype", "binary", "dot", "front_into", "front_op", "matmul", "matmul_dtype",
+           "matmul_shape", "reduce", "reduce_shape", "types", "unary", "unary_dtype"]
 
 _FLOAT_RESULT = {"exp", "log", "sqrt", "tanh", "sin", "cos"}
 _COMPARE = frozenset(_cpu.COMPARE)
@@ -110,20 +110,20 @@ _FLAT: dict = {}
 _core.engine_caches.append(_FLAT)
 
 
-def _front_op():
-    """ops/_front.c's ``front_op(op, x[, y])``: the operators' way to a FlatOp already found (None
-    without the C extension)."""
+def _front_ops():
+    """ops/_front.c's ``front_op(op, x[, y])`` and ``front_into(op, x, y)`` (``x op= y``): the
+    operators' way to a FlatOp already found (None, None without the C extension)."""
     if _fast.push is _fast._push_py:
-        return None
+        return None, None
     import sys
 
     from . import _native
 
     _native.front_dispatch_setup(sys.modules[__name__], _core, _fast.FlatOp, _fast.CPU)
-    return _native.front_op
+    return _native.front_op, _native.front_into
 
 
-front_op = _front_op()
+front_op, front_into = _front_ops()
 _CPU = _fast.CPU
 _SCALARS = (int, float)
 

@@ -244,7 +244,7 @@ def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch, 
     no other test pools: a page and up is pooled, from malloc below MAP_MIN, mapped above."""
     monkeypatch.setattr(memory, "PATIENCE", 2.0)  # long enough for a worker, whatever the load
     nbytes = n * 8
-    assert memory.POOL_MIN <= nbytes and (nbytes < memory.MAP_MIN) == (n < 40_000)
+    assert nbytes >= memory.POOL_MIN and (nbytes < memory.MAP_MIN) == (n < 40_000)
     gc.collect()
     before = memory.pool_stats()
     b = nd.array(np.full(n, 0.5))
@@ -315,6 +315,64 @@ def test_operators_reach_ops_found_before_in_c_and_leave_the_rest_to_python(eng)
     with nd.autograd.record():
         assert m.front_op("add", a, b) is None  # the tape sees every op
     assert eng._seq == seq
+
+
+@pytest.mark.skipif(m.front_into is None, reason="the C extension ops._native is not built")
+def test_in_place_operators_reach_their_op_in_c_and_push_what_python_pushes(eng):
+    """``x op= y`` on the C path (``front_into``): one op reading x and y, writing x, the same record
+    and values as ``_fast.push_into``; whatever does not fit goes back to Python with nothing pushed."""
+    a, b = nd.array(np.arange(1.0, 5.0)), nd.array(np.full(4, 2.0))
+    a + b, a * 3.0  # found by the Python front end first
+    eng.wait_all()
+    seq, version = eng._seq, a._var.version
+    with de.profile() as prof:
+        assert m.front_into("add", a, b) is a and m.front_into("multiply", a, 3.0) is a
+        eng.wait_all()
+    assert eng._seq == seq + 2 and a._var.version == version + 2
+    ops_ = [r for r in prof.trace().ops if r.name in ("add", "multiply")]
+    ids = [([v[0] for v in r.reads], [v[0] for v in r.writes]) for r in ops_]
+    sa, sb = a._var.serial, b._var.serial
+    # (a var read and written is listed as written)
+    assert [r.name for r in ops_] == ["add", "multiply"] and ids == [([sb], [sa]), ([], [sa])]
+    np.testing.assert_array_equal(a.asnumpy(), (np.arange(1.0, 5.0) + 2.0) * 3.0)
+    c = nd.array(np.arange(1.0, 5.0))
+    py = _fast.push_into(m._FLAT[("add", "d", "d", (4,))], c, (c, b))
+    assert py is c
+    np.testing.assert_array_equal(c.asnumpy(), np.arange(1.0, 5.0) + 2.0)
+    i = nd.array(np.arange(4), dtype=np.int64)
+    f32 = nd.array(np.ones(4, np.float32))
+    f64 = nd.array(np.ones(4))
+    f32 + f64  # found: a float64 result
+    eng.wait_all()
+    seq = eng._seq
+    assert m.front_into("add", i, 1.5) is None  # int64 += float: the general path refuses it
+    assert m.front_into("add", f32, f64) is None  # a float64 result into float32
+    assert m.front_into("add", 1.0, a) is None and m.front_into("add", a[::2], b[::2]) is None
+    assert m.front_into("subtract", a, b) is None  # not found yet
+    with nd.autograd.record():
+        assert m.front_into("add", a, b) is None  # the tape sees every op
+    assert eng._seq == seq
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(["add", "subtract", "multiply", "divide", "maximum", "power"]),
+       dtype=st.sampled_from([np.float64, np.float32, np.int64]), n=st.integers(1, 3000),
+       side=st.sampled_from(["x", "y", "both"]), seed=st.integers(0, 2**16))
+def test_kernels_writing_over_an_operand_equal_numpy(eng, op, dtype, n, side, seed):
+    """An output that is one of the operands takes the kernel's in-place loop: NumPy's values."""
+    rng = np.random.default_rng(seed)
+    xv = rng.uniform(0.5, 2.0, n).astype(dtype) if dtype != np.int64 else rng.integers(1, 4, n)
+    yv = rng.uniform(0.5, 2.0, n).astype(dtype) if dtype != np.int64 else rng.integers(1, 4, n)
+    if op == "divide" and dtype == np.int64:
+        op = "add"
+    x, y = nd.array(xv), nd.array(yv)
+    out = {"x": x, "y": y, "both": x}[side]
+    other = x if side == "both" else y
+    m.binary(op, x, other, out=out)
+    expected = getattr(np, op)(xv, xv if side == "both" else yv)
+    np.testing.assert_allclose(out.asnumpy(), expected, rtol=1e-6 if dtype == np.float32 else 1e-13)
+    if side != "both":  # the operand not written keeps its values
+        np.testing.assert_array_equal((y if side == "x" else x).asnumpy(), yv if side == "x" else xv)
 
 
 def test_a_cheap_op_after_gpu_work_waits_for_it_on_a_worker(eng):
