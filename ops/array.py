@@ -475,15 +475,10 @@ def _install_operators() -> None:
         return method
 
     def inplace(op):
-        if into is None:
-            def method(self, other):
+        def method(self, other):
+            if into is None or into(op, self, other) is None:  # (the C path pushes it, or not)
                 m.binary(op, self, other, out=self)
-                return self
-        else:
-            def method(self, other):
-                if into(op, self, other) is None:
-                    m.binary(op, self, other, out=self)
-                return self
+            return self
         return method
 
     for dunder, op in (("add", "add"), ("sub", "subtract"), ("mul", "multiply"), ("truediv", "divide"),
