@@ -143,8 +143,13 @@ allocate(PyObject **spec, PyObject **data, PyObject **store, PyObject **addr)
         }
     }
     PyObject *flat = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(entry, 0), s_view, spec[S_DTYPE]);
-    *data = flat ? PyObject_CallMethodOneArg(flat, s_reshape, spec[S_SHAPE]) : NULL;
-    Py_XDECREF(flat);
+    /* a 1-d result: the view (the buffer's size elements) is of its shape already */
+    if (flat != NULL && PyTuple_Check(spec[S_SHAPE]) && PyTuple_GET_SIZE(spec[S_SHAPE]) == 1)
+        *data = flat;
+    else {
+        *data = flat ? PyObject_CallMethodOneArg(flat, s_reshape, spec[S_SHAPE]) : NULL;
+        Py_XDECREF(flat);
+    }
     *store = *data ? pool_store(entry) : NULL;
     *addr = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
     Py_DECREF(entry);   /* the store holds it (or, on failure, the pool takes it back) */

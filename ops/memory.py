@@ -244,7 +244,8 @@ def alloc(shape: tuple, dtype: np.dtype, size: int, drain=None):
     entry = _take(nbytes)
     if entry is None:
         entry = _take_slow(nbytes, drain)
-    return entry[0].view(dtype).reshape(shape), PooledStore(entry), entry[1]
+    data = entry[0].view(dtype)  # (1-d already: the buffer holds ``size`` elements)
+    return data if len(shape) == 1 else data.reshape(shape), PooledStore(entry), entry[1]
 
 
 def stalled(nbytes: int) -> bool:
