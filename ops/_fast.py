@@ -188,7 +188,7 @@ def _front():
     from . import _native
 
     _native.front_setup(NDArray, Elementwise, memory, np.empty, memory._take_slow, _core._releases,
-                        _core.flush_releases)
+                        _core.flush_releases, np.frombuffer)
     return _native.front_push
 
 

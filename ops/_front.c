@@ -1,6 +1,6 @@
 /* ops._native's front end for the common op: ops/_fast.py's push_flat (and push_sum, push_matmul), in C.
  *
- *   front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush)
+ *   front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush, np_frombuffer)
  *                          the classes and callables it needs, once (ops/_fast.py)
  *   front_push(spec, x[, y])
  *                          allocate the result of a FlatOp, pack its kernel's block, push its op
@@ -37,8 +37,8 @@ PyTypeObject *ndarray_type;
 static PyTypeObject *record_type;
 Py_ssize_t array_off[A_N];
 static Py_ssize_t record_off[R_N];
-static PyObject *memory_mod, *np_empty, *take_slow, *releases, *flush;
-static PyObject *s_pool_min, *s_view, *s_reshape, *s_meta, *s_normal;
+static PyObject *memory_mod, *np_empty, *take_slow, *releases, *flush, *np_frombuffer;
+static PyObject *s_pool_min, *s_reshape, *s_meta, *s_normal;
 
 int
 offsets(PyTypeObject *type, const char **names, int n, Py_ssize_t *out)
@@ -62,9 +62,9 @@ offsets(PyTypeObject *type, const char **names, int n, Py_ssize_t *out)
 static PyObject *
 front_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 || !PyType_Check(args[0]) || !PyType_Check(args[1]))
+    if (nargs != 8 || !PyType_Check(args[0]) || !PyType_Check(args[1]))
         return PyErr_Format(PyExc_TypeError, "front_setup(ndarray, elementwise, memory, np_empty, take_slow, "
-                            "releases, flush)");
+                            "releases, flush, np_frombuffer)");
     if (offsets((PyTypeObject *)args[0], array_slots, A_N, array_off) < 0 ||
         offsets((PyTypeObject *)args[1], record_slots, R_N, record_off) < 0)
         return NULL;
@@ -75,13 +75,13 @@ front_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(take_slow, Py_NewRef(args[4]));
     Py_XSETREF(releases, Py_NewRef(args[5]));
     Py_XSETREF(flush, Py_NewRef(args[6]));
+    Py_XSETREF(np_frombuffer, Py_NewRef(args[7]));
     if (s_pool_min == NULL) {
         s_pool_min = PyUnicode_InternFromString("POOL_MIN");
-        s_view = PyUnicode_InternFromString("view");
         s_reshape = PyUnicode_InternFromString("reshape");
         s_meta = PyUnicode_InternFromString("meta");
         s_normal = PyUnicode_InternFromString("normal");
-        if (!s_pool_min || !s_view || !s_reshape || !s_meta || !s_normal)
+        if (!s_pool_min || !s_reshape || !s_meta || !s_normal)
             return NULL;
     }
     Py_RETURN_NONE;
@@ -142,7 +142,10 @@ allocate(PyObject **spec, PyObject **data, PyObject **store, PyObject **addr)
             return -1;
         }
     }
-    PyObject *flat = PyObject_CallMethodOneArg(PyTuple_GET_ITEM(entry, 0), s_view, spec[S_DTYPE]);
+    /* numpy.frombuffer(owner, dtype): a view whose base is the owner (owner.view(dtype) costs a third
+     * more: it sets its dtype through the attribute) */
+    PyObject *fa[2] = {PyTuple_GET_ITEM(entry, 0), spec[S_DTYPE]};
+    PyObject *flat = PyObject_Vectorcall(np_frombuffer, fa, 2, NULL);
     /* a 1-d result: the view (the buffer's size elements) is of its shape already */
     if (flat != NULL && PyTuple_Check(spec[S_SHAPE]) && PyTuple_GET_SIZE(spec[S_SHAPE]) == 1)
         *data = flat;
@@ -427,7 +430,7 @@ PyMethodDef front_methods[] = {
     {"front_into", (PyCFunction)(void (*)(void))front_into, METH_FASTCALL,
      "front_into(op, x, y): x op= y on the fast path (x itself), or None."},
     {"front_setup", (PyCFunction)(void (*)(void))front_setup, METH_FASTCALL,
-     "front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush)."},
+     "front_setup(ndarray, elementwise, memory, np_empty, take_slow, releases, flush, np_frombuffer)."},
     {"front_push", (PyCFunction)(void (*)(void))front_push, METH_FASTCALL,
      "front_push(spec, x[, y]): ops/_fast.py's push_flat."},
     {NULL, NULL, 0, NULL},

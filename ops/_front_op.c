@@ -2,6 +2,7 @@
 #include "_front.h"
 
 static PyObject *math_mod, *core_mod, *flatop_type, *cpu_device;
+static PyObject *math_dict, *core_dict;   /* the modules' namespaces: read without getattr's type lookup */
 static Py_ssize_t flat_c_off, flat_eng_off;
 static PyObject *s_tape, *s_flat_cache, *s_engine, *s_default, *s_closed, *s_char;
 
@@ -20,6 +21,10 @@ front_dispatch_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(core_mod, Py_NewRef(args[1]));
     Py_XSETREF(flatop_type, Py_NewRef(args[2]));
     Py_XSETREF(cpu_device, Py_NewRef(args[3]));
+    if (!PyModule_Check(args[0]) || !PyModule_Check(args[1]))
+        return PyErr_Format(PyExc_TypeError, "front_dispatch_setup: math and core are modules");
+    Py_XSETREF(math_dict, Py_NewRef(PyModule_GetDict(args[0])));
+    Py_XSETREF(core_dict, Py_NewRef(PyModule_GetDict(args[1])));
     if (s_tape == NULL) {
         s_tape = PyUnicode_InternFromString("tape");
         s_flat_cache = PyUnicode_InternFromString("_FLAT");
@@ -54,21 +59,35 @@ operand_kind(PyObject *x)
 static PyObject *
 current_engine(PyObject *new_var)
 {
-    PyObject *eng = PyObject_GetAttr(core_mod, s_engine);
-    if (eng == Py_None) {
-        Py_DECREF(eng);
-        eng = PyObject_GetAttr(core_mod, s_default);
-    }
-    if (eng == NULL || eng == Py_None) {
-        Py_XDECREF(eng);
+    PyObject *eng = PyDict_GetItemWithError(core_dict, s_engine);
+    if (eng == Py_None)
+        eng = PyDict_GetItemWithError(core_dict, s_default);
+    if (eng == NULL || eng == Py_None)
         return NULL;
-    }
     PyObject *owner = PyCFunction_Check(new_var) ? PyCFunction_GET_SELF(new_var) : NULL;
+    Py_INCREF(eng);   /* (the closed property may run Python code) */
     PyObject *closed = PyObject_GetAttr(owner ? owner : eng, s_closed);
     int open = closed != NULL && PyObject_IsTrue(closed) == 0;
     Py_XDECREF(closed);
     Py_DECREF(eng);   /* the module keeps it */
     return open ? eng : NULL;
+}
+
+/* dtype.char, a new reference; kept for the first dtypes seen (held, so their addresses stay theirs) */
+static PyObject *
+dtype_char(PyObject *dtype)
+{
+    static PyObject *seen[16], *chars[16];
+    static int nseen;
+    for (int i = 0; i < nseen; i++)
+        if (seen[i] == dtype)
+            return Py_NewRef(chars[i]);
+    PyObject *ch = PyObject_GetAttr(dtype, s_char);
+    if (ch != NULL && nseen < 16) {
+        seen[nseen] = Py_NewRef(dtype);
+        chars[nseen++] = Py_NewRef(ch);
+    }
+    return ch;
 }
 
 /* The FlatOp ops.math found before for op over x (and y) on the current engine, a new reference, or
@@ -94,10 +113,7 @@ found_spec(PyObject *op, PyObject *x, PyObject *y, int kx, int ky)
         shape = slot(kx == 1 ? x : y, array_off[A_SHAPE]);
     } else
         return NULL;
-    PyObject *tape = PyObject_GetAttr(core_mod, s_tape);
-    int untaped = tape == Py_None;
-    Py_XDECREF(tape);
-    if (!untaped || shape == NULL) {
+    if (PyDict_GetItemWithError(core_dict, s_tape) != Py_None || shape == NULL) {
         PyErr_Clear();
         return NULL;
     }
@@ -111,7 +127,7 @@ found_spec(PyObject *op, PyObject *x, PyObject *y, int kx, int ky)
     PyObject *ops[2] = {x, y};
     for (int i = 0; i < (y ? 2 : 1); i++) {
         PyObject *part = Py_IS_TYPE(ops[i], ndarray_type)
-            ? PyObject_GetAttr(slot(ops[i], array_off[A_DTYPE]), s_char) : Py_NewRef(Py_TYPE(ops[i]));
+            ? dtype_char(slot(ops[i], array_off[A_DTYPE])) : Py_NewRef(Py_TYPE(ops[i]));
         if (part == NULL) {
             Py_DECREF(key);
             PyErr_Clear();
@@ -120,10 +136,9 @@ found_spec(PyObject *op, PyObject *x, PyObject *y, int kx, int ky)
         PyTuple_SET_ITEM(key, 1 + i, part);
     }
     PyTuple_SET_ITEM(key, y ? 3 : 2, Py_NewRef(shape));
-    PyObject *cache = PyObject_GetAttr(math_mod, s_flat_cache);
+    PyObject *cache = PyDict_GetItemWithError(math_dict, s_flat_cache);
     PyObject *spec = cache && PyDict_CheckExact(cache) ? PyDict_GetItemWithError(cache, key) : NULL;
     Py_XINCREF(spec);
-    Py_XDECREF(cache);
     Py_DECREF(key);
     PyObject *c = spec != NULL && PyObject_TypeCheck(spec, (PyTypeObject *)flatop_type)
         ? slot(spec, flat_c_off) : NULL;

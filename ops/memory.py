@@ -244,7 +244,7 @@ def alloc(shape: tuple, dtype: np.dtype, size: int, drain=None):
     entry = _take(nbytes)
     if entry is None:
         entry = _take_slow(nbytes, drain)
-    data = entry[0].view(dtype)  # (1-d already: the buffer holds ``size`` elements)
+    data = np.frombuffer(entry[0], dtype)  # (1-d already: the buffer holds ``size`` elements)
     return data if len(shape) == 1 else data.reshape(shape), PooledStore(entry), entry[1]
 
 
