@@ -134,7 +134,7 @@ class CompiledEngine(Engine):
     def _backlog(self) -> int:
         return self._core.current
 
-    def _drain_records(self, wait: float = 0.0) -> bool:
+    def _drain_records(self, wait: float = 0.0) -> bool | None:
         return self._core.drain(wait)
 
     @property

@@ -148,7 +148,7 @@ op_release(OpObject *op)
 static inline void
 op_finished(Core *c)
 {
-    c->completed++;
+    __atomic_store_n(&c->completed, c->completed + 1, __ATOMIC_RELEASE);   /* (drain reads it without mu) */
     if (c->done_watch)
         pthread_cond_broadcast(&c->cv);
 }

@@ -336,7 +336,8 @@ static PyObject *
 core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     /* drain(wait=0.0): with wait > 0 and nothing finished yet, first sleep (no GIL) until an op
-     * finishes or wait seconds pass: a pusher waiting for buffers that running ops hold */
+     * finishes or wait seconds pass: a pusher waiting for buffers that running ops hold.  False when
+     * no op was pending (none will finish: only the user can give a buffer back), else True. */
     double wait = 0.0;
     if (nargs > 1)
         return PyErr_Format(PyExc_TypeError, "drain() takes at most one argument");
@@ -344,22 +345,29 @@ core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (wait != wait || wait < 0 || wait > 3600)
         return PyErr_Format(PyExc_ValueError, "drain(wait=%R): seconds in [0, 3600]", args[0]);
+    int idle = 0;
     if (wait > 0 && c->done_ops == NULL) {
+        /* read with the GIL: an op with a Python body finishes holding it, so none finished since
+         * the caller last looked for its buffer (a native one is in done_ops) */
+        i64 seen = __atomic_load_n(&c->completed, __ATOMIC_ACQUIRE);
         i64 t = now_ns() + (i64)(wait * 1e9);
         struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&c->mu);
-        i64 seen = c->completed;
+        i64 pending = c->epoch->count;
+        for (Epoch *e = c->closed_epochs; e; e = e->next)
+            pending += e->count;
+        idle = pending == 0 && c->done_ops == NULL;
         c->done_watch++;
-        while (c->done_ops == NULL && c->completed == seen)
-            if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT)
+        while (!idle && c->done_ops == NULL && c->completed == seen)
+            if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0)
                 break;
         c->done_watch--;
         pthread_mutex_unlock(&c->mu);
         Py_END_ALLOW_THREADS
     }
     core_drain(c);
-    Py_RETURN_TRUE;   /* (this engine can wait: ops.memory relies on it) */
+    return PyBool_FromLong(!idle);
 }
 
 /* ------------------------------------------------------ attributes */

@@ -145,14 +145,17 @@ class Engine(Waits, Capturing):
         """Ops of the current epoch not finished (a flushing bulk yields the GIL past a few)."""
         return self._epoch.count
 
-    def _drain_records(self, wait: float = 0.0) -> bool:
+    def _drain_records(self, wait: float = 0.0) -> bool | None:
         """Store the records of ops that finished without the GIL (the compiled core's).
 
-        With ``wait`` > 0, an engine that can first waits up to ``wait`` s
-        for an op to finish and says so (True); this one cannot (False): its
-        ops release what they hold where they run, and say so themselves.
+        With ``wait`` > 0 (a pusher waiting for a buffer that ops hold): False
+        when no op is pending, so none will give one back; else the compiled
+        core first waits up to ``wait`` s for an op to finish (True), and this
+        engine cannot (None): its ops let go of what they held where they run.
         """
-        return False
+        if wait > 0 and not self._epoch.count and not any(e.count for e in self._closed_epochs):
+            return False
+        return None
 
     def gpu_runtime(self, device):
         """The GPU runtime behind ``device`` on this engine (its streams start on first use)."""

@@ -1,7 +1,7 @@
 /* ops._native's front_op: the operators' way to an op the Python front end found before (_front.c). */
 #include "_front.h"
 
-static PyObject *math_mod, *core_mod, *flatop_type, *cpu_device;
+static PyObject *flatop_type, *cpu_device;
 static PyObject *math_dict, *core_dict;   /* the modules' namespaces: read without getattr's type lookup */
 static Py_ssize_t flat_c_off, flat_eng_off;
 static PyObject *s_tape, *s_flat_cache, *s_engine, *s_default, *s_closed, *s_char;
@@ -17,12 +17,10 @@ front_dispatch_setup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     flat_c_off = off[0];
     flat_eng_off = off[1];
-    Py_XSETREF(math_mod, Py_NewRef(args[0]));
-    Py_XSETREF(core_mod, Py_NewRef(args[1]));
-    Py_XSETREF(flatop_type, Py_NewRef(args[2]));
-    Py_XSETREF(cpu_device, Py_NewRef(args[3]));
     if (!PyModule_Check(args[0]) || !PyModule_Check(args[1]))
         return PyErr_Format(PyExc_TypeError, "front_dispatch_setup: math and core are modules");
+    Py_XSETREF(flatop_type, Py_NewRef(args[2]));
+    Py_XSETREF(cpu_device, Py_NewRef(args[3]));
     Py_XSETREF(math_dict, Py_NewRef(PyModule_GetDict(args[0])));
     Py_XSETREF(core_dict, Py_NewRef(PyModule_GetDict(args[1])));
     if (s_tape == NULL) {
@@ -191,7 +189,7 @@ front_op(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 && nargs != 3)
         return PyErr_Format(PyExc_TypeError, "front_op(op, x[, y])");
-    if (math_mod == NULL || ndarray_type == NULL)
+    if (math_dict == NULL || ndarray_type == NULL)
         Py_RETURN_NONE;
     PyObject *x = args[1], *y = nargs == 3 ? args[2] : NULL;
     int kx = operand_kind(x), ky = y ? operand_kind(y) : 0;
@@ -211,7 +209,7 @@ front_into(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3)
         return PyErr_Format(PyExc_TypeError, "front_into(op, x, y)");
-    if (math_mod == NULL || ndarray_type == NULL)
+    if (math_dict == NULL || ndarray_type == NULL)
         Py_RETURN_NONE;
     PyObject *x = args[1], *y = args[2];
     int kx = operand_kind(x), ky = operand_kind(y);

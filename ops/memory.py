@@ -26,7 +26,8 @@ not fit is freed at once, and ``trim()`` frees them all.  Large pooled buffers a
 anonymous mappings of their own, so freeing one gives its memory back to
 the system whatever ``malloc`` would have kept; those under ``MAP_MIN`` bytes
 come from ``malloc`` (a mapping each would soon reach the kernel's limit on
-mappings per process).  Without the pool, a pusher ahead of the workers
+mappings per process; ``trim()`` gives those back to ``malloc``, which may keep
+them).  Without the pool, a pusher ahead of the workers
 would take fresh heap for every result of a cheap chain, and the ops that
 let go of them in bursts would make ``malloc`` give it back and fault it
 in again: 5000-element chains ran 5x slower.
@@ -193,8 +194,10 @@ def _take_slow(nbytes: int, drain):
     compiled core leaves ops that ran native bodies for the pushing thread to
     release, so a pusher waiting for buffers to come back releases them
     itself.  ``drain(wait)`` first sleeps until one of its ops finishes (the
-    compiled core; True), or cannot (False): then the buffers' return wakes
-    the pusher (``_notify``).  A wait ends at most ``PATIENCE`` s later.
+    compiled core; True), or cannot (None): then the buffers' return wakes
+    the pusher (``_notify``).  False: the engine has no op pending, so the
+    buffers in use are the user's and the wait ends at once; else at most
+    ``PATIENCE`` s later.
     """
     live, stalled = _pool.pool_live(nbytes)
     entry = None
@@ -213,8 +216,11 @@ def _take_slow(nbytes: int, drain):
                 left = deadline - time.monotonic()
                 if entry is not None or left <= 0:
                     break
-                if drain is not None and drain(min(left, POLL)):
-                    continue  # an op finished (or POLL passed): what it held is back
+                waited = None if drain is None else drain(min(left, POLL))
+                if waited:
+                    continue  # an op finished (or POLL passed): what it held may be back
+                if waited is False:
+                    break  # no op is pending: only the user can give one back, so take fresh memory
                 with _returned:  # (a buffer given back between the look and this wait notifies it)
                     entry = _take(nbytes)
                     if entry is not None:

@@ -370,32 +370,57 @@ def test_a_failing_cheap_op_fails_at_once_and_skips_its_dependents():
         assert later.state == "skipped" and data[1] == 0
 
 
+def _native_gate():
+    """A native body that blocks its worker, without the GIL, until ``open()``: libc's ``sem_wait``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    sem = ctypes.create_string_buffer(64)  # (a sem_t is 32 bytes on x86-64 Linux)
+    if libc.sem_init(sem, 0, 0) != 0:
+        pytest.skip(f"sem_init failed: errno {ctypes.get_errno()}")
+    body = de.native(ctypes.cast(libc.sem_wait, ctypes.c_void_p).value, sem)
+    return body, lambda: libc.sem_post(sem)
+
+
 @needs_core
 @pytest.mark.parametrize("body", ["native", "python"])
 def test_drain_with_a_wait_returns_when_an_op_finishes(body):
     """A pusher waiting for buffers sleeps in ``drain(wait)`` until one of the engine's ops finishes,
-    not for the whole wait: the 30 s wait below must end as soon as the gated op has run."""
-    data = np.zeros(64, np.int64)
+    not for the whole wait: the 30 s wait below must end as soon as the gated op has run.  The
+    native gate finishes without the GIL (the native completion path wakes the wait)."""
     gate = threading.Event()
     with de.Engine("threaded", workers=1, core="compiled") as eng:
         x = eng.new_var("x")
-        eng.push(lambda ctx: gate.wait(10), writes=[x], name="gate")
         if body == "native":
-            eng.push(_cheap(step, [data.ctypes.data, 1, 0, 0, 3], "after"), reads=[x], writes=[x])
+            fn, open_gate = _native_gate()
         else:
-            eng.push(lambda ctx: data.__setitem__(1, 3), reads=[x], writes=[x], name="after")
+            fn, open_gate = (lambda ctx: gate.wait(10)), gate.set
+        eng.push(fn, writes=[x], name="gate")
         out = []
         t = threading.Thread(target=lambda: out.append(eng._drain_records(30.0)))
         t.start()
         while not eng._core.drain_waiters and t.is_alive():  # asleep in C (or already back)
             time.sleep(0)
-        gate.set()
+        open_gate()
         t.join(10)
-        assert not t.is_alive(), "drain(30.0) slept through the ops that finished"
+        assert not t.is_alive(), "drain(30.0) slept through the op that finished"
         assert out == [True] and eng._core.drain_waiters == 0
         eng.wait_all()
-        assert data[1] == 3
-        assert eng._drain_records() is True and eng._drain_records(0.0) is True
+        assert eng._drain_records() is True
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_drain_with_a_wait_on_an_idle_engine_returns_false_at_once(core):
+    """No op pending: none will give a buffer back, so a waiting pusher must not wait at all."""
+    with de.Engine("threaded", workers=1, core=core) as eng:
+        out = []
+        t = threading.Thread(target=lambda: out.append(eng._drain_records(30.0)))
+        t.start()
+        t.join(10)
+        assert not t.is_alive() and out == [False]
+        if core == "python":  # pending ops: it cannot wait for them in C, and says so
+            gate = threading.Event()
+            eng.push(lambda ctx: gate.wait(10), writes=[eng.new_var("x")])
+            assert eng._drain_records(30.0) is None
+            gate.set()
 
 
 @needs_core
@@ -406,8 +431,3 @@ def test_drain_refuses_a_bad_wait():
                 eng._core.drain(bad)
         with pytest.raises(TypeError, match="at most one"):
             eng._core.drain(0.0, 1.0)
-
-
-def test_a_python_engine_cannot_wait_in_drain():
-    with de.Engine("threaded", workers=1, core="python") as eng:
-        assert eng._drain_records(0.01) is False

@@ -258,6 +258,21 @@ def test_a_pusher_far_ahead_of_the_workers_reuses_its_buffers(eng, monkeypatch, 
     assert after["hits"] - before["hits"] >= 400 - memory.IN_FLIGHT - 3
 
 
+@pytest.mark.parametrize("n", [1_001, 100_003], ids=["8KB-inline", "800KB-worker"])
+def test_results_the_user_keeps_do_not_make_the_pusher_wait(eng, monkeypatch, n):
+    """More than IN_FLIGHT buffers of one size held by the user: a pusher that finds none free waits
+    only while ops are pending (they may give one back), never for the user.  With 30 s of patience
+    a wait for the user would end the test by its timeout."""
+    monkeypatch.setattr(memory, "PATIENCE", 30.0)
+    a = nd.ones(n)
+    keep = []
+    for _ in range(3 * memory.IN_FLIGHT):
+        t = a * 2.0
+        keep.append(t + 1.0)
+    np.testing.assert_array_equal(keep[-1].asnumpy(), np.full(n, 3.0))
+    assert memory.pool_stats()["waits"] > 0  # (it did look for a free buffer, and found none)
+
+
 @pytest.mark.parametrize("n", [600, 3_001, 70_001])
 def test_pooled_buffers_start_on_a_cache_line(eng, n):
     arrays = [nd.zeros(n) + 1.0 for _ in range(3)]
@@ -352,6 +367,28 @@ def test_in_place_operators_reach_their_op_in_c_and_push_what_python_pushes(eng)
     with nd.autograd.record():
         assert m.front_into("add", a, b) is None  # the tape sees every op
     assert eng._seq == seq
+
+
+def test_kernels_have_an_in_place_loop_per_operand_of_the_outputs_dtype(monkeypatch):
+    """The generated source: a loop taken when the output is an operand (same start, same row
+    stride), reading that operand through the output; none for scalars or operands of another dtype."""
+    from ops import _kernels
+
+    sources = {}
+    monkeypatch.setattr(_kernels, "_entries", {})
+    monkeypatch.setattr(_kernels, "compile_cfunc", lambda name, src, *a: sources.setdefault(name, src) and 1)
+    f8, f4 = np.dtype(np.float64), np.dtype(np.float32)
+    for sig in [("Cd", "Cd"), ("Cf", "Cd"), ("Cd", "K"), ("Sd", "Cd")]:
+        _kernels.elementwise("add", f8, f8, "C", sig)
+    _kernels.elementwise("add", f8, f8, "S", ("Cd", "Cd"))
+    _kernels.elementwise("exp", f4, f4, "C", ("Cf",))
+    cases = {name: [line.strip() for line in src.splitlines() if line.strip().startswith("if op ==")]
+             for name, src in sources.items()}
+    x, y = "if op == a0p and ors == a0rs:", "if op == a1p and ors == a1rs:"
+    assert list(cases.values()) == [[x, y], [y], [x], [y], [], [x]]
+    both = sources["_ew_add_float64_float64_C_CdCd"]
+    first = both[both.index("if op == a0p"):both.index("if op == a1p")]
+    assert "x = o[m]" in first and "a0 = " not in first and "y = a1[m]" in first
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
