@@ -146,13 +146,9 @@ class Engine(Waits, Capturing):
         return self._epoch.count
 
     def _drain_records(self, wait: float = 0.0) -> bool | None:
-        """Store the records of ops that finished without the GIL (the compiled core's).
-
-        With ``wait`` > 0 (a pusher waiting for a buffer that ops hold): False
-        when no op is pending, so none will give one back; else the compiled
-        core first waits up to ``wait`` s for an op to finish (True), and this
-        engine cannot (None): its ops let go of what they held where they run.
-        """
+        """Store the records of ops that finished without the GIL (the compiled core's).  With ``wait``
+        (a pusher waiting for a buffer ops hold): False when no op is pending; else the compiled core
+        waits up to ``wait`` s for one to finish (True), and this engine cannot (None)."""
         if wait > 0 and not self._epoch.count and not any(e.count for e in self._closed_epochs):
             return False
         return None
