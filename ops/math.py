@@ -446,7 +446,7 @@ def matmul(a: NDArray, b: NDArray, out: NDArray | None = None) -> NDArray:
             and a.dtype.char in "fd" and len(a.shape) == len(b.shape) == 2 and a.shape[1] == b.shape[0]
             and a.shape[0] and a.shape[1] and b.shape[1]):  # contiguous float matrices: one gemm call
         eng = _core.engine()
-        small = a.shape[0] * b._data.size <= _cpu.MATMUL_SPLIT  # (else cut in parts, on several workers)
+        small = a.shape[0] * b._data.size <= _cpu.MATMUL_SPLIT  # (else NumPy's BLAS, on every core)
         if eng.type != "mpi" and (small or _cpu.workers_for(eng) == 1):
             use_blas()
             return _fast.push_found(_FLAT, ("matmul", a.dtype.char, a.shape, b.shape), eng, _fast.gemm_op,

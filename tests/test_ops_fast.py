@@ -144,12 +144,18 @@ def test_a_failing_part_fails_the_op_once(eng, small_parts, monkeypatch):
     eng.wait_all()  # the failure was reported once: nothing left to raise
 
 
-def test_matmul_in_row_blocks_equals_numpy(eng, monkeypatch):
+def test_large_matmuls_are_one_op_equal_to_numpy(eng, monkeypatch):
+    """Past MATMUL_SPLIT a product is one call of NumPy's threaded BLAS: one op, no parts."""
     monkeypatch.setattr(_cpu, "MATMUL_SPLIT", 1)
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((300, 70)), rng.standard_normal((70, 50))
-    got = (nd.array(x) @ nd.array(y)).asnumpy()
+    with de.profile() as prof:
+        got = (nd.array(x) @ nd.array(y)).asnumpy()
+        got_t = (nd.array(y.T.copy()).T @ nd.array(y.T.copy())).asnumpy()  # a transposed view
     np.testing.assert_allclose(got, x @ y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_t, y @ y.T, rtol=1e-12, atol=1e-12)
+    names = [r.name for r in prof.trace().ops]
+    assert names.count("matmul") == 2 and not any(n.endswith(" part") for n in names)
     got32 = (nd.array(x, dtype=np.float32) @ nd.array(y, dtype=np.float32)).asnumpy()
     np.testing.assert_allclose(got32, x.astype(np.float32) @ y.astype(np.float32), rtol=1e-4, atol=1e-4)
 
