@@ -348,7 +348,8 @@ core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
     int idle = 0;
     if (wait > 0 && c->done_ops == NULL) {
         /* read with the GIL: an op with a Python body finishes holding it, so none finished since
-         * the caller last looked for its buffer (a native one is in done_ops) */
+         * the caller last looked for its buffer (a native one is in done_ops); one that finishes
+         * once the GIL is let go moves it */
         i64 seen = __atomic_load_n(&c->completed, __ATOMIC_ACQUIRE);
         i64 t = now_ns() + (i64)(wait * 1e9);
         struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
@@ -357,7 +358,7 @@ core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
         i64 pending = c->epoch->count;
         for (Epoch *e = c->closed_epochs; e; e = e->next)
             pending += e->count;
-        idle = pending == 0 && c->done_ops == NULL;
+        idle = pending == 0 && c->done_ops == NULL && c->completed == seen;   /* (none let go since) */
         c->done_watch++;
         while (!idle && c->done_ops == NULL && c->completed == seen)
             if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0)

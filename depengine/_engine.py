@@ -149,7 +149,7 @@ class Engine(Waits, Capturing):
         """Store the records of ops that finished without the GIL (the compiled core's).  With ``wait``
         (a pusher waiting for a buffer ops hold): False when no op is pending; else the compiled core
         waits up to ``wait`` s for one to finish (True), and this engine cannot (None)."""
-        if wait > 0 and not self._epoch.count and not any(e.count for e in self._closed_epochs):
+        if wait > 0 and not self._epoch.count and not any(e.count for e in tuple(self._closed_epochs)):
             return False
         return None
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ._kernels import call_address, voidptr_address
 
-__all__ = ["NJIT_KERNELS", "blas_layout", "gemm_block", "gemm_entry", "gemm_nt_sub",
+__all__ = ["NJIT_KERNELS", "blas_layout", "gemm", "gemm_block", "gemm_entry", "gemm_nt_sub", "gemm_views",
            "potrf_lower", "routine", "syrk_lower_sub", "trsm_right_lower_t"]
 
 _opts = {"nogil": True, "cache": True}
@@ -100,6 +100,14 @@ def _gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, fn):
 
 
 @numba.njit(**_opts)
+def _gemm_nn(a, b, c, fn):
+    """``c = a @ b``, row-major: column-major ``c^T = b^T a^T``."""
+    m, k = a.shape
+    n = b.shape[1]
+    return _gemm(ord("N"), ord("N"), n, m, k, 1.0, b, n, a, k, 0.0, c, n, fn)
+
+
+@numba.njit(**_opts)
 def _gemm_nt_sub(c, a, b, fn):
     """``c -= a @ b^T``, row-major: column-major ``c^T -= b a^T``."""
     m, n, k = c.shape[1], c.shape[0], a.shape[1]
@@ -107,7 +115,13 @@ def _gemm_nt_sub(c, a, b, fn):
                  c.strides[0] // 8, fn)
 
 
-NJIT_KERNELS = (_potrf, _trsm, _syrk, _gemm_nt_sub)
+@numba.njit(**_opts)
+def _gemm_views(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, fn):
+    """Column-major ``C = op(A) op(B)`` over views whose leading dimensions are given."""
+    return _gemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, 0.0, c, ldc, fn)
+
+
+NJIT_KERNELS = (_potrf, _trsm, _syrk, _gemm_nn, _gemm_nt_sub, _gemm_views)
 
 
 # ----------------------------------------------------- gemm as a native op body
@@ -178,6 +192,11 @@ def gemm_nt_sub(c, a, b) -> None:
     _gemm_nt_sub(c, a, b, routine("dgemm"))
 
 
+def gemm(a, b, c) -> None:
+    """``c = a @ b`` for C-contiguous 2-d float32 or float64 arrays of one dtype."""
+    _gemm_nn(a, b, c, routine("dgemm" if c.dtype == np.float64 else "sgemm"))
+
+
 def blas_layout(x) -> tuple[int, int] | None:
     """``(ord('N') or ord('T'), leading dimension)`` of a 2-d view as column-major BLAS sees it: its
     transpose when its rows are contiguous (``N``), itself when its columns are (a transposed array,
@@ -189,3 +208,12 @@ def blas_layout(x) -> tuple[int, int] | None:
     if (s0 == 1 or rows == 1) and s1 >= max(rows, 1):
         return ord("T"), s1
     return None
+
+
+def gemm_views(a, b, c, la, lb) -> None:
+    """``c = a @ b`` where ``a`` and ``b`` have the layouts ``la``, ``lb`` of ``blas_layout`` and ``c``
+    has contiguous rows: column-major ``c^T = op(b^T) op(a^T)``."""
+    m, k = a.shape
+    n = b.shape[1]
+    fn = routine("dgemm" if c.dtype == np.float64 else "sgemm")
+    _gemm_views(lb[0], la[0], n, m, k, b, lb[1], a, la[1], c, c.strides[0] // c.itemsize, fn)

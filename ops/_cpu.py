@@ -251,7 +251,7 @@ def reduce_body(op: str, a, out, axis, keepdims: bool, eng=None):
     return lambda ctx: reducer(x, axis=axis, out=o, keepdims=keepdims)
 
 
-MATMUL_SPLIT = 1 << 24  # m*n*k from which a product is one call of NumPy's BLAS, on every core
+MATMUL_SPLIT = 1 << 24  # m*n*k from which a product uses every core (NumPy's threaded BLAS, or row blocks)
 
 
 def matmul_body(eng, a, b, out):
@@ -259,19 +259,39 @@ def matmul_body(eng, a, b, out):
     transposed views too), else NumPy's matmul; both release the GIL.
 
     A large product (more than ``MATMUL_SPLIT`` multiply-adds, more than one worker) is one call of
-    NumPy's BLAS, whose own threads share each packed panel of the operands: cut into row blocks
-    that idle workers share, each block's call packed all of ``b`` again, and a 2048 product took
-    7% more than NumPy's (164 against 155 ms, medians of 8 alternated runs).
+    NumPy's BLAS when that runs several threads: they share each packed panel of the operands.  Cut
+    into row blocks that idle workers share, each block's call packs all of ``b`` again: a 2048
+    product took 7% more than NumPy's (164 against 155 ms, medians of 8 alternated runs).  Row blocks
+    remain for a NumPy whose BLAS runs one thread (``OPENBLAS_NUM_THREADS=1``, or one library shared
+    with SciPy, which ``linalg.use_blas`` limits).
     """
     A, B, C = a._data, b._data, out._data
     la = lb = None
     if (a.ndim == b.ndim == 2 and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f" and out.size
             and a.shape[1] and out._strides[1] == 1):
         la, lb = _blas.blas_layout(A), _blas.blas_layout(B)
-    if la is None or lb is None or (A.shape[0] * B.shape[1] * A.shape[1] > MATMUL_SPLIT
-                                    and workers_for(eng) > 1):
+    if la is None or lb is None:
         return lambda ctx: np.matmul(A, B, out=C, dtype=out.dtype)
-    return gemm_body(eng, a, b, out, la, lb)  # one gemm call on a block packed now (a native body)
+    m, k = A.shape
+    nparts = 1
+    if m * B.shape[1] * k > MATMUL_SPLIT and workers_for(eng) > 1:
+        from .linalg import numpy_blas_threads
+
+        if numpy_blas_threads() > 1:
+            return lambda ctx: np.matmul(A, B, out=C)
+        nparts = max(1, min(4 * workers_for(eng), m // 64))
+    if nparts == 1:  # one gemm call on a block packed now: a native body on the compiled core
+        return gemm_body(eng, a, b, out, la, lb)
+    bounds = [(m * i // nparts, m * (i + 1) // nparts) for i in range(nparts)]
+    flat = a._flat and b._flat and out._flat
+
+    def run(i):
+        r0, r1 = bounds[i]
+        if flat:
+            _blas.gemm(A[r0:r1], B, C[r0:r1])
+        else:
+            _blas.gemm_views(A[r0:r1], B, C[r0:r1], _blas.blas_layout(A[r0:r1]), lb)
+    return lambda ctx: run_parts(eng, "matmul", nparts, run)
 
 
 def flat(op: str, out: np.ndarray, *inputs: np.ndarray) -> None:

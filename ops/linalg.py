@@ -35,6 +35,7 @@ __all__ = ["blas_threads", "cholesky", "use_blas"]
 PRIORITY = {"potrf": 30, "trsm": 20, "next": 10, "update": 0}
 
 _blas_limiter = None
+_numpy_threads = None  # numpy_blas_threads(), once looked up
 
 
 def blas_threads(n: int | None) -> None:
@@ -43,8 +44,10 @@ def blas_threads(n: int | None) -> None:
     1 is the default once ops/ runs BLAS: the engine's workers make the calls
     in parallel, one thread each.  ``None`` restores what the process had.
     """
-    global _blas_limiter
+    global _blas_limiter, _numpy_threads
     from threadpoolctl import ThreadpoolController
+
+    _numpy_threads = None  # (limits change: look again)
 
     if _blas_limiter is not None:
         _blas_limiter.restore_original_limits()
@@ -57,6 +60,17 @@ def blas_threads(n: int | None) -> None:
         blas = ThreadpoolController().select(user_api="blas")
         ours = [lib.filepath for lib in blas.lib_controllers if f"{os.sep}scipy" in lib.filepath]
         _blas_limiter = (blas.select(filepath=ours) if ours else blas).limit(limits=n)
+
+
+def numpy_blas_threads() -> int:
+    """Threads per call of NumPy's own BLAS (after ``use_blas``; 1 when not found), looked up once."""
+    global _numpy_threads
+    if _numpy_threads is None:
+        from threadpoolctl import ThreadpoolController
+
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        _numpy_threads = max((lib.num_threads for lib in libs if f"{os.sep}numpy" in lib.filepath), default=1)
+    return _numpy_threads
 
 
 def use_blas() -> None:

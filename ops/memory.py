@@ -219,8 +219,9 @@ def _take_slow(nbytes: int, drain):
                 waited = None if drain is None else drain(min(left, POLL))
                 if waited:
                     continue  # an op finished (or POLL passed): what it held may be back
-                if waited is False:
-                    break  # no op is pending: only the user can give one back, so take fresh memory
+                if waited is False:  # no op is pending: only the user can give one back
+                    entry = _take(nbytes)  # (or one an op let go of just now)
+                    break
                 with _returned:  # (a buffer given back between the look and this wait notifies it)
                     entry = _take(nbytes)
                     if entry is not None:

@@ -396,10 +396,12 @@ def test_drain_with_a_wait_returns_when_an_op_finishes(body):
         eng.push(fn, writes=[x], name="gate")
         out = []
         t = threading.Thread(target=lambda: out.append(eng._drain_records(30.0)))
-        t.start()
-        while not eng._core.drain_waiters and t.is_alive():  # asleep in C (or already back)
-            time.sleep(0)
-        open_gate()
+        try:
+            t.start()
+            while not eng._core.drain_waiters and t.is_alive():  # asleep in C (or already back)
+                time.sleep(0)
+        finally:
+            open_gate()  # (never leave a worker blocked: closing the engine would wait for it)
         t.join(10)
         assert not t.is_alive(), "drain(30.0) slept through the op that finished"
         assert out == [True] and eng._core.drain_waiters == 0

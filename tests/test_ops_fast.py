@@ -144,9 +144,14 @@ def test_a_failing_part_fails_the_op_once(eng, small_parts, monkeypatch):
     eng.wait_all()  # the failure was reported once: nothing left to raise
 
 
-def test_large_matmuls_are_one_op_equal_to_numpy(eng, monkeypatch):
-    """Past MATMUL_SPLIT a product is one call of NumPy's threaded BLAS: one op, no parts."""
+@pytest.mark.parametrize("numpy_threads", [2, 1])
+def test_large_matmuls_equal_numpy(eng, monkeypatch, numpy_threads):
+    """Past MATMUL_SPLIT a product is one call of NumPy's BLAS when that runs threads (one op, no
+    parts), else row blocks that the workers share (helper ops named "matmul part")."""
+    from ops import linalg
+
     monkeypatch.setattr(_cpu, "MATMUL_SPLIT", 1)
+    monkeypatch.setattr(linalg, "numpy_blas_threads", lambda: numpy_threads)
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((300, 70)), rng.standard_normal((70, 50))
     with de.profile() as prof:
@@ -155,7 +160,7 @@ def test_large_matmuls_are_one_op_equal_to_numpy(eng, monkeypatch):
     np.testing.assert_allclose(got, x @ y, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got_t, y @ y.T, rtol=1e-12, atol=1e-12)
     names = [r.name for r in prof.trace().ops]
-    assert names.count("matmul") == 2 and not any(n.endswith(" part") for n in names)
+    assert names.count("matmul") == 2 and ("matmul part" in names) == (numpy_threads == 1)
     got32 = (nd.array(x, dtype=np.float32) @ nd.array(y, dtype=np.float32)).asnumpy()
     np.testing.assert_allclose(got32, x.astype(np.float32) @ y.astype(np.float32), rtol=1e-4, atol=1e-4)
 
