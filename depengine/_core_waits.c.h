@@ -332,6 +332,15 @@ core_mark_worker(Core *c, PyObject *unused)   /* a Python thread that runs this 
     Py_RETURN_NONE;
 }
 
+static i64
+core_pending(Core *c)   /* mu: ops pushed and not finished, every epoch */
+{
+    i64 n = c->epoch->count;
+    for (Epoch *e = c->closed_epochs; e; e = e->next)
+        n += e->count;
+    return n;
+}
+
 static PyObject *
 core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -355,10 +364,7 @@ core_drain_meth(Core *c, PyObject *const *args, Py_ssize_t nargs)
         struct timespec ts = {(time_t)(t / 1000000000LL), (long)(t % 1000000000LL)};
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&c->mu);
-        i64 pending = c->epoch->count;
-        for (Epoch *e = c->closed_epochs; e; e = e->next)
-            pending += e->count;
-        idle = pending == 0 && c->done_ops == NULL && c->completed == seen;   /* (none let go since) */
+        idle = core_pending(c) == 0 && c->done_ops == NULL && c->completed == seen;   /* (none let go since) */
         c->done_watch++;
         while (!idle && c->done_ops == NULL && c->completed == seen)
             if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) != 0)
@@ -377,9 +383,7 @@ static PyObject *
 core_get_pending(Core *c, void *unused)
 {
     pthread_mutex_lock(&c->mu);
-    i64 n = c->epoch->count;
-    for (Epoch *e = c->closed_epochs; e; e = e->next)
-        n += e->count;
+    i64 n = core_pending(c);
     pthread_mutex_unlock(&c->mu);
     return PyLong_FromLongLong(n);
 }

@@ -149,9 +149,11 @@ class Engine(Waits, Capturing):
         """Store the records of ops that finished without the GIL (the compiled core's).  With ``wait``
         (a pusher waiting for a buffer ops hold): False when no op is pending; else the compiled core
         waits up to ``wait`` s for one to finish (True), and this engine cannot (None)."""
-        if wait > 0 and not self._epoch.count and not any(e.count for e in tuple(self._closed_epochs)):
-            return False
-        return None
+        return False if wait > 0 and not self._pending() else None
+
+    def _pending(self) -> int:
+        """Ops pushed and not finished, every epoch (a racy sum: a hint)."""
+        return self._epoch.count + sum(e.count for e in tuple(self._closed_epochs))
 
     def gpu_runtime(self, device):
         """The GPU runtime behind ``device`` on this engine (its streams start on first use)."""
@@ -213,10 +215,9 @@ class Engine(Waits, Capturing):
         self.close()
 
     def __repr__(self) -> str:
-        pending = self._epoch.count + sum(e.count for e in self._closed_epochs)
         state = "closed" if self._closed else "closing" if self._closing else "open"
         return (f"<{type(self).__name__} type={self.type!r} workers={self.options.workers} "
-                f"pending={pending} failed_vars={len(self._failed_vars)} {state}>")
+                f"pending={self._pending()} failed_vars={len(self._failed_vars)} {state}>")
 
     # ------------------------------------------------------------ push path
     def push(self, fn, reads=(), writes=(), name=None, priority=0, always_run=False,

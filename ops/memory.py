@@ -17,20 +17,21 @@ it waits (at most ``PATIENCE`` seconds) for the next one to come back, so a
 long chain cycles through a few buffers.  On the compiled core the waiting
 pusher wakes as soon as one of the engine's ops finishes (``drain(wait)``);
 looking every ``POLL`` s instead cost a chain of 30 000-element ops 85 us an
-op against 12.  A wait that times out (the user
-holds the buffers) stops the waits for that size until one comes back.  A buffer is reused only
-when nothing else refers to it (a NumPy view handed out through DLPack, say),
-checked when it is taken.  The pool is bounded: at most ``PER_SIZE`` buffers
-per size and ``limit`` bytes in all (``set_pool_limit``); a buffer that does
-not fit is freed at once, and ``trim()`` frees them all.  Large pooled buffers are
-anonymous mappings of their own, so freeing one gives its memory back to
-the system whatever ``malloc`` would have kept; those under ``MAP_MIN`` bytes
-come from ``malloc`` (a mapping each would soon reach the kernel's limit on
-mappings per process; ``trim()`` gives those back to ``malloc``, which may keep
-them).  Without the pool, a pusher ahead of the workers
-would take fresh heap for every result of a cheap chain, and the ops that
-let go of them in bursts would make ``malloc`` give it back and fault it
-in again: 5000-element chains ran 5x slower.
+op against 12.  With no op pending the buffers in use are the user's, and it
+does not wait; a wait that times out stops the waits for that size until one
+comes back.  A buffer is reused only when nothing else refers to it (a NumPy
+view handed out through DLPack, say), checked when it is taken.  The pool is
+bounded: at most ``PER_SIZE`` buffers per size and ``limit`` bytes in all
+(``set_pool_limit``); a buffer that does not fit is freed at once, and
+``trim()`` frees them all.  Large pooled buffers are anonymous mappings of
+their own, so freeing one gives its memory back to the system whatever
+``malloc`` would have kept; those under ``MAP_MIN`` bytes come from
+``malloc`` (a mapping each would soon reach the kernel's limit on mappings
+per process; ``trim()`` gives those back to ``malloc``, which may keep
+them).  Without the pool, a pusher ahead of the workers would take fresh
+heap for every result of a cheap chain, and the ops that let go of them in
+bursts would make ``malloc`` give it back and fault it in again: 5000-element
+chains ran 5x slower.
 
 The free lists and the store are C (``ops/_pool.c``, in ``ops._native``):
 taking and giving back a buffer costs a pusher a fraction of a microsecond
@@ -209,9 +210,9 @@ def _take_slow(nbytes: int, drain):
         deadline = time.monotonic() + PATIENCE
         _pool.pool_waiting(1)
         try:
+            if drain is not None:
+                drain()  # (and drain(wait) below releases what finished while it slept)
             while True:
-                if drain is not None:
-                    drain()
                 entry = _take(nbytes)
                 left = deadline - time.monotonic()
                 if entry is not None or left <= 0:
