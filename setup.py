@@ -12,7 +12,8 @@ says why) and kernels are called through ctypes (``ops._kernels.CALLS``).
 from setuptools import Extension, setup
 
 SOURCES = ["_core_module.c", "_core_var.c", "_core_op.c", "_core_native.c", "_core_engine.c", "_core_queue.c",
-           "_core_pool.c", "_core_plan.c", "_core_records.c", "_core_mpi.c"]
+           "_core_pool.c", "_core_plan.c", "_core_records.c", "_core_mpi.c",
+           "_core_mpi_push.c", "_core_lane.c"]
 HEADERS = ["_core.h", "_core_transitions.c.h", "_core_push.c.h", "_core_waits.c.h"]
 OPS_SOURCES = ["_native.c", "_pool.c", "_front.c", "_front_op.c"]
 

@@ -174,6 +174,14 @@ struct Core {
     long naive_count;
 };
 
+typedef struct {               /* the done() of an async op */
+    PyObject_HEAD
+    Core *core;        /* borrowed: the op holds the core's engine through its vars */
+    OpObject *op;
+    PyObject *engine;
+    int called;
+} DoneObject;
+
 /* _core_var.c, _core_op.c, _core_native.c */
 extern PyTypeObject VarType, OpType, DoneType, NativeType;
 VarObject *var_new(Core *core, PyObject *engine, PyObject *name, i64 serial);
@@ -212,6 +220,10 @@ int core_idle(Core *c);   /* no op queued, no worker running one (exact under mu
 PyObject *core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
 PyObject *core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
 PyObject *core_wake_waiter(Core *c, PyObject *unused);
+int mpi_push_ready(PyObject *m);   /* _core_mpi_push.c: MpiPusher */
+int mpi_lane_ready(PyObject *m);   /* _core_lane.c: MpiLane */
+int lane_poll_nogil(PyObject *lane);   /* no GIL: 1 when Python has work */
+int core_complete_external(Core *c, OpObject *op);   /* no GIL: 1 done, 0 needs the GIL, -1 oom */
 
 /* _core_pool.c */
 PyObject *core_work(Core *c, PyObject *args);            /* a worker thread's body */

@@ -325,7 +325,8 @@ complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject
     OpVec ready = {0};
     *nready = 0;
     *ready_out = NULL;
-    *next = NULL;
+    if (next != NULL)
+        *next = NULL;
     i64 *versions = NULL;
     if (c->prof != NULL && op->p_engine != NULL &&
         (versions = PyMem_RawMalloc((nr + nw + 1) * sizeof(i64))) == NULL)
@@ -371,6 +372,18 @@ complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject
     *nready = python < 0 ? 0 : python;
     *ready_out = ready.items;
     return oom ? -1 : 1;
+}
+
+/* An op finished by a thread that is not a worker (the mpi lane, depengine/_core_lane.c), without
+ * the GIL: the ops it made ready go to their pools.  1 done, 0 it needs the GIL, -1 out of memory. */
+int
+core_complete_external(Core *c, OpObject *op)
+{
+    OpObject **ready = NULL;
+    int nready = 0;
+    int r = complete_native_clean(c, op, POOL_CPU, NULL, &ready, &nready);
+    PyMem_RawFree(ready);
+    return nready ? -1 : r;   /* (ops with a Python route never reach a lane: it serves threaded engines) */
 }
 
 /* Engine._execute for an op that runs with the GIL (a Python body, or any op on the naive engine). */

@@ -157,7 +157,8 @@ PyInit__core(void)
         PyModule_AddIntConstant(m, "NAIVE", T_NAIVE) < 0 ||
         PyModule_AddIntConstant(m, "THREADED", T_THREADED) < 0 ||
         PyModule_AddIntConstant(m, "PERDEVICE", T_PERDEVICE) < 0 ||
-        records_module_init(m) < 0) {
+        records_module_init(m) < 0 || mpi_push_ready(m) < 0 ||
+        mpi_lane_ready(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

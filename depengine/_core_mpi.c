@@ -107,13 +107,22 @@ core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
  * pushes unchanged: no thread pushing) it calls the MPI_Iprobe at address probe on communicator
  * handle comm, for at most spin_ns in all.  While a worker runs an op it sleeps until one runs out
  * of ops (workers take messages after each op); while a thread pushes, it looks again every 200 µs
- * (a spinning thread would take the pusher's core).  why: 1 a message is there, 2 the int at address kick is nonzero, 3 max_ns
+ * (a spinning thread would take the pusher's core).  lane: an MpiLane polled all along.  why: 1 a message is there, 2 the int at address kick is nonzero, 3 max_ns
  * passed, 4 spin_ns spent, -code an MPI error. */
 PyObject *
 core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
     long long a[9];
-    if (probe_args(args, nargs, 9, a) < 0)
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "wait_message() takes 9 integers and a lane (or None)");
+        return NULL;
+    }
+    PyObject *lane = args[9] == Py_None ? NULL : args[9];
+    if (lane != NULL && strcmp(Py_TYPE(lane)->tp_name, "depengine._core.MpiLane") != 0) {
+        PyErr_SetString(PyExc_TypeError, "wait_message(): the lane must be an MpiLane or None");
+        return NULL;
+    }
+    if (probe_args(args, 9, 9, a) < 0)
         return NULL;
     if (a[5] == 0 || a[6] == 0) {
         PyErr_SetString(PyExc_ValueError, "wait_message(): a NULL kick or push count address");
@@ -130,7 +139,9 @@ core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
     Py_BEGIN_ALLOW_THREADS
     while (!why) {
         i64 count = __atomic_load_n(pushes, __ATOMIC_RELAXED);
-        if (__atomic_load_n(kick, __ATOMIC_ACQUIRE))
+        if (lane != NULL && lane_poll_nogil(lane))   /* small transfers: taken here, Python as needed */
+            why = 1;
+        else if (__atomic_load_n(kick, __ATOMIC_ACQUIRE))
             why = 2;
         else if (now >= until)
             why = 3;
@@ -150,6 +161,8 @@ core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
             for (int k = 1; !why; k++) {
                 rc = probe_call(a, &flag);
                 why = rc ? rc : flag;
+                if (!why && lane != NULL && lane_poll_nogil(lane))
+                    why = 1;
                 if ((k & 15) == 0 || why) {
                     now = now_ns();
                     if (why || __atomic_load_n(kick, __ATOMIC_ACQUIRE) || !core_idle(c) || now >= until ||

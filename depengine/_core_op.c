@@ -355,13 +355,6 @@ PyTypeObject OpType = {
 
 /* ----------------------------------------------------------------- Done */
 
-typedef struct {
-    PyObject_HEAD
-    Core *core;        /* borrowed: the op holds the core's engine through its vars */
-    OpObject *op;
-    PyObject *engine;
-    int called;
-} DoneObject;
 
 PyObject *
 done_new(Core *core, OpObject *op)

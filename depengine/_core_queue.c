@@ -200,15 +200,16 @@ core_dispatch_gil(Core *c, OpObject **ops, Py_ssize_t n)
 
 /* Ops made ready by a completion on a worker of pool mine, routed: the one of highest priority bound
  * for mine, if its queue is empty, becomes *next (else the head of that queue, or NULL); the others
- * go to their pools; GPU ops (no C pool) are moved to the front of ready for the caller to route with
+ * go to their pools (all of them when next is NULL); GPU ops (no C pool) are moved to the front of ready for the caller to route with
  * the GIL.  Returns how many, or -1 when out of memory.  mu. */
 int
 route_ready(Core *c, int mine, OpObject **ready, int n, PyObject **next)
 {
     Pool *p = &c->pools[mine];
     int python = 0, best = -1, oom = 0;
-    *next = NULL;
-    if (pool_empty(p))
+    if (next != NULL)
+        *next = NULL;
+    if (next != NULL && pool_empty(p))
         for (int i = 0; i < n; i++)
             if (core_route(c, ready[i]) == mine && (best < 0 || ready[i]->priority > ready[best]->priority))
                 best = i;
@@ -222,7 +223,7 @@ route_ready(Core *c, int mine, OpObject **ready, int n, PyObject **next)
         else
             ready[python++] = op;
     }
-    if (*next == NULL)
+    if (next != NULL && *next == NULL)
         *next = pool_take(p);
     return oom ? -1 : python;
 }

@@ -101,10 +101,14 @@ def _failure(serial: int, description: bytes) -> bytes:
 
 
 def scenario_forged(arg: str) -> tuple[int, dict]:
-    """Rank 1 forges the messages of rank 0's receives, then pushes the legitimate ops as well."""
+    """Rank 1 forges the messages of rank 0's receives, then pushes the legitimate ops as well; on the
+    lane's communicator when ``arg`` is ``lane`` (depengine/mpi/lane.py), else on Python's."""
     from mpi4py import MPI
 
     eng = de.Engine("mpi", workers=2)
+    if arg == "lane" and eng._transport.lane is None:
+        eng.close()
+        return eng.rank, {"lane": False}
     if eng.size < 2:
         raise SystemExit("forged needs two ranks")
     lying = json.dumps({"module": "antigravity", "type": "Boom", "args": None, "message": "imported?",
@@ -127,7 +131,8 @@ def scenario_forged(arg: str) -> tuple[int, dict]:
         x = eng.new_var(f"x{i}", owner=1, buffer=mine)
         ys.append(eng.new_var(f"y{i}", owner=0, buffer=np.zeros(1)))
         if eng.rank == 1:  # before the legitimate transfer #i: same source, same tag, so it comes first
-            _forge(MPI, eng._transport.data, 0, i, cases[name](eng._mvar(x, "x").serial))
+            comm = eng._transport.fast if arg == "lane" else eng._transport.data  # the lane's, or Python's
+            _forge(MPI, comm, 0, i, cases[name](eng._mvar(x, "x").serial))
         eng.push(lambda ctx: None, reads=[x], writes=[ys[i]], name=f"use x{i}")
     result = {}
     if eng.rank == 0:

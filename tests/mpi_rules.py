@@ -356,6 +356,111 @@ def rule_ops_arrays_and_distributed_cholesky():
             nd.set_engine(None)
 
 
+def _mix(bufs, w, rd, k):
+    def fn(ctx):
+        bufs[w][0] = bufs[w][0] * 0.5 + sum(float(bufs[j][0]) for j in rd) + k
+    return fn
+
+
+def _push_variety(eng, push, vs, bufs):
+    """60 pushes of every shape MpiEngine.push takes; what each returned, as (type, name)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for k in range(60):
+        w = int(rng.integers(len(vs)))
+        rd = [int(j) for j in rng.integers(len(vs), size=int(rng.integers(0, 3)))]
+        form = k % 6
+        reads = [vs[j] for j in rd]
+        if form == 0:
+            op = push(_mix(bufs, w, rd, k), reads, [vs[w]])  # unnamed: the function's name
+        elif form == 1:
+            op = push(_mix(bufs, w, rd, k), tuple(reads), (vs[w],), f"op{k % 4}")
+        elif form == 2:
+            op = push(_mix(bufs, w, rd, k), reads=reads, writes=[vs[w]], name="kw", priority=2)
+        elif form == 3:  # a var named twice, and the written var among the reads
+            op = push(_mix(bufs, w, rd, k), [*reads, *reads, vs[w]], [vs[w], vs[w]], "dup")
+        elif form == 4:  # options the C path leaves to Python
+            op = push(_mix(bufs, w, rd, k), reads, [vs[w]], "opts", 0, True)
+        else:
+            op = push(_mix(bufs, w, rd, k), reads, [vs[w]], "run_on", execute_on=k % eng.size)
+        out.append((type(op).__name__, op.name))
+    return out
+
+
+def rule_push_in_c_matches_the_python_path():
+    """On the compiled core with 2+ ranks the common push runs in C: it leaves exactly the state the
+    Python path leaves (the op sequence's count and hash, each var's version, holders and writer),
+    returns the same ops and values, and hands the rest (transfers, duplicates, options) to Python."""
+    results = []
+    for forced in (False, True):
+        with engine() as eng:
+            bufs = [np.zeros(1) for _ in range(6)]
+            vs = [eng.new_var(f"v{i}", owner=i % eng.size, buffer=bufs[i]) for i in range(6)]
+            push = type(eng).push.__get__(eng) if forced else eng.push
+            ops = _push_variety(eng, push, vs, bufs)
+            eng.wait_all(TIMEOUT)
+            state = [(mv.gen, mv.holders, mv.writer) for mv in eng._vars.values()]
+            values = [float(eng.fetch(v, TIMEOUT)[0]) for v in vs]
+            seq = eng._seq
+            results.append(((seq.count, seq.hash, ops, state, values), getattr(seq, "taken", None)))
+            compiled = hasattr(eng._local, "_core") and eng.size > 1
+    (c, taken), (py, untouched) = results
+    assert c == py
+    if compiled:  # some pushes in C, the ones with transfers or options in Python
+        assert 0 < taken < 60 and untouched == 0, (taken, untouched)
+    else:
+        assert taken is None and untouched is None
+
+
+def _fill(buf, k):
+    def fn(ctx):
+        buf[...] = k
+    return fn
+
+
+def rule_small_transfers_take_the_lane():
+    """On the compiled core with 2+ ranks, versions of at most LANE_MAX bytes move through the lane (in
+    C), larger ones through Python; both arrive whole, and a failed small version carries its failure."""
+    from depengine.mpi.lane import LANE_MAX
+
+    with engine() as eng:
+        last = eng.size - 1
+        small, big, out = np.zeros(LANE_MAX // 8), np.zeros(LANE_MAX // 8 + 1), np.zeros(2)
+        s = eng.new_var("small", owner=0, buffer=small)
+        b = eng.new_var("big", owner=0, buffer=big)
+        o = eng.new_var("out", owner=last, buffer=out)
+        for k in range(1, 6):
+            eng.push(_fill(small, k), writes=[s], name="fill small")
+            eng.push(_fill(big, 10 * k), writes=[b], name="fill big")
+            eng.push(lambda ctx: out.__setitem__(slice(None), (small.sum(), big.sum())), reads=[s, b],
+                     writes=[o], name="sum")
+            if eng.rank == last:
+                eng.wait_for_var(o, TIMEOUT)
+                assert list(out) == [k * small.size, 10 * k * big.size], (k, list(out))
+        eng.wait_all(TIMEOUT)
+        transport = eng._transport
+        lane = None if transport is None else transport.lane
+        if lane is None:  # a world of one, or the pure-Python engine
+            assert eng.size == 1 or not hasattr(eng._local, "_core")
+        else:
+            waiting, _, early, in_c, handed, sends = lane.counts()
+            moved = 5 if last != 0 else 0
+            assert waiting == 0 and early == 0, lane.counts()
+            assert sends == (moved if eng.rank == 0 else 0), lane.counts()
+            assert in_c + handed == (moved if eng.rank == last else 0), lane.counts()
+        eng.push(_raise_custom, writes=[s], name="raiser")
+        eng.push(lambda ctx: None, reads=[s], writes=[o], name="reader")
+        try:
+            eng.fetch(o, TIMEOUT)
+            raise AssertionError("fetch(out) did not raise")
+        except Custom as exc:
+            assert str(exc) == "boom 7"
+        try:
+            eng.wait_all(TIMEOUT)
+        except Custom:
+            pass
+
+
 def _diverging_engine():
     """An engine whose ranks are about to push different ops (None in a world of one)."""
     eng = de.Engine("mpi", workers=2)

@@ -173,10 +173,12 @@ def test_the_c_entry_points_reject_bad_arguments(core_engine):
     with pytest.raises(ValueError, match="NULL MPI_Iprobe"):
         core.has_message(0, 0, 4, 0, 0)
     with pytest.raises(ValueError, match="handle size"):
-        core.wait_message(1, 0, 3, 0, 0, 1, 1, 0, 0)
+        core.wait_message(1, 0, 3, 0, 0, 1, 1, 0, 0, None)
     with pytest.raises(ValueError, match="kick or push count"):
-        core.wait_message(1, 0, 4, 0, 0, 0, 1, 0, 0)
+        core.wait_message(1, 0, 4, 0, 0, 0, 1, 0, 0, None)
     with pytest.raises(ValueError, match="spin_ns and max_ns"):
-        core.wait_message(1, 0, 4, 0, 0, 1, 1, -1, 0)
+        core.wait_message(1, 0, 4, 0, 0, 1, 1, -1, 0, None)
     with pytest.raises(ValueError, match="spin_ns and max_ns"):
-        core.wait_message(1, 0, 4, 0, 0, 1, 1, 0, 1 << 62)
+        core.wait_message(1, 0, 4, 0, 0, 1, 1, 0, 1 << 62, None)
+    with pytest.raises(TypeError, match="MpiLane or None"):
+        core.wait_message(1, 0, 4, 0, 0, 1, 1, 0, 0, object())

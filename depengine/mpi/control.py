@@ -227,6 +227,34 @@ class Control:
                 self._verdict(s.k, ProgramMismatchError(error))
         self._check_byes()
 
+    def _send_refused(self, dst: int, seq: int) -> BaseException | None:
+        if dst in self.peers.dead:
+            return RankFailedError(f"transfer #{seq} to rank {dst} cannot be sent: {self.peers.dead[dst]}")
+        bye = self._byes.get(dst)
+        if bye is not None and seq >= bye["recvd"]:
+            return self._never_received(dst, seq, bye)
+        return None
+
+    def _expect_refused(self, inc) -> BaseException | None:
+        if inc.src in self.peers.dead:
+            return RankFailedError(f"var {inc.name!r} v{inc.gen} never reached rank {self.rank}: "
+                                   f"{self.peers.dead[inc.src]}")
+        bye = self._byes.get(inc.src)
+        if bye is not None and inc.seq >= bye["sent"]:
+            return self._never_sent(inc, bye)
+        return None
+
+    def _never_sent(self, inc, bye: dict) -> ProgramMismatchError:
+        return ProgramMismatchError(
+            f"var {inc.name!r} v{inc.gen} never reached rank {self.rank}: rank {inc.src} closed its engine "
+            f"after sending it {bye['sent']} transfer(s), and this was transfer #{inc.seq} (after "
+            f"{bye['count']} pushes there): the ranks pushed different op sequences")
+
+    def _never_received(self, dst: int, seq: int, bye: dict) -> ProgramMismatchError:
+        return ProgramMismatchError(
+            f"transfer #{seq} from rank {self.rank} will never be received: rank {dst} closed its engine "
+            f"after posting {bye['recvd']} receive(s) from it: the ranks pushed different op sequences")
+
     def _beyond_bye(self, item, src: int, bye: dict) -> BaseException | None:
         from .transport import Incoming
 

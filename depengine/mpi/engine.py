@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import weakref
 import zlib
@@ -40,13 +41,13 @@ import numpy as np
 from .._device import cpu
 from .._engine import Engine
 from .._errors import EngineClosedError, VarDeletedError
-from .._native import refuse_async
+from .._native import NATIVE_TYPES, refuse_async
 from .._op import name_of
 from .._var import Var
 from ..profiler import active_recorder
 from . import transfers
 from .errors import MpiUnavailableError, ProgramMismatchError
-from .state import MVar, RemoteOp, ThenPoll, bad_push, check_buffer, describe, import_mpi
+from .state import MVar, RemoteOp, Sequence, ThenPoll, VarLookup, bad_push, check_buffer, describe, import_mpi
 from .wire import dtype_code
 
 __all__ = ["MpiEngine", "RemoteOp"]
@@ -57,7 +58,7 @@ _CPU = cpu()
 _OP_KINDS = frozenset(("normal", "prioritized", "copy", "async"))
 
 
-class MpiEngine(Engine):
+class MpiEngine(Engine, VarLookup):
     """A local engine per rank plus MPI.  Build it with ``de.Engine("mpi", workers=k, comm=None)``.
 
     ``comm`` is an mpi4py intracommunicator (default ``MPI.COMM_WORLD``);
@@ -89,11 +90,10 @@ class MpiEngine(Engine):
         self._lock = threading.Lock()  # one push (or new_var, fetch) at a time: the order is the program
         self._vars: dict[Var, MVar] = {}
         self._serials = 0
-        self._hash = 0
-        self._count = 0                # pushes (and new_var calls) so far: the same on every rank
-        self._first = self._last = None  # (what, rank or None, count) of a push, formatted on demand
+        # the op sequence: pushes (and new_var calls) so far, the same on every rank; their running
+        # hash; (what, rank or None, count) of the first and last push since the last check
+        self._seq = Sequence()
         self._codes: dict[str, int] = {}  # op name -> its crc32, for the hash
-        self._since_sync = 0
         self._sent = [0] * self.size   # transfers pushed to each rank
         self._recvd = [0] * self.size  # transfers pushed from each rank
         self._bytes = [0, 0]           # bytes of the transfers pushed: sent, received
@@ -109,9 +109,18 @@ class MpiEngine(Engine):
             install_sigusr1(_peers)  # before any collective call: a rank may die during them
             identities = transfers.allgather_json(MPI, comm, encode_identity())
             self._transport = Transport(MPI, comm, self.rank, self.size, identities,  # naive: no spin
-                                        None if local == "naive" else getattr(self._local, "_core", None))
+                                        None if local == "naive" else getattr(self._local, "_core", None),
+                                        local == "threaded")
             _peers.append(self._transport.peers)
             self._push_word = self._transport.spinner.pushes
+            core = getattr(self._local, "_core", None)
+            if core is not None:  # the common case of push in C (depengine/_core_mpi_push.c)
+                C = sys.modules[core.__class__.__module__]
+                slow = MpiEngine.push.__get__(self)  # what the C path hands everything else to
+                self._seq = C.MpiPusher(self, self._vars, self._codes, self._lock, self._local.push, RemoteOp,
+                                        ThenPoll, self._transport.poll_after_op, slow, name_of,
+                                        active_recorder, C.Native, self._push_word, self.rank, self.size)
+                self.push = self._seq.push
         _engines.add(self)
 
     # ------------------------------------------------------------------ vars
@@ -152,7 +161,7 @@ class MpiEngine(Engine):
     def traffic(self) -> dict[str, int]:
         """What this rank has pushed so far: ops, transfers sent and received, and their bytes."""
         with self._lock:
-            return {"pushes": self._count, "sends": sum(self._sent), "receives": sum(self._recvd),
+            return {"pushes": self._seq.count, "sends": sum(self._sent), "receives": sum(self._recvd),
                     "bytes_sent": self._bytes[0], "bytes_received": self._bytes[1]}
 
     def delete_var(self, var: Var, on_delete=None) -> None:
@@ -200,19 +209,19 @@ class MpiEngine(Engine):
             if len(self._codes) > 4096:
                 self._codes.clear()
             code = self._codes[name] = zlib.crc32(name.encode("utf-8", "surrogatepass"))
-        lock = self._lock
+        lock, seq = self._lock, self._seq
         lock.acquire()
         try:
-            count = self._count + 1
+            count = seq.count + 1
             self._push_word[0] = count  # the progress thread does not spin while this moves (spin.py)
             # ints and tuples of ints hash alike in every process (strings do not)
-            self._hash = hash((self._hash, code, x, len(rs), *[mv.serial for mv in rs],
-                               *[mv.serial for mv in ws]))
-            self._count = count
-            self._last = (name, x, count)
-            if not self._since_sync:
-                self._first = self._last
-            self._since_sync += 1
+            seq.hash = hash((seq.hash, code, x, len(rs), *[mv.serial for mv in rs],
+                             *[mv.serial for mv in ws]))
+            seq.count = count
+            seq.last = (name, x, count)
+            if not seq.since_sync:
+                seq.first = seq.last
+            seq.since_sync += 1
             if self.size == 1:
                 return self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, _async, count)
             return self._plan(fn, rs, ws, name, priority, always_run, kind, pure, x, _async, count)
@@ -291,7 +300,7 @@ class MpiEngine(Engine):
         writes = [mv.var for mv in ws]
         if is_async:
             return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure, True)
-        if self._transport is not None:
+        if self._transport is not None and fn.__class__ not in NATIVE_TYPES:
             fn = ThenPoll(fn, self._transport.poll_after_op)
         return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 
@@ -306,7 +315,7 @@ class MpiEngine(Engine):
         self._bytes[0] += mv.raw.nbytes
         op = transfers.push_send(self, mv, dst, seq, gen)
         if self._log_now is not None:
-            self._log_now[op.id] = (self._count, stage, op.name,
+            self._log_now[op.id] = (self._seq.count, stage, op.name,
                                     ("send", self.rank, dst, mv.serial, mv.name, gen, mv.raw.nbytes))
 
     def _recv(self, mv: MVar, src: int, gen: int, stage: int) -> None:
@@ -315,7 +324,7 @@ class MpiEngine(Engine):
         self._bytes[1] += mv.raw.nbytes
         op = transfers.push_recv(self, mv, src, seq, gen)
         if self._log_now is not None:
-            self._log_now[op.id] = (self._count, stage, op.name,
+            self._log_now[op.id] = (self._seq.count, stage, op.name,
                                     ("recv", src, self.rank, mv.serial, mv.name, gen, mv.raw.nbytes))
 
     # ---------------------------------------------------------------- waiting
@@ -362,16 +371,17 @@ class MpiEngine(Engine):
         if self._transport is None:
             return
         with self._lock:
-            record = {"what": what, "count": self._count, "hash": self._hash, "first": describe(self._first),
-                      "last": describe(self._last)}
+            seq = self._seq
+            record = {"what": what, "count": seq.count, "hash": seq.hash, "first": describe(seq.first),
+                      "last": describe(seq.last)}
         try:
             self._transport.sync(record, timeout)
         except ProgramMismatchError as exc:
             self._broken = exc
             raise
         with self._lock:
-            self._since_sync = 0
-            self._first = None
+            self._seq.since_sync = 0
+            self._seq.first = None
 
     # ------------------------------------------------------------------ traces
     def gather_trace(self, prof, timeout: float | None = None):
@@ -407,7 +417,7 @@ class MpiEngine(Engine):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else "open"
         return (f"<MpiEngine rank={self.rank} size={self.size} local={self._local.type!r} "
-                f"workers={self.options.workers} vars={len(self._vars)} pushes={self._count} {state}>")
+                f"workers={self.options.workers} vars={len(self._vars)} pushes={self._seq.count} {state}>")
 
     # ---------------------------------------------------------------- helpers
     def _check_open(self, what: str) -> None:
@@ -429,62 +439,15 @@ class MpiEngine(Engine):
 
     def _note(self, item: tuple, what: str) -> None:
         """Add a new_var or fetch to the running hash of this rank's op sequence (lock held)."""
-        self._hash = hash((self._hash, item))
-        self._count += 1
-        self._last = (what, None, self._count)
-        if not self._since_sync:
-            self._first = self._last
-        self._since_sync += 1
-
-    def _mvars_of(self, writes, reads) -> tuple[list[MVar], list[MVar]]:
-        """The vars of a push, duplicates collapsed and writes out of the reads (the common case
-        in one pass; anything unusual through _as_mvars, which names the bad input)."""
-        get = self._vars.get
-        if writes.__class__ not in _SEQ and isinstance(writes, Var):  # (an ABC: isinstance is slow)
-            writes = (writes,)
-        if reads.__class__ not in _SEQ and isinstance(reads, Var):
-            reads = (reads,)
-        if writes.__class__ in _SEQ and reads.__class__ in _SEQ:
-            try:
-                ws = [get(v) for v in writes]
-                rs = [get(v) for v in reads]
-            except TypeError:  # unhashable: not a Var
-                ws = rs = [None]
-            if None not in ws and None not in rs:
-                n = len(ws)
-                if n > 1 and (ws[0] is ws[1] if n == 2 else len(set(ws)) != n):
-                    ws = list(dict.fromkeys(ws))
-                n = len(rs)
-                if n > 1 and len(set(rs)) != n:
-                    rs = list(dict.fromkeys(rs))
-                if ws and rs:
-                    rs = [mv for mv in rs if mv not in ws]
-                return ws, rs
-        ws, rs = self._as_mvars(writes, "writes"), self._as_mvars(reads, "reads")
-        return ws, [mv for mv in rs if mv not in ws]
-
-    def _as_mvars(self, vs, role: str) -> list[MVar]:
-        if vs.__class__ is not list and vs.__class__ is not tuple:
-            if isinstance(vs, Var):
-                vs = (vs,)
-            elif isinstance(vs, (set, frozenset)):
-                vs = tuple(vs)
-            else:
-                raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")
-        get = self._vars.get
-        try:
-            out = [get(v) for v in vs]
-        except TypeError:  # unhashable: not a Var
-            out = [None]
-        if None in out:
-            out = [self._mvar(v, role) for v in vs]
-        n = len(out)
-        if n > 1 and (out[0] is out[1] if n == 2 else len(set(out)) != n):
-            out = list(dict.fromkeys(out))
-        return out
+        seq = self._seq
+        seq.hash = hash((seq.hash, item))
+        seq.count += 1
+        seq.last = (what, None, seq.count)
+        if not seq.since_sync:
+            seq.first = seq.last
+        seq.since_sync += 1
 
 
-_SEQ = (list, tuple)
 _peers: list = []  # liveness bookkeeping of every engine, for the SIGUSR1 handler
 
 

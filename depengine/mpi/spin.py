@@ -112,13 +112,18 @@ class Spinner:
         self.kick = np.zeros(1, np.int32)  # set by Transport.kick: stop spinning, there is work
         self.pushes = np.zeros(1, np.int64)  # the engine's push count: while it moves, a thread pushes
         self._args = None
-        if core is None or self.window <= 0 or not hasattr(core, "wait_message"):
+        self.lane = None     # the transport's MpiLane (lane.py), polled while waiting
+        self.library = None  # the MPI library mpi4py loaded, once a probe through it worked
+        if core is None or not hasattr(core, "wait_message"):
             return
         found = _library(MPI, comm)
         if found is None:
             _log.info("depengine: MPI_Iprobe not found by address; the MPI progress thread only polls")
             return
         lib, size = found
+        self.library = lib
+        if self.window <= 0:
+            return
         self._core = core
         probe = ctypes.cast(lib.MPI_Iprobe, ctypes.c_void_p).value
         self._args = (probe, _signed(MPI._handleof(comm), size), size, MPI.ANY_SOURCE, MPI.ANY_TAG,
@@ -146,5 +151,5 @@ class Spinner:
     def wait(self, spin_s: float, max_s: float) -> tuple[int, float]:
         """Wait at most ``max_s``, spinning at most ``spin_s`` of it; (why, seconds spun).  why: 1 a
         message is there; 2 kicked; 3 ``max_s`` passed; 4 ``spin_s`` spent; <0 an MPI error."""
-        why, spun = self._core.wait_message(*self._args, int(spin_s * 1e9), int(max_s * 1e9))
+        why, spun = self._core.wait_message(*self._args, int(spin_s * 1e9), int(max_s * 1e9), self.lane)
         return why, spun * 1e-9

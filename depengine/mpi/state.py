@@ -10,7 +10,8 @@ from .._var import Var
 from .errors import MpiUnavailableError
 from .wire import MAX_DIMS, dtype_code
 
-__all__ = ["MVar", "RemoteOp", "ThenPoll", "bad_push", "check_buffer", "describe", "import_mpi"]
+__all__ = ["MVar", "RemoteOp", "Sequence", "ThenPoll", "VarLookup", "bad_push", "check_buffer", "describe",
+           "import_mpi"]
 
 CPU = cpu()
 
@@ -29,7 +30,7 @@ def import_mpi():
 class MVar:
     """What every rank knows of one var, kept identical on all of them."""
 
-    __slots__ = ("buffer", "gen", "holders", "last", "name", "order", "owner", "raw", "serial", "var",
+    __slots__ = ("buffer", "gen", "head", "holders", "last", "name", "order", "owner", "raw", "serial", "var",
                  "writer")
 
     def __init__(self, var: Var, serial: int, owner: int, buffer: np.ndarray | None, everywhere: int) -> None:
@@ -46,6 +47,19 @@ class MVar:
         self.holders = everywhere if buffer is not None and everywhere else 1 << owner
         self.writer = "(initial value)"  # name of the op that pushed the last write
         self.last = None        # this rank's local op of that write, when this rank ran it
+        self.head = None        # its transfers' header on the lane (lane.py), once made
+
+
+class Sequence:
+    """The op sequence a rank pushed: the same on every rank (in C: ``_core.MpiPusher``)."""
+
+    __slots__ = ("count", "first", "hash", "last", "since_sync")
+
+    def __init__(self) -> None:
+        self.count = 0          # pushes and new_var calls so far
+        self.hash = 0           # their running hash
+        self.since_sync = 0     # pushes since the last collective check
+        self.first = self.last = None  # (what, rank or None, count) of the first and last push since then
 
 
 class ThenPoll:
@@ -104,3 +118,57 @@ def check_buffer(buffer, name) -> None:
         dtype_code(buffer.dtype)
     except ValueError as exc:
         raise ValueError(f"new_var({name!r}): {exc}") from None
+
+
+_SEQ = (list, tuple)
+
+
+class VarLookup:
+    """The mpi engine's vars of a push, looked up in ``self._vars`` (``self._mvar`` names a bad one)."""
+
+    def _mvars_of(self, writes, reads) -> tuple[list[MVar], list[MVar]]:
+        """The vars of a push, duplicates collapsed and writes out of the reads (the common case
+        in one pass; anything unusual through _as_mvars, which names the bad input)."""
+        get = self._vars.get
+        if writes.__class__ not in _SEQ and isinstance(writes, Var):  # (an ABC: isinstance is slow)
+            writes = (writes,)
+        if reads.__class__ not in _SEQ and isinstance(reads, Var):
+            reads = (reads,)
+        if writes.__class__ in _SEQ and reads.__class__ in _SEQ:
+            try:
+                ws = [get(v) for v in writes]
+                rs = [get(v) for v in reads]
+            except TypeError:  # unhashable: not a Var
+                ws = rs = [None]
+            if None not in ws and None not in rs:
+                n = len(ws)
+                if n > 1 and (ws[0] is ws[1] if n == 2 else len(set(ws)) != n):
+                    ws = list(dict.fromkeys(ws))
+                n = len(rs)
+                if n > 1 and len(set(rs)) != n:
+                    rs = list(dict.fromkeys(rs))
+                if ws and rs:
+                    rs = [mv for mv in rs if mv not in ws]
+                return ws, rs
+        ws, rs = self._as_mvars(writes, "writes"), self._as_mvars(reads, "reads")
+        return ws, [mv for mv in rs if mv not in ws]
+
+    def _as_mvars(self, vs, role: str) -> list[MVar]:
+        if vs.__class__ is not list and vs.__class__ is not tuple:
+            if isinstance(vs, Var):
+                vs = (vs,)
+            elif isinstance(vs, (set, frozenset)):
+                vs = tuple(vs)
+            else:
+                raise TypeError(f"{role}={vs!r} must be a list or tuple of Var")
+        get = self._vars.get
+        try:
+            out = [get(v) for v in vs]
+        except TypeError:  # unhashable: not a Var
+            out = [None]
+        if None in out:
+            out = [self._mvar(v, role) for v in vs]
+        n = len(out)
+        if n > 1 and (out[0] is out[1] if n == 2 else len(set(out)) != n):
+            out = list(dict.fromkeys(out))
+        return out

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import wire
 from .errors import ProgramMismatchError
+from .lane import GEN_AT, LANE_MAX, header, with_gen
 
 __all__ = ["allgather_json", "close", "deadline", "left", "push_recv", "push_send"]
 
@@ -30,6 +31,22 @@ PRIORITY = 1 << 30
 def push_send(engine, mv, dst: int, seq: int, gen: int):
     """Push the op that sends ``mv``'s version ``gen`` to rank ``dst`` (transfer ``seq``)."""
     transport, rank, writer = engine._transport, engine.rank, mv.writer
+    lane = transport.lane
+    if lane is not None and mv.raw.nbytes <= LANE_MAX:  # a plain op: the lane keeps a copy (lane.py)
+        head, tag = header(mv), seq % transport.tag_mod
+
+        def send_small(ctx) -> None:
+            refused = transport._send_refused(dst, seq)
+            if refused is not None:
+                raise refused
+            failure = ctx.input_failure
+            if failure is None:
+                lane.send(dst, tag, head, GEN_AT, gen, mv.raw)
+            else:
+                body = wire.failure_body(failure, rank, writer)
+                lane.send(dst, tag, wire.encode(mv.serial, gen, mv.buffer, mv.order, mv.raw, body, True)[0],
+                          GEN_AT, gen, b"")
+        return engine._local.push(send_small, (mv.var,), (), "mpi send", PRIORITY, True)
 
     def send(ctx, done) -> None:
         failure = ctx.input_failure
@@ -44,6 +61,10 @@ def push_recv(engine, mv, src: int, seq: int, gen: int):
 
     transport = engine._transport
     tag = seq % transport.tag_mod
+    if transport.lane is not None and mv.raw.nbytes <= LANE_MAX:
+        ctx = (src, seq, tag, gen, mv, with_gen(header(mv), gen))
+        return engine._local.push_async(lambda _, done: transport.lane_recv(ctx, done), (), (mv.var,),
+                                        "mpi recv", PRIORITY, True)
 
     def recv(ctx, done) -> None:
         transport.expect(Incoming(src, seq, tag, mv.serial, gen, mv.name, mv.buffer, mv.raw, mv.order, done))
@@ -75,7 +96,8 @@ def close(engine) -> None:
     transport = engine._transport
     if transport is not None:
         with engine._lock:
-            counts = {"count": engine._count, "hash": engine._hash, "last": describe(engine._last)}
+            seq = engine._seq
+            counts = {"count": seq.count, "hash": seq.hash, "last": describe(seq.last)}
         transport.bye(counts, engine._sent, engine._recvd)
     engine._local.close()  # transfers that no rank will complete fail at once (see Control.bye)
     if transport is None:

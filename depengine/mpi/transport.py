@@ -39,7 +39,8 @@ import numpy as np
 
 from . import wire
 from .control import Control
-from .errors import ProgramMismatchError, RankFailedError, TransferError
+from .errors import RankFailedError, TransferError
+from .lane import LaneTransport
 from .spin import Spinner
 
 __all__ = ["Incoming", "Transport"]
@@ -90,14 +91,16 @@ def _set_timer_slack() -> None:
         pass
 
 
-class Transport(Control):
+class Transport(Control, LaneTransport):
     """Transfers, progress, and (from Control) syncs, goodbyes and liveness."""
 
-    def __init__(self, MPI, comm, rank: int, size: int, identities: list[dict], core=None) -> None:
+    def __init__(self, MPI, comm, rank: int, size: int, identities: list[dict], core=None,
+                 lane: bool = False) -> None:
         self.MPI = MPI
         self.rank, self.size = rank, size
         self.data = comm.Dup()
         self.spinner = Spinner(MPI, self.data, core)
+        self._lane_setup(MPI, comm, core, lane)  # small transfers in C (lane.py)
         self.tag_mod = (comm.Get_attr(MPI.TAG_UB) or 32767) + 1
         self._lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
@@ -150,8 +153,11 @@ class Transport(Control):
         MPI = self.MPI
         st = MPI.Status()
         src, tag = inc.key
+        later = None
         with self._lock:
             self._expected[inc.key] = inc
+            if self.lane is not None:  # its sender may have taken the lane (buffers that differ)
+                later = self.lane.expect(inc.src, inc.key[1], None, inc.raw, inc.done, inc)
             q = inc.queue
             q.extend(self._arrived.pop(inc.key, ()))
             while True:  # matched probes under the lock keep the arrival order
@@ -162,6 +168,8 @@ class Transport(Control):
             run = bool(q)
             if run:
                 inc.busy = True
+        if later:
+            self._lane_finish(later)
         if run:
             self._work(inc)
         elif self._waiting:  # a thread waiting in C sees the message itself (spin.py): no wake-up,
@@ -204,12 +212,7 @@ class Transport(Control):
                     self._drop_next(inc.key, 2 if h.body else 1)
                 self._finish(inc, TransferError(f"{where} does not fit: {why}; the buffer was not written"))
             elif h.inline:
-                start = wire.HEADER_SIZE + h.body
-                if h.body:
-                    body = bytes(buf[wire.HEADER_SIZE:start])
-                    inc.failure = wire.failure_from_body(body, inc.src, self.rank, inc.name)
-                inc.raw[:] = np.frombuffer(buf, np.uint8, offset=start)
-                self._finish(inc, inc.failure)
+                self._inline(inc, h, buf)
             else:
                 inc.state, inc.declared = (BODY, h.body) if h.body else (PAYLOAD, 0)
         elif inc.state == BODY:
@@ -239,6 +242,15 @@ class Transport(Control):
         else:  # a message after the transfer was complete: a sender that does not follow the protocol
             self._discard(msg)
 
+    def _inline(self, inc: Incoming, h, buf) -> None:
+        """A whole transfer in one message (its header fits ``inc``): bytes, failure, done."""
+        start = wire.HEADER_SIZE + h.body
+        if h.body:
+            inc.failure = wire.failure_from_body(bytes(buf[wire.HEADER_SIZE:start]), inc.src, self.rank,
+                                                 inc.name)
+        inc.raw[:] = np.frombuffer(buf, np.uint8, offset=start)
+        self._finish(inc, inc.failure)
+
     def _finish(self, inc: Incoming, error: BaseException | None) -> None:
         with self._lock:
             if inc.state == FINISHED:
@@ -246,6 +258,8 @@ class Transport(Control):
             inc.state = FINISHED
             if self._expected.get(inc.key) is inc:
                 del self._expected[inc.key]
+                if self.lane is not None:
+                    self.lane.take_key(*inc.key)
         if error is None:
             inc.done()
         else:
@@ -341,7 +355,8 @@ class Transport(Control):
         return how
 
     def _busy(self) -> bool:
-        return bool(self._active or self._expected or self._waiting_ctl())
+        return bool(self._active or self._expected or self._waiting_ctl() or
+                    (self.lane is not None and self._lane_busy()))
 
     def _poll(self, st) -> int:
         n = self._match(st)
@@ -351,6 +366,8 @@ class Transport(Control):
             n += self._poll_ctl(st)
         if self._active:
             n += self._test_active()
+        if self.lane is not None:
+            n += self._lane_poll()
         return n
 
     def poll_after_op(self) -> None:
@@ -360,6 +377,8 @@ class Transport(Control):
             self._match(self._st)
         if self._active:
             self._test_active()
+        if self.lane is not None:
+            self._lane_poll()
 
     def _match(self, st) -> int:
         """Match every data message that arrived; handle those of registered transfers."""
@@ -376,6 +395,8 @@ class Transport(Control):
                 self.peers.heard(key[0])
                 item = (msg, st.Get_count(MPI.BYTE))
                 inc = self._expected.get(key)
+                if inc is None and self.lane is not None:
+                    inc = self._lane_claim(key)
                 if inc is not None:
                     inc.queue.append(item)
                     if not inc.busy:
@@ -427,35 +448,7 @@ class Transport(Control):
                 self._active = [p for p in self._active if id(p) not in gone]
         return done
 
-    # ------------------------------------------------ refusals and failed peers
-    def _send_refused(self, dst: int, seq: int) -> BaseException | None:
-        if dst in self.peers.dead:
-            return RankFailedError(f"transfer #{seq} to rank {dst} cannot be sent: {self.peers.dead[dst]}")
-        bye = self._byes.get(dst)
-        if bye is not None and seq >= bye["recvd"]:
-            return self._never_received(dst, seq, bye)
-        return None
-
-    def _expect_refused(self, inc: Incoming) -> BaseException | None:
-        if inc.src in self.peers.dead:
-            return RankFailedError(f"var {inc.name!r} v{inc.gen} never reached rank {self.rank}: "
-                                   f"{self.peers.dead[inc.src]}")
-        bye = self._byes.get(inc.src)
-        if bye is not None and inc.seq >= bye["sent"]:
-            return self._never_sent(inc, bye)
-        return None
-
-    def _never_sent(self, inc: Incoming, bye: dict) -> ProgramMismatchError:
-        return ProgramMismatchError(
-            f"var {inc.name!r} v{inc.gen} never reached rank {self.rank}: rank {inc.src} closed its engine "
-            f"after sending it {bye['sent']} transfer(s), and this was transfer #{inc.seq} (after "
-            f"{bye['count']} pushes there): the ranks pushed different op sequences")
-
-    def _never_received(self, dst: int, seq: int, bye: dict) -> ProgramMismatchError:
-        return ProgramMismatchError(
-            f"transfer #{seq} from rank {self.rank} will never be received: rank {dst} closed its engine "
-            f"after posting {bye['recvd']} receive(s) from it: the ranks pushed different op sequences")
-
+    # ------------------------------------------------------------ failed peers
     def _peer_gone(self, peer: int, error_of) -> None:
         """Fail every transfer that waits on ``peer``: ``error_of(incoming or pending)`` says why."""
         with self._lock:
@@ -465,6 +458,8 @@ class Transport(Control):
             err = error_of(inc)
             if err is not None:
                 self._finish(inc, err)
+        if self.lane is not None:
+            self._lane_gone(peer, error_of)
         failed = [(p, error_of(p)) for p in pend]
         for p, err in self._claim([(p, err) for p, err in failed if err is not None]):
             p.callback(err)
@@ -474,6 +469,8 @@ class Transport(Control):
             peers = {inc.src for inc in self._expected.values()}
             peers.update(p.peer for p in self._active)
         peers.update(self._ctl_waiting_on())
+        if self.lane is not None:
+            peers.update(self.lane.sources())
         return peers
 
     # -------------------------------------------------------------------- close
@@ -486,7 +483,7 @@ class Transport(Control):
             _log.error("depengine: the MPI progress thread did not stop within 30 s")
             return
         if free:
-            for c in (self.data, self.ctl):
+            for c in (self.data, self.ctl, self.fast):
                 try:
                     c.Free()
                 except self.MPI.Exception:

@@ -61,10 +61,11 @@ def dtype_code(dtype: np.dtype) -> bytes:
     return code
 
 
-def encode(serial: int, gen: int, buffer: np.ndarray, order: str, raw: np.ndarray, body: bytes = b"") -> list:
+def encode(serial: int, gen: int, buffer: np.ndarray, order: str, raw: np.ndarray, body: bytes = b"",
+           whole: bool = False) -> list:
     """The messages of a transfer of ``buffer`` (``raw``: its bytes) with failure description ``body``
-    (empty for a clean version): one message when everything fits ``INLINE_MAX``."""
-    inline = len(body) + raw.nbytes <= INLINE_MAX
+    (empty for a clean version): one message when everything fits ``INLINE_MAX``, or when ``whole``."""
+    inline = whole or len(body) + raw.nbytes <= INLINE_MAX
     dims = list(buffer.shape) + [0] * (MAX_DIMS - buffer.ndim)
     head = _STRUCT.pack(MAGIC, FAILURE if body else DATA, buffer.ndim, 0 if order == "C" else 1,
                         FLAG_INLINE if inline else 0, dtype_code(buffer.dtype), serial, gen, raw.nbytes,
