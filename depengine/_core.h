@@ -20,7 +20,9 @@
  * _core_waits.c.h), _core_queue.c (ready queues, routing), _core_pool.c
  * (workers, the naive engine's drain), _core_plan.c (plans of native
  * bodies), _core_records.c (the profiler's records), _core_module.c (the
- * module).
+ * module); for Engine("mpi"): _core_mpi.c (probes of MPI, the look after each
+ * op), _core_mpi_push.c (MpiPusher: its push), _core_lane.c (MpiLane: small
+ * transfers).
  */
 #ifndef DEPENGINE_CORE_H
 #define DEPENGINE_CORE_H
@@ -172,6 +174,10 @@ struct Core {
     Py_ssize_t nhead, nlen, ncap;
     unsigned long naive_owner; /* the thread draining (the naive engine runs one op at a time) */
     long naive_count;
+    /* the mpi engine's look at MPI after each op a worker runs (Core.set_after_op, _core_mpi.c) */
+    PyObject *lane;            /* its MpiLane, or NULL */
+    PyObject *poll_fn;         /* Python's look (Transport.poll_after_op), called when *poll_flag */
+    int *poll_flag, *kick;     /* set while Python has transfers to watch; the progress thread's kick */
 };
 
 typedef struct {               /* the done() of an async op */
@@ -220,6 +226,8 @@ int core_idle(Core *c);   /* no op queued, no worker running one (exact under mu
 PyObject *core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
 PyObject *core_has_message(Core *c, PyObject *const *args, Py_ssize_t nargs);
 PyObject *core_wake_waiter(Core *c, PyObject *unused);
+PyObject *core_set_after_op(Core *c, PyObject *const *args, Py_ssize_t nargs);
+int core_after_op(Core *c, int gil);   /* a worker, after each op: 1 when it needs the GIL to finish */
 int mpi_push_ready(PyObject *m);   /* _core_mpi_push.c: MpiPusher */
 int mpi_lane_ready(PyObject *m);   /* _core_lane.c: MpiLane */
 int lane_poll_nogil(PyObject *lane);   /* no GIL: 1 when Python has work */

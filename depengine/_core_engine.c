@@ -78,6 +78,8 @@ core_traverse(Core *c, visitproc visit, void *arg)
     Py_VISIT(c->prof);
     Py_VISIT(c->store);
     Py_VISIT(c->unreported);
+    Py_VISIT(c->lane);
+    Py_VISIT(c->poll_fn);
     return 0;
 }
 
@@ -89,6 +91,9 @@ core_clear(Core *c)
     Py_CLEAR(c->prof);
     Py_CLEAR(c->store);
     Py_CLEAR(c->unreported);
+    c->poll_flag = c->kick = NULL;
+    Py_CLEAR(c->lane);
+    Py_CLEAR(c->poll_fn);
     return 0;
 }
 

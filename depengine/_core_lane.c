@@ -474,6 +474,22 @@ lane_sources(LaneObject *l, PyObject *unused)
     return out;
 }
 
+/* MpiLane.early(): the messages matched before their receive was registered: [(src, tag, bytes)]. */
+static PyObject *
+lane_early(LaneObject *l, PyObject *unused)
+{
+    PyObject *out = PyList_New(0);
+    pthread_mutex_lock(&l->mu);
+    for (Early *e = l->early; e && out; e = e->next) {
+        PyObject *item = Py_BuildValue("iii", e->src, e->tag, e->count);
+        if (item == NULL || PyList_Append(out, item) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(item);
+    }
+    pthread_mutex_unlock(&l->mu);
+    return out;
+}
+
 /* MpiLane.counts(): (receives waiting, sends in flight, messages held early, completed in C, handed to
  * Python, sends posted). */
 static PyObject *
@@ -561,6 +577,7 @@ static PyMethodDef lane_methods[] = {
     {"take", (PyCFunction)lane_take, METH_O, "Take out the receives waiting on a rank."},
     {"counts", (PyCFunction)lane_counts, METH_NOARGS, "What the lane holds and has done."},
     {"sources", (PyCFunction)lane_sources, METH_NOARGS, "The ranks the lane waits for."},
+    {"early", (PyCFunction)lane_early, METH_NOARGS, "The messages that came before their receive."},
     {"take_key", (PyCFunction)(void (*)(void))lane_take_key, METH_FASTCALL, "Take out one receive."},
     {NULL},
 };

@@ -180,3 +180,75 @@ core_wait_message(Core *c, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("iL", why, (long long)spun);
 }
 
+
+/* Core.set_after_op(lane, flag_address, fn, kick_address), or (None, 0, None, 0): after each op a worker
+ * runs, the lane takes what arrived (in C), and fn() (Python's look at MPI: transport.poll_after_op) runs
+ * when the int at flag_address is set or the lane has a message for Python.  A worker that holds no GIL
+ * (after a native op) does not take it for the flag; for the lane it sets the kick word and wakes the
+ * progress thread instead.  Set before the rank's ops run, cleared once they are done. */
+PyObject *
+core_set_after_op(Core *c, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "set_after_op(lane, flag, fn, kick)");
+        return NULL;
+    }
+    PyObject *lane = args[0] == Py_None ? NULL : args[0], *fn = args[2] == Py_None ? NULL : args[2];
+    void *flag = PyLong_AsVoidPtr(args[1]), *kick = PyLong_AsVoidPtr(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (lane != NULL && (strcmp(Py_TYPE(lane)->tp_name, "depengine._core.MpiLane") != 0 || fn == NULL ||
+                         !PyCallable_Check(fn) || flag == NULL || kick == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "set_after_op(): an MpiLane, a flag address, a callable and a kick "
+                                          "address, or None, 0, None, 0");
+        return NULL;
+    }
+    Py_XINCREF(lane);
+    Py_XINCREF(fn);
+    PyObject *old_lane = c->lane, *old_fn = c->poll_fn;
+    c->poll_flag = lane ? flag : NULL;
+    c->kick = lane ? kick : NULL;
+    c->poll_fn = lane ? fn : NULL;
+    c->lane = lane;
+    if (lane == NULL)
+        Py_XDECREF(fn);
+    Py_XDECREF(old_lane);
+    Py_XDECREF(old_fn);
+    Py_RETURN_NONE;
+}
+
+/* A worker after an op (c->lane set), with the GIL (gil=1: Python's look runs here when due) or
+ * without it (then it wakes the progress thread for the lane's messages, and leaves the flag to it).
+ * Errors are reported, not raised: the worker lives on.  Returns 0. */
+int
+core_after_op(Core *c, int gil)
+{
+    PyObject *lane = c->lane;
+    if (lane == NULL)
+        return 0;
+    int python = lane_poll_nogil(lane);
+    if (!gil) {
+        if (!python)
+            return 0;
+        if (c->kick != NULL) {   /* the progress thread finishes them: no GIL taken here */
+            __atomic_store_n(c->kick, 1, __ATOMIC_RELEASE);
+            pthread_mutex_lock(&c->mu);
+            if (c->idle_watch)
+                pthread_cond_broadcast(&c->cv);
+            pthread_mutex_unlock(&c->mu);
+        }
+        return 0;
+    }
+    if (!python && !(c->poll_flag && __atomic_load_n(c->poll_flag, __ATOMIC_ACQUIRE)))
+        return 0;
+    PyObject *fn = c->poll_fn;
+    if (fn == NULL)
+        return 0;
+    Py_INCREF(fn);
+    PyObject *r = PyObject_CallNoArgs(fn);
+    Py_DECREF(fn);
+    if (r == NULL)
+        PyErr_WriteUnraisable(lane);
+    Py_XDECREF(r);
+    return 0;
+}

@@ -306,6 +306,8 @@ core_work(Core *c, PyObject *arg)
         }
         pthread_mutex_unlock(&c->mu);
         item = run_item(&w, item);
+        if (c->lane != NULL)   /* the mpi engine's look at MPI (_core_mpi.c) */
+            core_after_op(c, w.gil);
         pthread_mutex_lock(&c->mu);
     }
     p->threads--;

@@ -476,6 +476,8 @@ static PyMethodDef core_methods[] = {
      "While the engine is idle, spin on MPI_Iprobe without the GIL (the mpi engine's progress)."},
     {"has_message", (PyCFunction)(void (*)(void))core_has_message, METH_FASTCALL, "One MPI_Iprobe, GIL held."},
     {"wake_waiter", (PyCFunction)core_wake_waiter, METH_NOARGS, "Wake a thread asleep in wait_message."},
+    {"set_after_op", (PyCFunction)(void (*)(void))core_set_after_op, METH_FASTCALL,
+     "set_after_op(lane, flag, fn, kick): the mpi engine's look at MPI after each op (None: none)."},
     {"execute", (PyCFunction)core_execute_meth, METH_O, "Run a ready op here (GPU lanes); the ops it made ready."},
     {"dispatch", (PyCFunction)core_dispatch_meth, METH_O, "Hand ready ops to their pools."},
     {"submit", (PyCFunction)core_submit_meth, METH_O, "Queue a plan chunk (any object with execute())."},

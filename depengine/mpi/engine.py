@@ -117,8 +117,9 @@ class MpiEngine(Engine, VarLookup):
             if core is not None:  # the common case of push in C (depengine/_core_mpi_push.c)
                 C = sys.modules[core.__class__.__module__]
                 slow = MpiEngine.push.__get__(self)  # what the C path hands everything else to
+                then_poll = None if self._transport.after_op_in_c else ThenPoll
                 self._seq = C.MpiPusher(self, self._vars, self._codes, self._lock, self._local.push, RemoteOp,
-                                        ThenPoll, self._transport.poll_after_op, slow, name_of,
+                                        then_poll, self._transport.poll_after_op, slow, name_of,
                                         active_recorder, C.Native, self._push_word, self.rank, self.size)
                 self.push = self._seq.push
         _engines.add(self)
@@ -300,8 +301,9 @@ class MpiEngine(Engine, VarLookup):
         writes = [mv.var for mv in ws]
         if is_async:
             return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure, True)
-        if self._transport is not None and fn.__class__ not in NATIVE_TYPES:
-            fn = ThenPoll(fn, self._transport.poll_after_op)
+        transport = self._transport
+        if transport is not None and not transport.after_op_in_c and fn.__class__ not in NATIVE_TYPES:
+            fn = ThenPoll(fn, transport.poll_after_op)  # (with the lane the core looks at MPI itself)
         return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 
     def _send(self, mv: MVar, dst: int, gen: int, stage: int) -> None:

@@ -91,6 +91,17 @@ class LaneTransport:
             available(MPI, core, "threaded") else None
         self.lane = mine if comm.allreduce(mine is not None, op=MPI.LAND) else None
         self.spinner.lane = self.lane
+        # with the lane, a worker looks at MPI after each op from C (Core.set_after_op): no ThenPoll
+        self.after_op_in_c = self.lane is not None
+        self._core = core
+        if self.after_op_in_c:
+            core.set_after_op(self.lane, self.watch.ctypes.data, self.poll_after_op,
+                              self.spinner.kick.ctypes.data)
+
+    def _lane_close(self) -> None:
+        """Once the local engine is closed: the core lets go of the lane."""
+        if self.after_op_in_c:
+            self._core.set_after_op(None, 0, None, 0)
 
     def lane_recv(self, ctx, done) -> None:
         """The recv op's body on the lane: ctx = (src, seq, tag, gen, mv, header)."""
@@ -117,6 +128,7 @@ class LaneTransport:
         ctx, done = got
         inc = ctx if not isinstance(ctx, tuple) else self._lane_incoming(ctx, done)
         self._expected[key] = inc
+        self.watch[0] = 1
         return inc
 
     def _lane_poll(self) -> int:

@@ -100,6 +100,7 @@ class Transport(Control, LaneTransport):
         self.rank, self.size = rank, size
         self.data = comm.Dup()
         self.spinner = Spinner(MPI, self.data, core)
+        self.watch = np.zeros(1, np.int32)  # set while Python watches transfers (the core's look after ops)
         self._lane_setup(MPI, comm, core, lane)  # small transfers in C (lane.py)
         self.tag_mod = (comm.Get_attr(MPI.TAG_UB) or 32767) + 1
         self._lock = threading.Lock()
@@ -141,6 +142,7 @@ class Transport(Control, LaneTransport):
     def _watch(self, pending: _Pending) -> None:
         with self._lock:
             self._active.append(pending)
+            self.watch[0] = 1
         self.kick()
 
     # -------------------------------------------------------------- receiving
@@ -156,6 +158,7 @@ class Transport(Control, LaneTransport):
         later = None
         with self._lock:
             self._expected[inc.key] = inc
+            self.watch[0] = 1
             if self.lane is not None:  # its sender may have taken the lane (buffers that differ)
                 later = self.lane.expect(inc.src, inc.key[1], None, inc.raw, inc.done, inc)
             q = inc.queue
@@ -379,6 +382,9 @@ class Transport(Control, LaneTransport):
             self._test_active()
         if self.lane is not None:
             self._lane_poll()
+            with self._lock:  # (under the lock where transfers are added, and the flag set)
+                if not self._expected and not self._active:
+                    self.watch[0] = 0  # nothing for Python to watch: the core's look stays in C
 
     def _match(self, st) -> int:
         """Match every data message that arrived; handle those of registered transfers."""
@@ -476,6 +482,7 @@ class Transport(Control, LaneTransport):
     # -------------------------------------------------------------------- close
     def close(self, free: bool) -> None:
         """Stop the progress thread once nothing is pending; free the communicators if ``free``."""
+        self._lane_close()
         self._stop = True
         self.kick()
         self._thread.join(30)
