@@ -380,7 +380,7 @@ complete_native_clean(Core *c, OpObject *op, int mine, PyObject **next, OpObject
 }
 
 /* An op finished by a thread that is not a worker (the mpi lane, depengine/_core_lane.c), without
- * the GIL: the ops it made ready go to their pools.  1 done, 0 it needs the GIL, -1 out of memory. */
+ * the GIL: the ops it made ready go to their pools.  1 done, 0 it needs the GIL (nothing changed). */
 int
 core_complete_external(Core *c, OpObject *op)
 {
@@ -388,7 +388,13 @@ core_complete_external(Core *c, OpObject *op)
     int nready = 0;
     int r = complete_native_clean(c, op, POOL_CPU, NULL, &ready, &nready);
     PyMem_RawFree(ready);
-    return nready ? -1 : r;   /* (ops with a Python route never reach a lane: it serves threaded engines) */
+    if (r < 0 && __atomic_load_n(&op->state, __ATOMIC_ACQUIRE) != DONE)
+        return 0;   /* out of memory before it changed anything: the GIL path completes it */
+    if (r < 0 || nready) {   /* done, but what it made ready may be lost: never complete it twice */
+        fprintf(stderr, "depengine._core: out of memory completing an op in the mpi lane\n");
+        return 1;
+    }
+    return r;
 }
 
 /* Engine._execute for an op that runs with the GIL (a Python body, or any op on the naive engine). */

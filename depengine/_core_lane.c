@@ -62,7 +62,20 @@ typedef struct {
     Early *early;
     Sent *sent;
     long long completed_in_c, handed, sends;
+    int broken;                /* a call into MPI failed: the lane stops looking (Python raises once) */
+    int reported;
 } LaneObject;
+
+#define LANE_LIMIT (176 + 4096 + (1 << 20))   /* the largest message taken: header, bytes, a failure */
+
+static void
+append_entry(Entry **list, Entry *e)   /* at the tail: the first registered is the first matched */
+{
+    e->next = NULL;
+    while (*list)
+        list = &(*list)->next;
+    *list = e;
+}
 
 static Entry **
 find_entry(Entry **link, int src, int tag)
@@ -96,6 +109,13 @@ static int
 take_message(LaneObject *l, Entry *e, int *message, int count)
 {
     MpiStatus st;
+    if (count < 0 || count > LANE_LIMIT) {   /* not a transfer: dropped unread (MPI truncates it) */
+        char none;
+        l->mrecv(&none, 0, l->byte, message, &st);
+        e->msg = NULL;
+        e->msize = count < 0 ? -1 : count;
+        return 0;
+    }
     char *buf = PyMem_RawMalloc(count > 0 ? (size_t)count : 1);
     if (buf == NULL)
         return -1;
@@ -161,8 +181,11 @@ lane_work(LaneObject *l, int complete_in_c)
                 rc = -1;
                 break;
             }
-            *early = (Early){src, tag, message, count, l->early};
-            l->early = early;
+            *early = (Early){src, tag, message, count, NULL};
+            Early **tail = &l->early;   /* at the tail: the first to come is the first taken */
+            while (*tail)
+                tail = &(*tail)->next;
+            *tail = early;
             continue;
         }
         Entry *e = *link;
@@ -170,7 +193,7 @@ lane_work(LaneObject *l, int complete_in_c)
         int got = take_message(l, e, &message, count);
         if (got < 0) {
             rc = -1;
-            e->next = l->waiting;
+            e->next = l->waiting;   /* (back where it was: at the head) */
             l->waiting = e;
             break;
         }
@@ -182,6 +205,8 @@ lane_work(LaneObject *l, int complete_in_c)
             python++;
         }
     }
+    if (rc < 0)
+        l->broken = 1;
     pthread_mutex_unlock(&l->mu);
     while (clean) {
         Entry *e = clean;
@@ -208,6 +233,8 @@ int
 lane_poll_nogil(PyObject *lane)
 {
     LaneObject *l = (LaneObject *)lane;
+    if (__atomic_load_n(&l->broken, __ATOMIC_RELAXED))
+        return 0;
     if (__atomic_load_n(&l->waiting, __ATOMIC_RELAXED) == NULL && __atomic_load_n(&l->sent, __ATOMIC_RELAXED)
             == NULL && __atomic_load_n(&l->ready, __ATOMIC_RELAXED) == NULL)
         return 0;
@@ -241,7 +268,8 @@ collect(LaneObject *l)
     }
     PyObject *out = PyList_New(0);
     for (Entry *e = ready; e; e = e->next) {
-        PyObject *msg = e->msg ? PyBytes_FromStringAndSize(e->msg, e->msize) : Py_NewRef(Py_None);
+        PyObject *msg = e->msg ? PyBytes_FromStringAndSize(e->msg, e->msize)
+                               : e->msize ? PyLong_FromSsize_t(e->msize) : Py_NewRef(Py_None);
         PyObject *item = msg == NULL ? NULL : PyTuple_Pack(3, e->ctx, e->done, msg);
         Py_XDECREF(msg);
         if (out != NULL && (item == NULL || PyList_Append(out, item) < 0))
@@ -261,8 +289,11 @@ collect(LaneObject *l)
 static PyObject *
 lane_poll(LaneObject *l, PyObject *unused)
 {
-    if (lane_work(l, 0) < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "the MPI lane: a call into MPI failed");
+    if (!l->broken)
+        lane_work(l, 0);
+    if (l->broken && !l->reported) {   /* said once; the receives still waiting stay until close */
+        l->reported = 1;
+        PyErr_SetString(PyExc_RuntimeError, "the MPI lane: a call into MPI failed; the lane stopped");
         return NULL;
     }
     return collect(l);
@@ -387,17 +418,17 @@ lane_expect(LaneObject *l, PyObject *const *args, Py_ssize_t nargs)
         e->next = l->ready;
         l->ready = e;
     }
-    else if (got == -2) {
-        e->next = l->waiting;
-        l->waiting = e;
-    }
+    else if (got == -2)
+        append_entry(&l->waiting, e);
     pthread_mutex_unlock(&l->mu);
     if (got == -1) {
         entry_free(e);
         PyErr_SetString(PyExc_RuntimeError, "the MPI lane: MPI_Mrecv failed");
         return NULL;
     }
-    return lane_poll(l, NULL);
+    if (!l->broken)
+        lane_work(l, 0);   /* (registered: nothing raises past this point but running out of memory) */
+    return collect(l);
 }
 
 /* MpiLane.take(src): the receives still waiting on rank src (all: -1), taken out: [(ctx, done)]. */
@@ -547,9 +578,24 @@ lane_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)l;
 }
 
+static int
+lane_traverse(LaneObject *l, visitproc visit, void *arg)
+{
+    Py_VISIT(l->core);   /* (the core holds its lane while set_after_op holds: a cycle the GC can break) */
+    return 0;
+}
+
+static int
+lane_clear(LaneObject *l)
+{
+    Py_CLEAR(l->core);
+    return 0;
+}
+
 static void
 lane_dealloc(LaneObject *l)
 {
+    PyObject_GC_UnTrack(l);
     PyObject *gone = collect(l);   /* (no thread uses a lane that is being freed) */
     Py_XDECREF(gone);
     PyObject *all = PyLong_FromLong(-1), *left = all == NULL ? NULL : lane_take(l, all);
@@ -586,9 +632,11 @@ PyTypeObject MpiLaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "depengine._core.MpiLane",
     .tp_basicsize = sizeof(LaneObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The mpi engine's small transfers in C (depengine/mpi/lane.py).",
     .tp_new = lane_new,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
     .tp_dealloc = (destructor)lane_dealloc,
     .tp_methods = lane_methods,
 };

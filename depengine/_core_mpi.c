@@ -218,28 +218,33 @@ core_set_after_op(Core *c, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* A worker after an op (c->lane set), with the GIL (gil=1: Python's look runs here when due) or
- * without it (then it wakes the progress thread for the lane's messages, and leaves the flag to it).
+ * without it (then it wakes the progress thread, which looks in Python: at once for the lane's
+ * messages, at most every 100 µs while the flag says Python watches transfers).
  * Errors are reported, not raised: the worker lives on.  Returns 0. */
 int
 core_after_op(Core *c, int gil)
 {
     PyObject *lane = c->lane;
+    int *kick = c->kick, *flag = c->poll_flag;
     if (lane == NULL)
         return 0;
     int python = lane_poll_nogil(lane);
-    if (!gil) {
-        if (!python)
+    int watched = flag != NULL && __atomic_load_n(flag, __ATOMIC_ACQUIRE);
+    if (!gil) {   /* the progress thread does Python's part: no GIL taken here */
+        static i64 last;   /* (for Python's transfers, at most every 100 µs: waking it costs) */
+        i64 now = watched && !python ? now_ns() : 0;
+        if (kick == NULL || !(python || (watched && now - __atomic_load_n(&last, __ATOMIC_RELAXED) > 100000)))
             return 0;
-        if (c->kick != NULL) {   /* the progress thread finishes them: no GIL taken here */
-            __atomic_store_n(c->kick, 1, __ATOMIC_RELEASE);
-            pthread_mutex_lock(&c->mu);
-            if (c->idle_watch)
-                pthread_cond_broadcast(&c->cv);
-            pthread_mutex_unlock(&c->mu);
-        }
+        if (now)
+            __atomic_store_n(&last, now, __ATOMIC_RELAXED);
+        __atomic_store_n(kick, 1, __ATOMIC_RELEASE);
+        pthread_mutex_lock(&c->mu);
+        if (c->idle_watch)
+            pthread_cond_broadcast(&c->cv);
+        pthread_mutex_unlock(&c->mu);
         return 0;
     }
-    if (!python && !(c->poll_flag && __atomic_load_n(c->poll_flag, __ATOMIC_ACQUIRE)))
+    if (!python && !watched)
         return 0;
     PyObject *fn = c->poll_fn;
     if (fn == NULL)

@@ -62,7 +62,15 @@ call_lock(PusherObject *p, PyObject *method)
     return 0;
 }
 
-/* The MVars of seq (a list or tuple) into out; 1: taken, 0: the Python path's case, -1: error. */
+static void
+drop(PyObject **mvs, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(mvs[i]);
+}
+
+/* The MVars of seq (a list or tuple) into out, new references (none unless 1 is returned); 1: taken,
+ * 0: the Python path's case, -1: error. */
 static int
 mvars_of(PusherObject *p, PyObject *seq, PyObject **out, Py_ssize_t *n)
 {
@@ -75,6 +83,7 @@ mvars_of(PusherObject *p, PyObject *seq, PyObject **out, Py_ssize_t *n)
     for (Py_ssize_t i = 0; i < *n; i++) {
         PyObject *mv = PyDict_GetItemWithError(p->vars, items[i]);
         if (mv == NULL) {
+            drop(out, i);
             if (PyErr_Occurred()) {  /* unhashable: not a Var; the Python path says so */
                 if (!PyErr_ExceptionMatches(PyExc_TypeError))
                     return -1;
@@ -83,9 +92,11 @@ mvars_of(PusherObject *p, PyObject *seq, PyObject **out, Py_ssize_t *n)
             return 0;
         }
         for (Py_ssize_t j = 0; j < i; j++)
-            if (out[j] == mv)
+            if (out[j] == mv) {
+                drop(out, i);
                 return 0;   /* a duplicate: collapsed by the Python path */
-        out[i] = mv;
+            }
+        out[i] = Py_NewRef(mv);   /* (strong: the lock's acquire may let another thread delete it) */
     }
     return 1;
 }
@@ -171,15 +182,7 @@ push_locked(PusherObject *p, PyObject *fn, PyObject *name, PyObject *code, PyObj
     }
     PyObject *op;
     if (x != p->rank) {
-        op = PyObject_CallFunction(p->remote_op, "Ol", name, x);
-        if (op == NULL)
-            return NULL;
-        for (Py_ssize_t i = 0; i < nw; i++)
-            if (PyObject_SetAttr(ws[i], s_last, Py_None) < 0) {
-                Py_DECREF(op);
-                return NULL;
-            }
-        return op;
+        return PyObject_CallFunction(p->remote_op, "Ol", name, x);   /* (no part in it: as _plan) */
     }
     PyObject *reads = PyList_New(nr), *writes = PyList_New(nw), *body;
     if (reads == NULL || writes == NULL)
@@ -219,6 +222,9 @@ fail:
     return NULL;
 }
 
+static PyObject *push_vars(PusherObject *p, PyObject **a, PyObject *fn, PyObject *prio, PyObject **ws,
+                           Py_ssize_t nw, PyObject **rs, Py_ssize_t nr);
+
 /* a: fn, reads, writes, name, priority (NULL: not given).  A new reference, NULL, or SLOW. */
 static PyObject *
 push_fast(PusherObject *p, PyObject **a)
@@ -243,12 +249,23 @@ push_fast(PusherObject *p, PyObject **a)
     if (broken != Py_None)
         return SLOW;
     PyObject *ws[MAXV], *rs[MAXV];
-    Py_ssize_t nw, nr;
+    Py_ssize_t nw = 0, nr = 0;
     int got = mvars_of(p, a[2] ? a[2] : empty, ws, &nw);
-    if (got == 1)
-        got = mvars_of(p, a[1] ? a[1] : empty, rs, &nr);
+    if (got == 1 && (got = mvars_of(p, a[1] ? a[1] : empty, rs, &nr)) != 1)
+        drop(ws, nw);
     if (got <= 0)
         return got < 0 ? NULL : SLOW;
+    PyObject *op = push_vars(p, a, fn, prio, ws, nw, rs, nr);
+    drop(ws, nw);
+    drop(rs, nr);
+    return op;
+}
+
+/* push_fast with the vars looked up (strong references the caller drops). */
+static PyObject *
+push_vars(PusherObject *p, PyObject **a, PyObject *fn, PyObject *prio, PyObject **ws, Py_ssize_t nw,
+          PyObject **rs, Py_ssize_t nr)
+{
     if (nw == 0)
         return SLOW;
     for (Py_ssize_t i = 0; i < nr; i++)

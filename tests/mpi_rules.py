@@ -10,6 +10,7 @@ one.
 from __future__ import annotations
 
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 
@@ -496,6 +497,55 @@ def rule_native_bodies_cross_ranks():
             eng.push(de.native(_incr, blocks[src]), reads=[vs[src]], writes=[vs[1 - src]], name="incr")
         assert int(eng.fetch(vs[0], TIMEOUT)[0]) == 40 and int(eng.fetch(vs[1], TIMEOUT)[0]) == 39
         eng.wait_all(TIMEOUT)
+
+
+def _registered(eng, n_python: int, n_lane: int) -> bool:
+    transport = eng._transport
+    with transport._lock:
+        python = len(transport._expected)
+    lane = 0 if transport.lane is None else transport.lane.counts()[0]
+    return python >= n_python and lane >= n_lane
+
+
+def rule_goodbye_while_transfers_wait():
+    """A goodbye from a rank (what _on_bye does with it) while the others wait for its large and small
+    transfers: those receives stay registered, arrive, and every rank closes."""
+    from mpi4py import MPI
+
+    from depengine.mpi.lane import LANE_MAX
+
+    with engine() as eng:
+        if eng.size == 1:
+            return
+        comm = MPI.COMM_WORLD.Dup()  # the rule's own signals
+        big, small = np.zeros(LANE_MAX // 8 + 16), np.zeros(2)
+        b = eng.new_var("big", owner=0, buffer=big)
+        s = eng.new_var("small", owner=0, buffer=small)
+        outs = [eng.new_var(f"o{r}", owner=r, buffer=np.zeros(2)) for r in range(eng.size)]
+
+        def write(ctx):  # on rank 0, once every other rank has handled the goodbye
+            for r in range(1, eng.size):
+                comm.recv(source=r, tag=7)
+            big[:] = 3.0
+            small[:] = 4.0
+        eng.push(write, writes=[b, s], name="late write")
+        for r in range(1, eng.size):
+            out = eng._mvar(outs[r], "o").buffer
+            eng.push(lambda ctx, out=out: out.__setitem__(slice(None), (big.sum(), small.sum())),
+                     reads=[b, s], writes=[outs[r]], name=f"read{r}")
+        if eng.rank != 0:
+            deadline = time.monotonic() + TIMEOUT
+            lane = eng._transport.lane is not None
+            while not _registered(eng, 1, 2 if lane else 0) and time.monotonic() < deadline:
+                time.sleep(0.001)  # (until this rank's receives are registered: a condition, not an order)
+            assert _registered(eng, 1, 2 if lane else 0), "the receives never registered"
+            bye = {"count": 0, "hash": 0, "sent": 10 ** 6, "recvd": 10 ** 6, "last": "test"}
+            eng._transport._peer_gone(0, lambda item: eng._transport._beyond_bye(item, 0, bye))
+            comm.send(None, dest=0, tag=7)
+            eng.wait_for_var(outs[eng.rank], TIMEOUT)
+            assert list(eng._mvar(outs[eng.rank], "o").buffer) == [3.0 * big.size, 8.0], "wrong values"
+        eng.wait_all(TIMEOUT)
+        comm.Free()
 
 
 def _diverging_engine():

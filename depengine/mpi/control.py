@@ -212,7 +212,10 @@ class Control:
             raise ValueError("bad bye")
         obj["last"] = str(obj.get("last"))
         self._byes[src] = obj
-        self._peer_gone(src, lambda item: self._beyond_bye(item, src, obj))
+        try:
+            self._peer_gone(src, lambda item: self._beyond_bye(item, src, obj))
+        finally:
+            self._check_byes()  # (whatever _peer_gone raised, the goodbye is counted)
         with self._lock:
             syncs = list(self._syncs.values())
         for s in syncs:  # a sync that rank src will never join

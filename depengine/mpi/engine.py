@@ -41,7 +41,7 @@ import numpy as np
 from .._device import cpu
 from .._engine import Engine
 from .._errors import EngineClosedError, VarDeletedError
-from .._native import NATIVE_TYPES, refuse_async
+from .._native import refuse_async
 from .._op import name_of
 from .._var import Var
 from ..profiler import active_recorder
@@ -302,7 +302,7 @@ class MpiEngine(Engine, VarLookup):
         if is_async:
             return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure, True)
         transport = self._transport
-        if transport is not None and not transport.after_op_in_c and fn.__class__ not in NATIVE_TYPES:
+        if transport is not None and not transport.after_op_in_c:
             fn = ThenPoll(fn, transport.poll_after_op)  # (with the lane the core looks at MPI itself)
         return self._local.push(fn, reads, writes, name, priority, always_run, None, kind, pure)
 

@@ -106,18 +106,15 @@ class LaneTransport:
     def lane_recv(self, ctx, done) -> None:
         """The recv op's body on the lane: ctx = (src, seq, tag, gen, mv, header)."""
         src, key = ctx[0], (ctx[0], ctx[2])
-        if src in self.peers.dead or src in self._byes or key in self._arrived:
-            self.expect(self._lane_incoming(ctx, done))  # refused, or its sender did not take the lane
-            return
-        with self._lock:  # (the lock _match holds: a message is either in _arrived or matched below)
-            if key in self._arrived:
-                items = None
-            else:
-                items = self.lane.expect(src, ctx[2], ctx[5], ctx[4].raw, done, ctx)
-        if items is None:
+        # under the lock _match holds (a message is in _arrived or matched by the lane) and _peer_gone
+        # takes the lane's receives under (a goodbye or a death is seen here or handled there)
+        with self._lock:
+            python = src in self.peers.dead or src in self._byes or key in self._arrived
+            items = None if python else self.lane.expect(src, ctx[2], ctx[5], ctx[4].raw, done, ctx)
+        if python:  # refused, or its sender did not take the lane: transport.expect says which
             self.expect(self._lane_incoming(ctx, done))
         elif items:
-            self._lane_finish(items)
+            self._lane_finish(items, quiet=True)
 
     def _lane_claim(self, key):
         """(self._lock held) A message on the data communicator for a receive registered in the lane
@@ -137,33 +134,49 @@ class LaneTransport:
             self._lane_finish(items)
         return len(items)
 
-    def _lane_finish(self, items: list) -> None:
+    def _lane_finish(self, items: list, quiet: bool = False) -> None:
+        """Finish the receives the lane hands over; ``quiet``: from another receive's op, which their
+        errors (engine bugs) must not fail, so they are logged."""
         for ctx, done, msg in items:
-            if msg is None:  # received whole: only done() is left
-                done()
-                continue
-            if isinstance(ctx, tuple):
-                inc = self._lane_incoming(ctx, done)
-            else:  # a receive in Python (transport.expect) whose sender took the lane
-                inc = ctx
-                with self._lock:
-                    if inc.state != 0 or self._expected.get(inc.key) is not inc:
-                        continue  # (its own message came first)
-                    del self._expected[inc.key]
-            where = f"var {inc.name!r} v{inc.gen}: the message rank {inc.src} sent to rank {self.rank}"
             try:
-                h = wire.decode_header(msg)
-            except wire.TransferError as exc:
-                self._finish(inc, wire.TransferError(f"{where}: {exc}"))
-                continue
-            why = wire.mismatch(h, inc.serial, inc.gen, inc.buffer, inc.order)
-            if why is None and not h.inline:
-                why = "a message of the lane must hold the whole transfer"
-            if why is not None:
-                why = f"{where} does not fit: {why}; the buffer was not written"
-                self._finish(inc, wire.TransferError(why))
-            else:
-                self._inline(inc, h, msg)
+                self._lane_item(ctx, done, msg)
+            except Exception:
+                if not quiet:
+                    raise
+                _log.exception("depengine: finishing a receive of the MPI lane failed")
+
+    def _lane_item(self, ctx, done, msg) -> None:
+        if msg is None:  # received whole: only done() is left
+            done()
+            return
+        if msg.__class__ is int:  # too large for the lane: not received
+            inc = ctx if not isinstance(ctx, tuple) else self._lane_incoming(ctx, done)
+            self._finish(inc, wire.TransferError(
+                f"var {inc.name!r} v{inc.gen}: the message rank {inc.src} sent to rank {self.rank} holds "
+                f"{msg} bytes: it is not a transfer of the lane; the buffer was not written"))
+            return
+        if isinstance(ctx, tuple):
+            inc = self._lane_incoming(ctx, done)
+        else:  # a receive in Python (transport.expect) whose sender took the lane
+            inc = ctx
+            with self._lock:
+                if inc.state != 0 or self._expected.get(inc.key) is not inc:
+                    return  # (its own message came first)
+                del self._expected[inc.key]
+        where = f"var {inc.name!r} v{inc.gen}: the message rank {inc.src} sent to rank {self.rank}"
+        try:
+            h = wire.decode_header(msg)
+        except wire.TransferError as exc:
+            self._finish(inc, wire.TransferError(f"{where}: {exc}"))
+            return
+        why = wire.mismatch(h, inc.serial, inc.gen, inc.buffer, inc.order)
+        if why is None and not h.inline:
+            why = "a message of the lane must hold the whole transfer"
+        if why is not None:
+            why = f"{where} does not fit: {why}; the buffer was not written"
+            self._finish(inc, wire.TransferError(why))
+        else:
+            self._inline(inc, h, msg)
 
     def _lane_incoming(self, ctx, done):
         from .transport import Incoming
@@ -171,16 +184,24 @@ class LaneTransport:
         src, seq, tag, gen, mv, _ = ctx
         return Incoming(src, seq, tag, mv.serial, gen, mv.name, mv.buffer, mv.raw, mv.order, done)
 
-    def _lane_gone(self, peer: int, error_of) -> None:
-        """Fail the lane's receives from ``peer`` that ``error_of`` condemns; keep the others."""
-        for ctx, done in self.lane.take(peer):
-            err = error_of(self._lane_incoming(ctx, done))
+    def _lane_gone(self, taken: list, error_of) -> None:
+        """The lane's receives from a peer that died or said goodbye (``taken`` out of the lane): fail
+        those ``error_of`` condemns, register the others again.  Receives in Python (forward entries,
+        whose ctx is their Incoming) are _peer_gone's: they only go back."""
+        for ctx, done in taken:
+            forward = not isinstance(ctx, tuple)
+            err = None if forward else error_of(self._lane_incoming(ctx, done))
             if err is not None:
                 done(err)
                 continue
-            items = self.lane.expect(ctx[0], ctx[2], ctx[5], ctx[4].raw, done, ctx)
+            with self._lock:
+                if forward and self._expected.get(ctx.key) is not ctx:
+                    continue  # (finished meanwhile)
+                items = self.lane.expect(ctx.src if forward else ctx[0], ctx.key[1] if forward else ctx[2],
+                                         None if forward else ctx[5], ctx.raw if forward else ctx[4].raw,
+                                         done, ctx)
             if items:
-                self._lane_finish(items)
+                self._lane_finish(items, quiet=True)
 
     def _lane_busy(self) -> bool:
         waiting, sending, *_ = self.lane.counts()

@@ -148,29 +148,29 @@ class Transport(Control, LaneTransport):
     # -------------------------------------------------------------- receiving
     def expect(self, inc: Incoming) -> None:
         """Register ``inc`` and handle whatever of it already arrived (called by the recv op)."""
-        refused = self._expect_refused(inc)
-        if refused is not None:
-            inc.done(refused)
-            return
         MPI = self.MPI
         st = MPI.Status()
         src, tag = inc.key
         later = None
-        with self._lock:
-            self._expected[inc.key] = inc
-            self.watch[0] = 1
-            if self.lane is not None:  # its sender may have taken the lane (buffers that differ)
-                later = self.lane.expect(inc.src, inc.key[1], None, inc.raw, inc.done, inc)
-            q = inc.queue
-            q.extend(self._arrived.pop(inc.key, ()))
-            while True:  # matched probes under the lock keep the arrival order
-                msg = self.data.Improbe(src, tag, st)
-                if msg is None:
-                    break
-                q.append((msg, st.Get_count(MPI.BYTE)))
-            run = bool(q)
-            if run:
-                inc.busy = True
+        with self._lock:  # (refused under the lock where _peer_gone looks: a goodbye is never missed)
+            refused = self._expect_refused(inc)
+            if refused is None:
+                self._register(inc)
+                if self.lane is not None:  # its sender may have taken the lane (buffers that differ)
+                    later = self.lane.expect(inc.src, inc.key[1], None, inc.raw, inc.done, inc)
+                q = inc.queue
+                q.extend(self._arrived.pop(inc.key, ()))
+                while True:  # matched probes under the lock keep the arrival order
+                    msg = self.data.Improbe(src, tag, st)
+                    if msg is None:
+                        break
+                    q.append((msg, st.Get_count(MPI.BYTE)))
+                run = bool(q)
+                if run:
+                    inc.busy = True
+        if refused is not None:
+            inc.done(refused)
+            return
         if later:
             self._lane_finish(later)
         if run:
@@ -179,6 +179,10 @@ class Transport(Control, LaneTransport):
             self._expects += 1  # but a new spin budget
         else:
             self.kick()
+
+    def _register(self, inc: Incoming) -> None:
+        self._expected[inc.key] = inc  # (self._lock held)
+        self.watch[0] = 1
 
     def _work(self, inc: Incoming) -> None:
         """Handle ``inc``'s queued messages one by one (the caller set ``inc.busy``)."""
@@ -465,7 +469,9 @@ class Transport(Control, LaneTransport):
             if err is not None:
                 self._finish(inc, err)
         if self.lane is not None:
-            self._lane_gone(peer, error_of)
+            with self._lock:  # (where lane_recv registers: a receive is taken here or refused there)
+                taken = self.lane.take(peer)
+            self._lane_gone(taken, error_of)
         failed = [(p, error_of(p)) for p in pend]
         for p, err in self._claim([(p, err) for p, err in failed if err is not None]):
             p.callback(err)
