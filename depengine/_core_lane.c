@@ -59,6 +59,7 @@ typedef struct {
     count_t count;
     int comm, byte, any_source, any_tag, off_source, off_tag;
     Entry *waiting, *ready, *graves;   /* registered; matched, for Python; completed in C, refs to drop */
+    Entry *forward;            /* receives in Python: any message of theirs goes to Python (not polled) */
     Early *early;
     Sent *sent;
     long long completed_in_c, handed, sends;
@@ -175,6 +176,8 @@ lane_work(LaneObject *l, int complete_in_c)
         int src = *(int *)((char *)&st + l->off_source), tag = *(int *)((char *)&st + l->off_tag);
         l->count(&st, l->byte, &count);
         Entry **link = find_entry(&l->waiting, src, tag);
+        if (link == NULL)
+            link = find_entry(&l->forward, src, tag);
         if (link == NULL) {
             Early *early = PyMem_RawMalloc(sizeof(Early));
             if (early == NULL) {
@@ -193,8 +196,9 @@ lane_work(LaneObject *l, int complete_in_c)
         int got = take_message(l, e, &message, count);
         if (got < 0) {
             rc = -1;
-            e->next = l->waiting;   /* (back where it was: at the head) */
-            l->waiting = e;
+            Entry **list = e->hsize < 0 ? &l->forward : &l->waiting;
+            e->next = *list;   /* (back where it was: at the head) */
+            *list = e;
             break;
         }
         e->next = got ? clean : l->ready;
@@ -419,7 +423,7 @@ lane_expect(LaneObject *l, PyObject *const *args, Py_ssize_t nargs)
         l->ready = e;
     }
     else if (got == -2)
-        append_entry(&l->waiting, e);
+        append_entry(forward ? &l->forward : &l->waiting, e);
     pthread_mutex_unlock(&l->mu);
     if (got == -1) {
         entry_free(e);
@@ -440,16 +444,17 @@ lane_take(LaneObject *l, PyObject *arg)
         return NULL;
     Entry *taken = NULL;
     pthread_mutex_lock(&l->mu);
-    for (Entry **link = &l->waiting; *link;) {
-        Entry *e = *link;
-        if (src < 0 || e->src == src) {
-            *link = e->next;
-            e->next = taken;
-            taken = e;
+    for (int k = 0; k < 2; k++)
+        for (Entry **link = k ? &l->forward : &l->waiting; *link;) {
+            Entry *e = *link;
+            if (src < 0 || e->src == src) {
+                *link = e->next;
+                e->next = taken;
+                taken = e;
+            }
+            else
+                link = &e->next;
         }
-        else
-            link = &e->next;
-    }
     pthread_mutex_unlock(&l->mu);
     PyObject *out = PyList_New(0);
     while (taken) {
@@ -477,6 +482,8 @@ lane_take_key(LaneObject *l, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     pthread_mutex_lock(&l->mu);
     Entry **link = find_entry(&l->waiting, src, tag), *e = NULL;
+    if (link == NULL)
+        link = find_entry(&l->forward, src, tag);
     if (link != NULL) {
         e = *link;
         *link = e->next;
@@ -505,23 +512,7 @@ lane_sources(LaneObject *l, PyObject *unused)
     return out;
 }
 
-/* MpiLane.early(): the messages matched before their receive was registered: [(src, tag, bytes)]. */
-static PyObject *
-lane_early(LaneObject *l, PyObject *unused)
-{
-    PyObject *out = PyList_New(0);
-    pthread_mutex_lock(&l->mu);
-    for (Early *e = l->early; e && out; e = e->next) {
-        PyObject *item = Py_BuildValue("iii", e->src, e->tag, e->count);
-        if (item == NULL || PyList_Append(out, item) < 0)
-            Py_CLEAR(out);
-        Py_XDECREF(item);
-    }
-    pthread_mutex_unlock(&l->mu);
-    return out;
-}
-
-/* MpiLane.counts(): (receives waiting, sends in flight, messages held early, completed in C, handed to
+/* MpiLane.counts(): (receives waiting (the lane's own, not forward entries), sends in flight, messages held early, completed in C, handed to
  * Python, sends posted). */
 static PyObject *
 lane_counts(LaneObject *l, PyObject *unused)
@@ -623,7 +614,6 @@ static PyMethodDef lane_methods[] = {
     {"take", (PyCFunction)lane_take, METH_O, "Take out the receives waiting on a rank."},
     {"counts", (PyCFunction)lane_counts, METH_NOARGS, "What the lane holds and has done."},
     {"sources", (PyCFunction)lane_sources, METH_NOARGS, "The ranks the lane waits for."},
-    {"early", (PyCFunction)lane_early, METH_NOARGS, "The messages that came before their receive."},
     {"take_key", (PyCFunction)(void (*)(void))lane_take_key, METH_FASTCALL, "Take out one receive."},
     {NULL},
 };

@@ -17,11 +17,10 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 import depengine as de
 from depengine.mpi import ProgramMismatchError, RemoteError, RemoteOp, RemoteTraceback
+from tests.cfuncs import to_ptr
 
 TIMEOUT = 60
 
@@ -466,19 +465,12 @@ def rule_small_transfers_take_the_lane():
             pass
 
 
-@intrinsic
-def _to_ptr(typingctx, addr):
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-    return types.voidptr(types.int64), codegen
-
-
 @numba.cfunc(types.int32(types.voidptr), nogil=True)
 def _incr(p):
     """*dst = *src + 1, for the int64 addresses [src, dst] at p."""
     a = numba.carray(p, (2,), dtype=np.int64)
-    src = numba.carray(_to_ptr(a[0]), (1,), dtype=np.int64)
-    dst = numba.carray(_to_ptr(a[1]), (1,), dtype=np.int64)
+    src = numba.carray(to_ptr(a[0]), (1,), dtype=np.int64)
+    dst = numba.carray(to_ptr(a[1]), (1,), dtype=np.int64)
     dst[0] = src[0] + 1
     return 0
 
@@ -534,14 +526,16 @@ def rule_goodbye_while_transfers_wait():
             eng.push(lambda ctx, out=out: out.__setitem__(slice(None), (big.sum(), small.sum())),
                      reads=[b, s], writes=[outs[r]], name=f"read{r}")
         if eng.rank != 0:
-            deadline = time.monotonic() + TIMEOUT
-            lane = eng._transport.lane is not None
-            while not _registered(eng, 1, 2 if lane else 0) and time.monotonic() < deadline:
-                time.sleep(0.001)  # (until this rank's receives are registered: a condition, not an order)
-            assert _registered(eng, 1, 2 if lane else 0), "the receives never registered"
-            bye = {"count": 0, "hash": 0, "sent": 10 ** 6, "recvd": 10 ** 6, "last": "test"}
-            eng._transport._peer_gone(0, lambda item: eng._transport._beyond_bye(item, 0, bye))
-            comm.send(None, dest=0, tag=7)
+            want = (1, 0 if eng._transport.lane is None else 1)  # big in Python, small in the lane
+            try:
+                deadline = time.monotonic() + TIMEOUT
+                while not _registered(eng, *want) and time.monotonic() < deadline:
+                    time.sleep(0.001)  # (until its receives are registered: a condition, not an order)
+                assert _registered(eng, *want), "the receives never registered"
+                bye = {"count": 0, "hash": 0, "sent": 10 ** 6, "recvd": 10 ** 6, "last": "test"}
+                eng._transport._peer_gone(0, lambda item: eng._transport._beyond_bye(item, 0, bye))
+            finally:
+                comm.send(None, dest=0, tag=7)  # (rank 0's write waits for it)
             eng.wait_for_var(outs[eng.rank], TIMEOUT)
             assert list(eng._mvar(outs[eng.rank], "o").buffer) == [3.0 * big.size, 8.0], "wrong values"
         eng.wait_all(TIMEOUT)

@@ -17,22 +17,13 @@ import numba
 import numpy as np
 import pytest
 from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 import depengine as de
 from depengine import _compiled
+from tests.cfuncs import to_ptr
 from tests.conftest import ENGINE_CONFIGS, config_id
 
 CORES = ["python"] + (["compiled"] if _compiled.COMPILED_AVAILABLE else [])
-
-
-@intrinsic
-def _to_ptr(typingctx, addr):
-    """int64 -> void*: a cfunc follows an address stored in its argument block."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-    return types.voidptr(types.int64), codegen
 
 
 @numba.cfunc(types.int32(types.voidptr), nogil=True)
@@ -49,7 +40,7 @@ def step(p):
     d = numba.carray(p, (5,), dtype=np.int64)
     if d[4] < 0:
         return d[4]
-    data = numba.carray(_to_ptr(d[0]), (64,), dtype=np.int64)
+    data = numba.carray(to_ptr(d[0]), (64,), dtype=np.int64)
     data[d[1]] = data[d[2]] + data[d[3]] + d[4]
     return 0
 
