@@ -23,6 +23,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *engine, *vars, *codes, *lock, *local_push, *remote_op, *then_poll, *poll, *slow,
              *name_of, *recorder, *native_type, *words;
+    PyObject *acquire, *release;   /* the lock's bound methods, looked up once */
     i64 *push_word;
     int rank, size;
     long long count;          /* pushes and new_var calls so far (the same on every rank) */
@@ -53,9 +54,9 @@ long_attr(PyObject *o, PyObject *name, int *bad)
 }
 
 static int
-call_lock(PusherObject *p, PyObject *method)
+call_lock(PyObject *method)
 {
-    PyObject *r = PyObject_CallMethodNoArgs(p->lock, method);
+    PyObject *r = PyObject_CallNoArgs(method);
     if (r == NULL)
         return -1;
     Py_DECREF(r);
@@ -304,11 +305,11 @@ push_vars(PusherObject *p, PyObject **a, PyObject *fn, PyObject *prio, PyObject 
         prio = PyLong_FromLong(0);
     else
         Py_INCREF(prio);
-    if (prio != NULL && call_lock(p, s_acquire) == 0) {
+    if (prio != NULL && call_lock(p->acquire) == 0) {
         op = push_locked(p, fn, name, code, prio, ws, nw, rs, nr, x);
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        if (call_lock(p, s_release) < 0) {
+        if (call_lock(p->release) < 0) {
             Py_XDECREF(type);
             Py_XDECREF(value);
             Py_XDECREF(tb);
@@ -379,9 +380,15 @@ pusher_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "MpiPusher: rank outside [0, size)");
         return NULL;
     }
-    PusherObject *p = (PusherObject *)type->tp_alloc(type, 0);
-    if (p == NULL)
+    PyObject *acquire = PyObject_GetAttr(o[3], s_acquire), *release = PyObject_GetAttr(o[3], s_release);
+    PusherObject *p = acquire && release ? (PusherObject *)type->tp_alloc(type, 0) : NULL;
+    if (p == NULL) {
+        Py_XDECREF(acquire);
+        Py_XDECREF(release);
         return NULL;
+    }
+    p->acquire = acquire;
+    p->release = release;
     PyObject **slots[13] = {&p->engine, &p->vars, &p->codes, &p->lock, &p->local_push, &p->remote_op,
                             &p->then_poll, &p->poll, &p->slow, &p->name_of, &p->recorder, &p->native_type,
                             &p->words};
@@ -396,7 +403,7 @@ pusher_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 }
 
 #define PUSHER_OBJECTS(X) X(engine) X(vars) X(codes) X(lock) X(local_push) X(remote_op) X(then_poll) X(poll) \
-    X(slow) X(name_of) X(recorder) X(native_type) X(words) X(first) X(last)
+    X(slow) X(name_of) X(recorder) X(native_type) X(words) X(first) X(last) X(acquire) X(release)
 
 static int
 pusher_traverse(PusherObject *p, visitproc visit, void *arg)

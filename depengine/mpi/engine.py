@@ -210,19 +210,13 @@ class MpiEngine(Engine, VarLookup):
             if len(self._codes) > 4096:
                 self._codes.clear()
             code = self._codes[name] = zlib.crc32(name.encode("utf-8", "surrogatepass"))
-        lock, seq = self._lock, self._seq
+        lock = self._lock
         lock.acquire()
         try:
-            count = seq.count + 1
-            self._push_word[0] = count  # the progress thread does not spin while this moves (spin.py)
             # ints and tuples of ints hash alike in every process (strings do not)
-            seq.hash = hash((seq.hash, code, x, len(rs), *[mv.serial for mv in rs],
-                             *[mv.serial for mv in ws]))
-            seq.count = count
-            seq.last = (name, x, count)
-            if not seq.since_sync:
-                seq.first = seq.last
-            seq.since_sync += 1
+            key = (code, x, len(rs), *[mv.serial for mv in rs], *[mv.serial for mv in ws])
+            count = _advance(self._seq, key, name, x)
+            self._push_word[0] = count  # the progress thread does not spin while this moves (spin.py)
             if self.size == 1:
                 return self._run_here(fn, rs, ws, name, priority, always_run, kind, pure, _async, count)
             return self._plan(fn, rs, ws, name, priority, always_run, kind, pure, x, _async, count)
@@ -441,13 +435,19 @@ class MpiEngine(Engine, VarLookup):
 
     def _note(self, item: tuple, what: str) -> None:
         """Add a new_var or fetch to the running hash of this rank's op sequence (lock held)."""
-        seq = self._seq
-        seq.hash = hash((seq.hash, item))
-        seq.count += 1
-        seq.last = (what, None, seq.count)
-        if not seq.since_sync:
-            seq.first = seq.last
-        seq.since_sync += 1
+        _advance(self._seq, (item,), what, None)
+
+
+def _advance(seq, key: tuple, what: str, rank: int | None) -> int:
+    """One more push (or new_var, fetch) in the op sequence ``seq`` (the engine's lock held): its running
+    hash takes ``key`` (as _core_mpi_push.c's does); returns the new count."""
+    seq.hash = hash((seq.hash, *key))
+    count = seq.count = seq.count + 1
+    seq.last = (what, rank, count)
+    if not seq.since_sync:
+        seq.first = seq.last
+    seq.since_sync += 1
+    return count
 
 
 _peers: list = []  # liveness bookkeeping of every engine, for the SIGUSR1 handler

@@ -25,7 +25,7 @@ import sys
 from . import wire
 from .spin import _signed
 
-__all__ = ["GEN_AT", "LANE_MAX", "LaneTransport", "available", "header", "make_lane", "with_gen"]
+__all__ = ["GEN_AT", "LANE_MAX", "LaneTransport", "header", "make_lane", "with_gen"]
 
 _log = logging.getLogger("depengine")
 LANE_MAX = wire.INLINE_MAX   # bytes of a var that travel on the lane
@@ -54,18 +54,14 @@ def _status_offsets(MPI) -> tuple[int, int] | None:
     return (src, tag) if src >= 0 and tag >= 0 and src % 4 == 0 and tag % 4 == 0 else None
 
 
-def available(MPI, core, local: str) -> bool:
-    """Whether this rank can run the lane (every rank must, see the module)."""
-    if os.environ.get("DEPENGINE_MPI_LANE", "").strip() == "0" or core is None or local != "threaded":
-        return False
-    if sys.byteorder != "little" or MPI._sizeof(MPI.Comm) != 4 or MPI._sizeof(MPI.Message) != 4 or \
-            MPI._sizeof(MPI.Request) != 4 or MPI._sizeof(MPI.Status) > 64:
-        return False
-    return _status_offsets(MPI) is not None
-
-
 def make_lane(MPI, comm, core, library):
-    """The lane on ``comm`` (a communicator of its own), or None when MPI's functions are not found."""
+    """The lane on ``comm`` (a communicator of its own), or None where this rank cannot run it
+    (``DEPENGINE_MPI_LANE=0``, handles other than MPICH's ints, a big-endian host, MPI's functions
+    not found)."""
+    if os.environ.get("DEPENGINE_MPI_LANE", "").strip() == "0" or sys.byteorder != "little" or \
+            any(MPI._sizeof(t) != 4 for t in (MPI.Comm, MPI.Message, MPI.Request)) or \
+            MPI._sizeof(MPI.Status) > 64:
+        return None
     offsets = _status_offsets(MPI)
     names = ("MPI_Isend", "MPI_Test", "MPI_Improbe", "MPI_Mrecv", "MPI_Get_count")
     try:
@@ -87,8 +83,8 @@ class LaneTransport:
         """Collective: the lane when every rank can run it, else None."""
         self.fast = comm.Dup()
         lib = self.spinner.library
-        mine = make_lane(MPI, self.fast, core, lib) if allowed and lib is not None and \
-            available(MPI, core, "threaded") else None
+        runs = allowed and core is not None and lib is not None
+        mine = make_lane(MPI, self.fast, core, lib) if runs else None
         self.lane = mine if comm.allreduce(mine is not None, op=MPI.LAND) else None
         self.spinner.lane = self.lane
         # with the lane, a worker looks at MPI after each op from C (Core.set_after_op): no ThenPoll
@@ -103,6 +99,13 @@ class LaneTransport:
         if self.after_op_in_c:
             self._core.set_after_op(None, 0, None, 0)
 
+    def _lane_expect(self, ctx, done):
+        """(self._lock held) Register a receive in the lane: a lane receive (ctx = (src, seq, tag, gen,
+        mv, header)) by its exact header, a receive in Python (ctx = its Incoming) as a forward entry."""
+        if ctx.__class__ is tuple:
+            return self.lane.expect(ctx[0], ctx[2], ctx[5], ctx[4].raw, done, ctx)
+        return self.lane.expect(ctx.src, ctx.key[1], None, ctx.raw, done, ctx)
+
     def lane_recv(self, ctx, done) -> None:
         """The recv op's body on the lane: ctx = (src, seq, tag, gen, mv, header)."""
         src, key = ctx[0], (ctx[0], ctx[2])
@@ -110,7 +113,7 @@ class LaneTransport:
         # takes the lane's receives under (a goodbye or a death is seen here or handled there)
         with self._lock:
             python = src in self.peers.dead or src in self._byes or key in self._arrived
-            items = None if python else self.lane.expect(src, ctx[2], ctx[5], ctx[4].raw, done, ctx)
+            items = None if python else self._lane_expect(ctx, done)
         if python:  # refused, or its sender did not take the lane: transport.expect says which
             self.expect(self._lane_incoming(ctx, done))
         elif items:
@@ -197,9 +200,7 @@ class LaneTransport:
             with self._lock:
                 if forward and self._expected.get(ctx.key) is not ctx:
                     continue  # (finished meanwhile)
-                items = self.lane.expect(ctx.src if forward else ctx[0], ctx.key[1] if forward else ctx[2],
-                                         None if forward else ctx[5], ctx.raw if forward else ctx[4].raw,
-                                         done, ctx)
+                items = self._lane_expect(ctx, done)
             if items:
                 self._lane_finish(items, quiet=True)
 

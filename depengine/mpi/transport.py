@@ -157,7 +157,7 @@ class Transport(Control, LaneTransport):
             if refused is None:
                 self._register(inc)
                 if self.lane is not None:  # its sender may have taken the lane (buffers that differ)
-                    later = self.lane.expect(inc.src, inc.key[1], None, inc.raw, inc.done, inc)
+                    later = self._lane_expect(inc, inc.done)
                 q = inc.queue
                 q.extend(self._arrived.pop(inc.key, ()))
                 while True:  # matched probes under the lock keep the arrival order
